@@ -1,0 +1,287 @@
+//! Batch normalisation over the channel dimension of `[N, C, ...]`: training (batch statistics,
+//! running-stat update with the unbiased variance), evaluation (running statistics), both
+//! backwards, and folding an eval-mode batch-norm into the preceding conv for inference.
+//!
+//! Statistics are accumulated in f64 per channel; channels are the unit of parallel work.
+
+use super::matmul::SyncPtr;
+use crate::error::{bad_shape, invalid, mismatch, Result};
+use crate::Tensor;
+use rayon::prelude::*;
+
+/// `(batch, channels, elements per channel per sample)` of an `[N, C, ...]` tensor.
+fn layout(op: &'static str, shape: &[usize]) -> Result<(usize, usize, usize)> {
+    if shape.len() < 2 {
+        return Err(bad_shape(op, shape, "batch norm needs an input of at least 2 dimensions [N, C, ...]"));
+    }
+    Ok((shape[0], shape[1], shape[2..].iter().product()))
+}
+
+fn channel_vec(op: &'static str, t: Option<&Tensor>, c: usize, default: f32) -> Result<Vec<f32>> {
+    match t {
+        None => Ok(vec![default; c]),
+        Some(t) if t.shape() == [c] => Ok(t.to_vec_f32()?),
+        Some(t) => Err(bad_shape(op, t.shape(), format!("a per-channel parameter must be [{c}]"))),
+    }
+}
+
+/// Runs `f(channel, values of that channel in sample n)` for every sample, channels in parallel.
+fn per_channel<T: Send>(c: usize, s: usize, f: impl Fn(usize, &dyn Fn(usize) -> std::ops::Range<usize>) -> T + Sync) -> Vec<T> {
+    (0..c).into_par_iter().map(|ci| f(ci, &|ni| (ni * c + ci) * s..(ni * c + ci + 1) * s)).collect()
+}
+
+/// What a training-mode batch norm returns.
+#[derive(Debug, Clone)]
+pub struct BatchNormTrain {
+    /// The normalised output.
+    pub output: Tensor,
+    /// Batch mean per channel (saved for backward).
+    pub mean: Tensor,
+    /// `1 / sqrt(biased batch variance + eps)` per channel (saved for backward).
+    pub invstd: Tensor,
+    /// `(1 - momentum) * running_mean + momentum * mean`, when running stats were given.
+    pub running_mean: Option<Tensor>,
+    /// `(1 - momentum) * running_var + momentum * unbiased_var`, when running stats were given.
+    pub running_var: Option<Tensor>,
+}
+
+/// `torch.nn.functional.batch_norm(training=True)`. `weight`/`bias` default to 1/0; the
+/// running statistics, when given, are returned updated (PyTorch updates them in place).
+pub fn batch_norm_train(
+    input: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    running: Option<(&Tensor, &Tensor)>,
+    momentum: f64,
+    eps: f64,
+) -> Result<BatchNormTrain> {
+    const OP: &str = "batch_norm_train";
+    let (n, c, s) = layout(OP, input.shape())?;
+    let count = n * s;
+    if count <= 1 {
+        return Err(bad_shape(OP, input.shape(), "training needs more than one value per channel"));
+    }
+    let gamma = channel_vec(OP, weight, c, 1.0)?;
+    let beta = channel_vec(OP, bias, c, 0.0)?;
+    let x = input.f32_data(OP)?;
+    let stats = per_channel(c, s, |_, range| {
+        let sum: f64 = (0..n).map(|ni| x[range(ni)].iter().map(|&v| v as f64).sum::<f64>()).sum();
+        let mean = sum / count as f64;
+        let sq: f64 = (0..n).map(|ni| x[range(ni)].iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>()).sum();
+        (mean, sq / count as f64)
+    });
+    let mut out = vec![0f32; x.len()];
+    let ptr = SyncPtr(out.as_mut_ptr());
+    let invstd: Vec<f64> = stats.iter().map(|&(_, var)| 1.0 / (var + eps).sqrt()).collect();
+    per_channel(c, s, |ci, range| {
+        let scale = (gamma[ci] as f64 * invstd[ci]) as f32;
+        let shift = (beta[ci] as f64 - stats[ci].0 * gamma[ci] as f64 * invstd[ci]) as f32;
+        for ni in 0..n {
+            let r = range(ni);
+            // SAFETY: each channel writes only its own ranges.
+            let o = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r.start), r.len()) };
+            o.iter_mut().zip(&x[r]).for_each(|(o, &v)| *o = v * scale + shift);
+        }
+    });
+    let (running_mean, running_var) = match running {
+        None => (None, None),
+        Some((rm, rv)) => {
+            let rm_v = channel_vec(OP, Some(rm), c, 0.0)?;
+            let rv_v = channel_vec(OP, Some(rv), c, 1.0)?;
+            let unbias = count as f64 / (count - 1) as f64;
+            let m = momentum;
+            let new_mean = (0..c).map(|i| ((1.0 - m) * rm_v[i] as f64 + m * stats[i].0) as f32).collect();
+            let new_var = (0..c).map(|i| ((1.0 - m) * rv_v[i] as f64 + m * stats[i].1 * unbias) as f32).collect();
+            (Some(Tensor::from_vec_unchecked(new_mean, &[c])), Some(Tensor::from_vec_unchecked(new_var, &[c])))
+        }
+    };
+    Ok(BatchNormTrain {
+        output: Tensor::from_vec_unchecked(out, input.shape()),
+        mean: Tensor::from_vec_unchecked(stats.iter().map(|s| s.0 as f32).collect(), &[c]),
+        invstd: Tensor::from_vec_unchecked(invstd.iter().map(|&v| v as f32).collect(), &[c]),
+        running_mean,
+        running_var,
+    })
+}
+
+/// `torch.nn.functional.batch_norm(training=False)`: normalises with the running statistics.
+pub fn batch_norm_eval(
+    input: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    const OP: &str = "batch_norm_eval";
+    let (n, c, s) = layout(OP, input.shape())?;
+    let (scale, shift) = eval_affine(OP, c, weight, bias, running_mean, running_var, eps)?;
+    let x = input.f32_data(OP)?;
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(s.max(1)).enumerate().for_each(|(i, o)| {
+        let ci = i % c;
+        let src = &x[i * s..(i + 1) * s];
+        o.iter_mut().zip(src).for_each(|(o, &v)| *o = v * scale[ci] + shift[ci]);
+    });
+    let _ = n;
+    Ok(Tensor::from_vec_unchecked(out, input.shape()))
+}
+
+/// Per-channel `y = x * scale + shift` of eval-mode batch norm.
+fn eval_affine(
+    op: &'static str,
+    c: usize,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f64,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let gamma = channel_vec(op, weight, c, 1.0)?;
+    let beta = channel_vec(op, bias, c, 0.0)?;
+    let mean = channel_vec(op, Some(running_mean), c, 0.0)?;
+    let var = channel_vec(op, Some(running_var), c, 1.0)?;
+    let mut scale = vec![0f32; c];
+    let mut shift = vec![0f32; c];
+    for i in 0..c {
+        let inv = 1.0 / (var[i] as f64 + eps).sqrt();
+        scale[i] = (gamma[i] as f64 * inv) as f32;
+        shift[i] = (beta[i] as f64 - mean[i] as f64 * gamma[i] as f64 * inv) as f32;
+    }
+    Ok((scale, shift))
+}
+
+/// Gradients of a batch norm: input, weight (gamma) and bias (beta).
+#[derive(Debug, Clone)]
+pub struct BatchNormGrads {
+    /// Gradient with respect to the input.
+    pub input: Tensor,
+    /// Gradient with respect to gamma.
+    pub weight: Tensor,
+    /// Gradient with respect to beta.
+    pub bias: Tensor,
+}
+
+/// Backward of [`batch_norm_train`], from the saved batch `mean` and `invstd`:
+/// `dx = gamma * invstd / m * (m * dy - sum(dy) - xhat * sum(dy * xhat))`.
+pub fn batch_norm_train_backward(
+    grad_output: &Tensor,
+    input: &Tensor,
+    weight: Option<&Tensor>,
+    mean: &Tensor,
+    invstd: &Tensor,
+) -> Result<BatchNormGrads> {
+    const OP: &str = "batch_norm_train_backward";
+    if grad_output.shape() != input.shape() {
+        return Err(mismatch(OP, grad_output.shape(), input.shape()));
+    }
+    let (n, c, s) = layout(OP, input.shape())?;
+    let m = (n * s) as f64;
+    let gamma = channel_vec(OP, weight, c, 1.0)?;
+    let mean = channel_vec(OP, Some(mean), c, 0.0)?;
+    let invstd = channel_vec(OP, Some(invstd), c, 1.0)?;
+    let x = input.f32_data(OP)?;
+    let dy = grad_output.f32_data(OP)?;
+    let mut dx = vec![0f32; x.len()];
+    let ptr = SyncPtr(dx.as_mut_ptr());
+    let sums = per_channel(c, s, |ci, range| {
+        let (mu, is) = (mean[ci] as f64, invstd[ci] as f64);
+        let mut sum_dy = 0f64;
+        let mut sum_dy_xhat = 0f64;
+        for ni in 0..n {
+            for (&g, &v) in dy[range(ni)].iter().zip(&x[range(ni)]) {
+                sum_dy += g as f64;
+                sum_dy_xhat += g as f64 * (v as f64 - mu) * is;
+            }
+        }
+        let k = gamma[ci] as f64 * is;
+        let a = (sum_dy / m) as f32;
+        let b = (sum_dy_xhat / m) as f32;
+        for ni in 0..n {
+            let r = range(ni);
+            // SAFETY: each channel writes only its own ranges.
+            let o = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r.start), r.len()) };
+            for ((o, &g), &v) in o.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
+                let xhat = ((v as f64 - mu) * is) as f32;
+                *o = (k as f32) * (g - a - xhat * b);
+            }
+        }
+        (sum_dy_xhat as f32, sum_dy as f32)
+    });
+    Ok(BatchNormGrads {
+        input: Tensor::from_vec_unchecked(dx, input.shape()),
+        weight: Tensor::from_vec_unchecked(sums.iter().map(|s| s.0).collect(), &[c]),
+        bias: Tensor::from_vec_unchecked(sums.iter().map(|s| s.1).collect(), &[c]),
+    })
+}
+
+/// Backward of [`batch_norm_eval`] (the statistics are constants).
+pub fn batch_norm_eval_backward(
+    grad_output: &Tensor,
+    input: &Tensor,
+    weight: Option<&Tensor>,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f64,
+) -> Result<BatchNormGrads> {
+    const OP: &str = "batch_norm_eval_backward";
+    if grad_output.shape() != input.shape() {
+        return Err(mismatch(OP, grad_output.shape(), input.shape()));
+    }
+    let (n, c, s) = layout(OP, input.shape())?;
+    let gamma = channel_vec(OP, weight, c, 1.0)?;
+    let mean = channel_vec(OP, Some(running_mean), c, 0.0)?;
+    let var = channel_vec(OP, Some(running_var), c, 1.0)?;
+    let x = input.f32_data(OP)?;
+    let dy = grad_output.f32_data(OP)?;
+    let mut dx = vec![0f32; x.len()];
+    let ptr = SyncPtr(dx.as_mut_ptr());
+    let sums = per_channel(c, s, |ci, range| {
+        let is = 1.0 / (var[ci] as f64 + eps).sqrt();
+        let k = (gamma[ci] as f64 * is) as f32;
+        let (mut sdy, mut sdyx) = (0f64, 0f64);
+        for ni in 0..n {
+            let r = range(ni);
+            // SAFETY: each channel writes only its own ranges.
+            let o = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r.start), r.len()) };
+            for ((o, &g), &v) in o.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
+                *o = g * k;
+                sdy += g as f64;
+                sdyx += g as f64 * (v as f64 - mean[ci] as f64) * is;
+            }
+        }
+        (sdyx as f32, sdy as f32)
+    });
+    Ok(BatchNormGrads {
+        input: Tensor::from_vec_unchecked(dx, input.shape()),
+        weight: Tensor::from_vec_unchecked(sums.iter().map(|s| s.0).collect(), &[c]),
+        bias: Tensor::from_vec_unchecked(sums.iter().map(|s| s.1).collect(), &[c]),
+    })
+}
+
+/// Folds an eval-mode batch norm that follows a conv into the conv's weight and bias:
+/// `w' = w * gamma / sqrt(var + eps)` per output channel, `b' = (b - mean) * gamma / sqrt(var +
+/// eps) + beta`. The folded conv gives the same output as conv followed by batch norm.
+pub fn fold_batch_norm(
+    conv_weight: &Tensor,
+    conv_bias: Option<&Tensor>,
+    bn_weight: Option<&Tensor>,
+    bn_bias: Option<&Tensor>,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "fold_batch_norm";
+    let ws = conv_weight.shape();
+    if ws.is_empty() || ws[0] == 0 {
+        return Err(invalid(OP, format!("cannot fold into a conv weight of shape {ws:?}")));
+    }
+    let c = ws[0];
+    let per_out = ws[1..].iter().product::<usize>();
+    let (scale, shift) = eval_affine(OP, c, bn_weight, bn_bias, running_mean, running_var, eps)?;
+    let b = channel_vec(OP, conv_bias, c, 0.0)?;
+    let w = conv_weight.f32_data(OP)?;
+    let folded: Vec<f32> = w.iter().enumerate().map(|(i, &v)| v * scale[i / per_out]).collect();
+    let bias: Vec<f32> = (0..c).map(|i| b[i] * scale[i] + shift[i]).collect();
+    Ok((Tensor::from_vec_unchecked(folded, ws), Tensor::from_vec_unchecked(bias, &[c])))
+}

@@ -1,0 +1,512 @@
+//! 2-D convolution (NCHW) as im2col + GEMM: forward, grad-input, grad-weight, grad-bias.
+//!
+//! Design, for speed and bounded memory:
+//! - The output positions of each image are cut into tiles; one tile's im2col buffer holds
+//!   `cin * kh * kw` rows of at most [`COL_BUDGET`] floats in all, so memory does not grow with
+//!   the batch or the image, and the buffer stays in cache while GEMM packs it.
+//! - All groups share one im2col buffer per tile (group `g` reads its own block of rows), so a
+//!   32-group ResNeXt conv gathers its input once, not 32 times.
+//! - A 1x1, stride-1, unpadded conv needs no im2col: the image itself is the GEMM operand.
+//! - Work is split across (image, tile) items with rayon when there are enough of them;
+//!   otherwise each GEMM uses all threads.
+//! - The forward pass applies an epilogue (bias, residual add, ReLU) to each output tile while it
+//!   is still in cache: this is the fused conv + BN + ReLU path of inference.
+
+use super::matmul::{parallelism, sgemm_raw, MatRef, SyncPtr};
+use crate::error::{bad_shape, invalid, mismatch, Result};
+use crate::Tensor;
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Most floats one im2col tile holds (2 MiB).
+const COL_BUDGET: usize = 1 << 19;
+
+/// Stride, padding, dilation and groups of a 2-D convolution (`[height, width]` pairs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Conv2dParams {
+    /// Step between output positions.
+    pub stride: [usize; 2],
+    /// Zeros added on each side.
+    pub padding: [usize; 2],
+    /// Step between kernel taps.
+    pub dilation: [usize; 2],
+    /// Channel groups (input and output channels are split into this many independent convs).
+    pub groups: usize,
+}
+
+impl Default for Conv2dParams {
+    fn default() -> Self {
+        Conv2dParams { stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 1 }
+    }
+}
+
+impl Conv2dParams {
+    /// Stride 1, no padding, no dilation, one group.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// The same stride in both directions.
+    pub fn stride(mut self, s: usize) -> Self {
+        self.stride = [s, s];
+        self
+    }
+    /// The same padding on every side.
+    pub fn padding(mut self, p: usize) -> Self {
+        self.padding = [p, p];
+        self
+    }
+    /// The same dilation in both directions.
+    pub fn dilation(mut self, d: usize) -> Self {
+        self.dilation = [d, d];
+        self
+    }
+    /// Channel groups.
+    pub fn groups(mut self, g: usize) -> Self {
+        self.groups = g;
+        self
+    }
+}
+
+/// Every size a convolution needs, validated once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConvGeom {
+    pub n: usize,
+    pub cin: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cout: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub p: Conv2dParams,
+    pub cin_g: usize,
+    pub cout_g: usize,
+}
+
+impl ConvGeom {
+    pub(crate) fn new(op: &'static str, x: &[usize], wt: &[usize], p: Conv2dParams) -> Result<ConvGeom> {
+        if x.len() != 4 {
+            return Err(bad_shape(op, x, "the input must be 4-D [batch, channels, height, width]"));
+        }
+        if wt.len() != 4 {
+            return Err(bad_shape(op, wt, "the weight must be 4-D [out, in / groups, kh, kw]"));
+        }
+        if p.groups == 0 || p.stride.contains(&0) || p.dilation.contains(&0) {
+            return Err(invalid(op, format!("groups, stride and dilation must be positive, got {p:?}")));
+        }
+        let (n, cin, h, w) = (x[0], x[1], x[2], x[3]);
+        let (cout, cin_g, kh, kw) = (wt[0], wt[1], wt[2], wt[3]);
+        if cin % p.groups != 0 || cout % p.groups != 0 || cin_g * p.groups != cin {
+            return Err(mismatch(op, x, wt));
+        }
+        let out_size = |size: usize, pad: usize, dil: usize, k: usize, s: usize| -> Option<usize> {
+            let span = dil * (k.checked_sub(1)?) + 1;
+            let padded = size + 2 * pad;
+            (padded >= span).then(|| (padded - span) / s + 1)
+        };
+        let (Some(oh), Some(ow)) = (
+            out_size(h, p.padding[0], p.dilation[0], kh, p.stride[0]),
+            out_size(w, p.padding[1], p.dilation[1], kw, p.stride[1]),
+        ) else {
+            return Err(bad_shape(op, x, format!("the padded input is smaller than the kernel {wt:?} ({p:?})")));
+        };
+        Ok(ConvGeom { n, cin, h, w, cout, kh, kw, oh, ow, p, cin_g, cout_g: cout / p.groups })
+    }
+
+    /// Rows of one group's im2col matrix (= columns of its weight matrix).
+    fn k(&self) -> usize {
+        self.cin_g * self.kh * self.kw
+    }
+    fn out_hw(&self) -> usize {
+        self.oh * self.ow
+    }
+    fn in_hw(&self) -> usize {
+        self.h * self.w
+    }
+    pub(crate) fn out_shape(&self) -> [usize; 4] {
+        [self.n, self.cout, self.oh, self.ow]
+    }
+    /// 1x1, stride 1, no padding: the input is its own im2col matrix.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.p.stride == [1, 1] && self.p.padding == [0, 0]
+    }
+    /// Output positions per tile.
+    fn tile(&self) -> usize {
+        let rows = self.cin * self.kh * self.kw;
+        (COL_BUDGET / rows.max(1)).clamp(64.min(self.out_hw()), self.out_hw()).max(1)
+    }
+    fn tiles(&self) -> usize {
+        self.out_hw().div_ceil(self.tile())
+    }
+    /// Multiply-accumulates of the forward pass.
+    pub(crate) fn macs(&self) -> usize {
+        self.n * self.cout * self.out_hw() * self.k()
+    }
+
+    /// For output row `oh` and kernel row `ki`, the input row (None when it falls in padding).
+    #[inline]
+    fn in_row(&self, oh: usize, ki: usize) -> Option<usize> {
+        (oh * self.p.stride[0] + ki * self.p.dilation[0]).checked_sub(self.p.padding[0]).filter(|&r| r < self.h)
+    }
+
+    /// For kernel column `kj`, the range of output columns whose input column is inside the
+    /// image, and the input column of output column 0 (which may be negative).
+    #[inline]
+    fn valid_cols(&self, kj: usize) -> (usize, usize, isize) {
+        let (s, pad) = (self.p.stride[1] as isize, self.p.padding[1] as isize);
+        let base = (kj * self.p.dilation[1]) as isize - pad;
+        // iw = ow * s + base must satisfy 0 <= iw < w.
+        let lo = if base >= 0 { 0 } else { ((-base) + s - 1) / s };
+        let hi = if (self.w as isize) > base { ((self.w as isize - base) + s - 1) / s } else { 0 };
+        let hi = hi.clamp(0, self.ow as isize) as usize;
+        (lo.min(hi as isize) as usize, hi, base)
+    }
+}
+
+/// Fills `col` (row-major, `channels * kh * kw` rows of `p1 - p0` columns) with the input taps
+/// of output positions `p0..p1` for the given channels of one image.
+fn im2col(g: &ConvGeom, image: &[f32], channels: std::ops::Range<usize>, p0: usize, p1: usize, col: &mut [f32]) {
+    let len = p1 - p0;
+    let mut row = 0;
+    for c in channels {
+        let plane = &image[c * g.in_hw()..(c + 1) * g.in_hw()];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let dst = &mut col[row * len..(row + 1) * len];
+                let (lo, hi, base) = g.valid_cols(kj);
+                let mut j = 0;
+                let mut p = p0;
+                while p < p1 {
+                    let (oh, ow0) = (p / g.ow, p % g.ow);
+                    let run = (g.ow - ow0).min(p1 - p);
+                    let out = &mut dst[j..j + run];
+                    match g.in_row(oh, ki) {
+                        None => out.fill(0.0),
+                        Some(ih) => {
+                            let src = &plane[ih * g.w..(ih + 1) * g.w];
+                            let s = g.p.stride[1];
+                            for (t, o) in out.iter_mut().enumerate() {
+                                let owc = ow0 + t;
+                                *o = if owc >= lo && owc < hi {
+                                    src[(owc as isize * s as isize + base) as usize]
+                                } else {
+                                    0.0
+                                };
+                            }
+                        }
+                    }
+                    j += run;
+                    p += run;
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds each column entry back into the input position it came from.
+fn col2im(g: &ConvGeom, col: &[f32], channels: std::ops::Range<usize>, p0: usize, p1: usize, image: &mut [f32]) {
+    let len = p1 - p0;
+    let mut row = 0;
+    let in_hw = g.in_hw();
+    for c in channels {
+        let plane = &mut image[c * in_hw..(c + 1) * in_hw];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let src = &col[row * len..(row + 1) * len];
+                let (lo, hi, base) = g.valid_cols(kj);
+                let mut j = 0;
+                let mut p = p0;
+                while p < p1 {
+                    let (oh, ow0) = (p / g.ow, p % g.ow);
+                    let run = (g.ow - ow0).min(p1 - p);
+                    if let Some(ih) = g.in_row(oh, ki) {
+                        let dst = &mut plane[ih * g.w..(ih + 1) * g.w];
+                        let s = g.p.stride[1] as isize;
+                        let a = lo.max(ow0);
+                        let b = hi.min(ow0 + run);
+                        for owc in a..b {
+                            dst[(owc as isize * s + base) as usize] += src[j + owc - ow0];
+                        }
+                    }
+                    j += run;
+                    p += run;
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+/// What the forward pass applies to each output tile after the GEMM.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Epilogue<'a> {
+    pub bias: Option<&'a [f32]>,
+    /// Added elementwise; the same shape as the output.
+    pub residual: Option<&'a [f32]>,
+    pub relu: bool,
+}
+
+pub(crate) fn forward_slices(g: &ConvGeom, x: &[f32], w: &[f32], epi: Epilogue<'_>, out: &mut [f32]) {
+    let (ohw, k, tile, tiles) = (g.out_hw(), g.k(), g.tile(), g.tiles());
+    let items = g.n * tiles;
+    let par = parallelism(items);
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let rows_all = g.cin * g.kh * g.kw;
+    let run_item = |item: usize, col: &mut Vec<f32>| {
+        let (ni, ti) = (item / tiles, item % tiles);
+        let (p0, p1) = (ti * tile, ((ti + 1) * tile).min(ohw));
+        let len = p1 - p0;
+        let image = &x[ni * g.cin * g.in_hw()..(ni + 1) * g.cin * g.in_hw()];
+        if !g.pointwise() {
+            col.resize(rows_all * len, 0.0);
+            im2col(g, image, 0..g.cin, p0, p1, col);
+        }
+        let out_base = ni * g.cout * ohw;
+        for gi in 0..g.p.groups {
+            let lhs = MatRef::of(w, gi * g.cout_g * k, g.cout_g, k, k, 1);
+            let rhs = if g.pointwise() {
+                MatRef::of(image, gi * g.cin_g * g.in_hw() + p0, k, len, g.in_hw(), 1)
+            } else {
+                MatRef::of(col, gi * k * len, k, len, len, 1)
+            };
+            let dst = out_ptr.get().wrapping_add(out_base + gi * g.cout_g * ohw + p0);
+            // SAFETY: item (ni, ti) owns columns p0..p1 of image ni's output rows.
+            unsafe { sgemm_raw(dst, ohw as isize, 1, lhs, rhs, false, par) };
+        }
+        if epi.bias.is_some() || epi.residual.is_some() || epi.relu {
+            for c in 0..g.cout {
+                let start = out_base + c * ohw + p0;
+                // SAFETY: the same disjoint block as the GEMM above.
+                let row = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(start), len) };
+                let b = epi.bias.map_or(0.0, |b| b[c]);
+                match epi.residual {
+                    Some(r) => row.iter_mut().zip(&r[start..start + len]).for_each(|(o, &r)| *o += b + r),
+                    None if b != 0.0 => row.iter_mut().for_each(|o| *o += b),
+                    None => {}
+                }
+                if epi.relu {
+                    row.iter_mut().for_each(|o| *o = o.max(0.0));
+                }
+            }
+        }
+    };
+    if matches!(par, Parallelism::None) {
+        (0..items).into_par_iter().for_each_init(Vec::new, |col, item| run_item(item, col));
+    } else {
+        let mut col = Vec::new();
+        (0..items).for_each(|item| run_item(item, &mut col));
+    }
+}
+
+fn check_bias(op: &'static str, bias: Option<&Tensor>, cout: usize) -> Result<()> {
+    match bias {
+        Some(b) if b.shape() != [cout] => Err(bad_shape(op, b.shape(), format!("the bias must be [{cout}]"))),
+        _ => Ok(()),
+    }
+}
+
+/// `torch.nn.functional.conv2d`: input `[n, cin, h, w]`, weight `[cout, cin / groups, kh, kw]`,
+/// optional bias `[cout]`.
+pub fn conv2d(input: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2dParams) -> Result<Tensor> {
+    conv2d_fused(input, weight, bias, p, None, false)
+}
+
+/// Convolution followed, in the same pass over each output tile, by `+ bias`, `+ residual` and
+/// an optional ReLU. With a batch-norm folded into `weight` and `bias`
+/// ([`crate::fold_batch_norm`]) this is inference's conv + BN (+ add) + ReLU in one kernel.
+pub fn conv2d_fused(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    p: Conv2dParams,
+    residual: Option<&Tensor>,
+    relu: bool,
+) -> Result<Tensor> {
+    const OP: &str = "conv2d";
+    let g = ConvGeom::new(OP, input.shape(), weight.shape(), p)?;
+    check_bias(OP, bias, g.cout)?;
+    if let Some(r) = residual {
+        if r.shape() != g.out_shape() {
+            return Err(mismatch("conv2d residual", r.shape(), &g.out_shape()));
+        }
+    }
+    let x = input.f32_data(OP)?;
+    let w = weight.f32_data(OP)?;
+    let b = bias.map(|b| b.f32_data(OP)).transpose()?;
+    let r = residual.map(|r| r.f32_data(OP)).transpose()?;
+    let mut out = vec![0f32; g.out_shape().iter().product()];
+    let epi = Epilogue { bias: b.as_deref(), residual: r.as_deref(), relu };
+    forward_slices(&g, &x, &w, epi, &mut out);
+    Ok(Tensor::from_vec_unchecked(out, &g.out_shape()))
+}
+
+/// Gradient of [`conv2d`] with respect to its input, for an input of `input_shape`.
+pub fn conv2d_backward_input(
+    grad_output: &Tensor,
+    weight: &Tensor,
+    input_shape: &[usize],
+    p: Conv2dParams,
+) -> Result<Tensor> {
+    const OP: &str = "conv2d_backward_input";
+    let g = ConvGeom::new(OP, input_shape, weight.shape(), p)?;
+    if grad_output.shape() != g.out_shape() {
+        return Err(mismatch(OP, grad_output.shape(), &g.out_shape()));
+    }
+    let dy = grad_output.f32_data(OP)?;
+    let w = weight.f32_data(OP)?;
+    let (ohw, k, in_hw) = (g.out_hw(), g.k(), g.in_hw());
+    let mut dx = vec![0f32; g.n * g.cin * in_hw];
+    let image_len = g.cin * in_hw;
+
+    if g.pointwise() {
+        // dx[n, g] = W_g^T dy[n, g], one GEMM per (image, tile, group), disjoint outputs.
+        let (tile, tiles) = (g.tile(), g.tiles());
+        let items = g.n * tiles;
+        let par = parallelism(items);
+        let dx_ptr = SyncPtr(dx.as_mut_ptr());
+        let run = |item: usize| {
+            let (ni, ti) = (item / tiles, item % tiles);
+            let (p0, p1) = (ti * tile, ((ti + 1) * tile).min(ohw));
+            for gi in 0..g.p.groups {
+                let lhs = MatRef::of(&w, gi * g.cout_g * k, k, g.cout_g, 1, k);
+                let rhs = MatRef::of(&dy, (ni * g.cout + gi * g.cout_g) * ohw + p0, g.cout_g, p1 - p0, ohw, 1);
+                let dst = dx_ptr.get().wrapping_add(ni * image_len + gi * g.cin_g * in_hw + p0);
+                // SAFETY: (image, tile) items write disjoint column ranges.
+                unsafe { sgemm_raw(dst, in_hw as isize, 1, lhs, rhs, false, par) };
+            }
+        };
+        if matches!(par, Parallelism::None) {
+            (0..items).into_par_iter().for_each(run);
+        } else {
+            (0..items).for_each(run);
+        }
+    } else {
+        // Per image: dcol = W^T dy, then col2im. Tiles of one image overlap in dx, so images are
+        // the unit of parallel work.
+        let (tile, tiles) = (g.tile(), g.tiles());
+        let par = parallelism(g.n);
+        let rows_all = g.cin * g.kh * g.kw;
+        let run = |(ni, dx_img): (usize, &mut [f32]), col: &mut Vec<f32>| {
+            for ti in 0..tiles {
+                let (p0, p1) = (ti * tile, ((ti + 1) * tile).min(ohw));
+                let len = p1 - p0;
+                col.resize(rows_all * len, 0.0);
+                for gi in 0..g.p.groups {
+                    let lhs = MatRef::of(&w, gi * g.cout_g * k, k, g.cout_g, 1, k);
+                    let rhs = MatRef::of(&dy, (ni * g.cout + gi * g.cout_g) * ohw + p0, g.cout_g, len, ohw, 1);
+                    let dst = col[gi * k * len..].as_mut_ptr();
+                    // SAFETY: dst is this group's k x len block of the thread's own buffer.
+                    unsafe { sgemm_raw(dst, len as isize, 1, lhs, rhs, false, par) };
+                }
+                col2im(&g, col, 0..g.cin, p0, p1, dx_img);
+            }
+        };
+        if matches!(par, Parallelism::None) {
+            dx.par_chunks_mut(image_len).enumerate().for_each_init(Vec::new, |col, item| run(item, col));
+        } else {
+            let mut col = Vec::new();
+            dx.chunks_mut(image_len).enumerate().for_each(|item| run(item, &mut col));
+        }
+    }
+    Ok(Tensor::from_vec_unchecked(dx, input_shape))
+}
+
+/// Gradient of [`conv2d`] with respect to its weight, for a weight of `weight_shape`.
+pub fn conv2d_backward_weight(
+    input: &Tensor,
+    grad_output: &Tensor,
+    weight_shape: &[usize],
+    p: Conv2dParams,
+) -> Result<Tensor> {
+    const OP: &str = "conv2d_backward_weight";
+    let g = ConvGeom::new(OP, input.shape(), weight_shape, p)?;
+    if grad_output.shape() != g.out_shape() {
+        return Err(mismatch(OP, grad_output.shape(), &g.out_shape()));
+    }
+    let x = input.f32_data(OP)?;
+    let dy = grad_output.f32_data(OP)?;
+    let (ohw, k, in_hw) = (g.out_hw(), g.k(), g.in_hw());
+    let (tile, tiles) = (g.tile(), g.tiles());
+    let items = g.n * tiles;
+    let par = parallelism(items);
+    let wlen = g.cout * k;
+    let rows_all = g.cin * g.kh * g.kw;
+    // dW_g += dy[n, g][:, tile] * col_g[tile]^T, accumulated into `acc`.
+    let run = |item: usize, col: &mut Vec<f32>, acc: &mut [f32]| {
+        let (ni, ti) = (item / tiles, item % tiles);
+        let (p0, p1) = (ti * tile, ((ti + 1) * tile).min(ohw));
+        let len = p1 - p0;
+        let image = &x[ni * g.cin * in_hw..(ni + 1) * g.cin * in_hw];
+        if !g.pointwise() {
+            col.resize(rows_all * len, 0.0);
+            im2col(&g, image, 0..g.cin, p0, p1, col);
+        }
+        for gi in 0..g.p.groups {
+            let lhs = MatRef::of(&dy, (ni * g.cout + gi * g.cout_g) * ohw + p0, g.cout_g, len, ohw, 1);
+            let rhs = if g.pointwise() {
+                MatRef::of(image, gi * g.cin_g * in_hw + p0, len, k, 1, in_hw)
+            } else {
+                MatRef::of(col, gi * k * len, len, k, 1, len)
+            };
+            let dst = acc[gi * g.cout_g * k..].as_mut_ptr();
+            // SAFETY: dst is group gi's block of this worker's own accumulator.
+            unsafe { sgemm_raw(dst, k as isize, 1, lhs, rhs, true, par) };
+        }
+    };
+    let dw = if matches!(par, Parallelism::None) {
+        (0..items)
+            .into_par_iter()
+            .fold(
+                || (Vec::new(), vec![0f32; wlen]),
+                |(mut col, mut acc), item| {
+                    run(item, &mut col, &mut acc);
+                    (col, acc)
+                },
+            )
+            .map(|(_, acc)| acc)
+            .reduce(
+                || vec![0f32; wlen],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            )
+    } else {
+        let mut acc = vec![0f32; wlen];
+        let mut col = Vec::new();
+        (0..items).for_each(|item| run(item, &mut col, &mut acc));
+        acc
+    };
+    Ok(Tensor::from_vec_unchecked(dw, weight_shape))
+}
+
+/// Gradient of [`conv2d`] with respect to its bias: `grad_output` summed over batch and space.
+pub fn conv2d_backward_bias(grad_output: &Tensor) -> Result<Tensor> {
+    const OP: &str = "conv2d_backward_bias";
+    let s = grad_output.shape();
+    if s.len() != 4 {
+        return Err(bad_shape(OP, s, "the output gradient must be 4-D"));
+    }
+    let (n, c, hw) = (s[0], s[1], s[2] * s[3]);
+    let dy = grad_output.f32_data(OP)?;
+    let db: Vec<f32> = (0..c)
+        .into_par_iter()
+        .map(|ci| {
+            (0..n).map(|ni| dy[(ni * c + ci) * hw..(ni * c + ci + 1) * hw].iter().map(|&v| v as f64).sum::<f64>()).sum::<f64>()
+                as f32
+        })
+        .collect();
+    Ok(Tensor::from_vec_unchecked(db, &[c]))
+}
+
+/// Multiply-accumulates of a conv forward pass (`n * cout * oh * ow * cin / groups * kh * kw`).
+pub fn conv2d_macs(input_shape: &[usize], weight_shape: &[usize], p: Conv2dParams) -> Result<usize> {
+    Ok(ConvGeom::new("conv2d_macs", input_shape, weight_shape, p)?.macs())
+}
+
+/// The output shape of [`conv2d`] for the given input and weight shapes.
+pub fn conv2d_output_shape(input_shape: &[usize], weight_shape: &[usize], p: Conv2dParams) -> Result<[usize; 4]> {
+    Ok(ConvGeom::new("conv2d_output_shape", input_shape, weight_shape, p)?.out_shape())
+}

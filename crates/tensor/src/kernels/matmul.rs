@@ -1,0 +1,130 @@
+//! f32 matrix multiplication through the `gemm` crate (packed, cache-blocked, runtime-dispatched
+//! AVX2/FMA/AVX-512 microkernels), with a strided-matrix description so transposed views and
+//! sub-blocks are read in place.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// A read-only strided matrix: element `(i, j)` is at `ptr + i * rs + j * cs`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MatRef {
+    ptr: *const f32,
+    rows: usize,
+    cols: usize,
+    rs: isize,
+    cs: isize,
+}
+
+// SAFETY: a MatRef is only built over data that outlives the call using it and is never written
+// through it.
+unsafe impl Send for MatRef {}
+unsafe impl Sync for MatRef {}
+
+impl MatRef {
+    fn offset(self, by: isize) -> MatRef {
+        MatRef { ptr: self.ptr.wrapping_offset(by), ..self }
+    }
+
+    pub(crate) fn strided(ptr: *const f32, rows: usize, cols: usize, rs: isize, cs: isize) -> MatRef {
+        MatRef { ptr, rows, cols, rs, cs }
+    }
+
+    /// A row-major block of `data` starting at `offset` with row stride `ld`, bounds-checked.
+    pub(crate) fn of(data: &[f32], offset: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> MatRef {
+        if rows > 0 && cols > 0 {
+            let last = offset + (rows - 1) * rs + (cols - 1) * cs;
+            assert!(last < data.len(), "matrix block past the end of its buffer");
+        }
+        MatRef { ptr: data[offset..].as_ptr(), rows, cols, rs: rs as isize, cs: cs as isize }
+    }
+}
+
+/// A pointer that may be shared across threads that write disjoint elements through it.
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr(pub(crate) *mut f32);
+// SAFETY: users only write disjoint index sets from different threads.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// The pointer (a method, so closures capture the `Sync` wrapper rather than the field).
+    #[inline]
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Whether one GEMM should use every thread (when there is too little outer work to share).
+pub(crate) fn parallelism(outer_items: usize) -> Parallelism {
+    let threads = rayon::current_num_threads();
+    if threads > 1 && outer_items < 2 * threads {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    }
+}
+
+/// `dst = lhs * rhs` (or `dst += lhs * rhs` with `accumulate`) where `dst` is the row-major
+/// block of `out` at `offset` with row stride `ld`.
+///
+/// # Safety
+/// `dst` must point to `lhs.rows x rhs.cols` writable elements with the given strides that no
+/// other thread touches during the call; `lhs` and `rhs` must be valid for reads.
+pub(crate) unsafe fn sgemm_raw(
+    dst: *mut f32,
+    dst_rs: isize,
+    dst_cs: isize,
+    lhs: MatRef,
+    rhs: MatRef,
+    accumulate: bool,
+    par: Parallelism,
+) {
+    debug_assert_eq!(lhs.cols, rhs.rows);
+    if lhs.rows == 0 || rhs.cols == 0 {
+        return;
+    }
+    if lhs.cols == 0 {
+        if !accumulate {
+            for i in 0..lhs.rows {
+                for j in 0..rhs.cols {
+                    *dst.offset(i as isize * dst_rs + j as isize * dst_cs) = 0.0;
+                }
+            }
+        }
+        return;
+    }
+    gemm::gemm(
+        lhs.rows, rhs.cols, lhs.cols, dst, dst_cs, dst_rs, accumulate, lhs.ptr, lhs.cs, lhs.rs, rhs.ptr,
+        rhs.cs, rhs.rs, 1.0, 1.0, false, false, false, par,
+    );
+}
+
+/// `out[i] = lhs[i] * rhs[i]` for a batch of matrices at the given element offsets, `out`
+/// row-major `[batch, m, n]`. Parallel over the batch when it is large, inside GEMM otherwise.
+pub(crate) fn batched_sgemm(
+    out: &mut [f32],
+    m: usize,
+    n: usize,
+    lhs: MatRef,
+    lhs_offsets: &[isize],
+    rhs: MatRef,
+    rhs_offsets: &[isize],
+) {
+    let nb = lhs_offsets.len();
+    assert_eq!(out.len(), nb * m * n);
+    if m * n == 0 {
+        return;
+    }
+    let par = parallelism(nb);
+    let one = |(i, chunk): (usize, &mut [f32])| {
+        let l = lhs.offset(lhs_offsets[i]);
+        let r = rhs.offset(rhs_offsets[i]);
+        // SAFETY: each chunk is a distinct m*n block of `out`; l and r point into live views.
+        unsafe { sgemm_raw(chunk.as_mut_ptr(), n as isize, 1, l, r, false, par) };
+    };
+    if matches!(par, Parallelism::None) && nb > 1 {
+        out.par_chunks_mut(m * n).enumerate().for_each(one);
+    } else {
+        out.chunks_mut(m * n).enumerate().for_each(one);
+    }
+}

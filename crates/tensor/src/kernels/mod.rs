@@ -1,0 +1,7 @@
+//! The compute kernels behind the tensor ops. Each file holds one family, forward and backward
+//! side by side; every kernel validates shapes and returns `Err` before touching data.
+
+pub mod batch_norm;
+pub mod conv;
+pub(crate) mod matmul;
+pub mod pool;

@@ -1,0 +1,292 @@
+//! Max, average and adaptive-average 2-D pooling (NCHW), forward and backward, with PyTorch's
+//! window arithmetic (ceil mode, padding counted or not, adaptive start/end rounding).
+//! Each (image, channel) plane is independent, so planes are the unit of parallel work.
+
+use crate::error::{bad_shape, invalid, mismatch, Result};
+use crate::Tensor;
+use rayon::prelude::*;
+
+/// Kernel, stride and padding of a pooling window (`[height, width]` pairs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Pool2dParams {
+    /// Window size.
+    pub kernel: [usize; 2],
+    /// Step between windows (PyTorch's default is the kernel size).
+    pub stride: [usize; 2],
+    /// Implicit padding on each side (at most half the kernel).
+    pub padding: [usize; 2],
+    /// Round the output size up instead of down.
+    pub ceil_mode: bool,
+}
+
+impl Pool2dParams {
+    /// A square window whose stride is its size, without padding.
+    pub fn new(kernel: usize) -> Self {
+        Pool2dParams { kernel: [kernel, kernel], stride: [kernel, kernel], padding: [0, 0], ceil_mode: false }
+    }
+    /// The same stride in both directions.
+    pub fn stride(mut self, s: usize) -> Self {
+        self.stride = [s, s];
+        self
+    }
+    /// The same padding on every side.
+    pub fn padding(mut self, p: usize) -> Self {
+        self.padding = [p, p];
+        self
+    }
+    /// Round output sizes up.
+    pub fn ceil_mode(mut self, c: bool) -> Self {
+        self.ceil_mode = c;
+        self
+    }
+}
+
+/// PyTorch's `pooling_output_shape`.
+fn pooled_size(op: &'static str, size: usize, k: usize, s: usize, pad: usize, ceil: bool) -> Result<usize> {
+    if k == 0 || s == 0 {
+        return Err(invalid(op, "kernel and stride must be positive"));
+    }
+    if pad > k / 2 {
+        return Err(invalid(op, format!("padding {pad} should be at most half of the kernel size {k}")));
+    }
+    let span = (size + 2 * pad) as isize - k as isize;
+    if span < 0 {
+        return Err(invalid(op, format!("the padded input ({size} + 2 * {pad}) is smaller than the kernel {k}")));
+    }
+    let mut out = (span + if ceil { s as isize - 1 } else { 0 }) / s as isize + 1;
+    if ceil && (out - 1) * s as isize >= (size + pad) as isize {
+        out -= 1;
+    }
+    Ok(out as usize)
+}
+
+struct PoolGeom {
+    planes: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+}
+
+fn geometry(op: &'static str, shape: &[usize], p: &Pool2dParams) -> Result<PoolGeom> {
+    if shape.len() != 4 {
+        return Err(bad_shape(op, shape, "the input must be 4-D [batch, channels, height, width]"));
+    }
+    let oh = pooled_size(op, shape[2], p.kernel[0], p.stride[0], p.padding[0], p.ceil_mode)?;
+    let ow = pooled_size(op, shape[3], p.kernel[1], p.stride[1], p.padding[1], p.ceil_mode)?;
+    Ok(PoolGeom { planes: shape[0] * shape[1], h: shape[2], w: shape[3], oh, ow })
+}
+
+/// `torch.nn.functional.max_pool2d(..., return_indices=True)`: the pooled values and, for each,
+/// the flat index `h * W + w` of the chosen input element within its plane (i64).
+pub fn max_pool2d(input: &Tensor, p: Pool2dParams) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "max_pool2d";
+    let g = geometry(OP, input.shape(), &p)?;
+    let x = input.f32_data(OP)?;
+    let (ohw, ihw) = (g.oh * g.ow, g.h * g.w);
+    let mut out = vec![0f32; g.planes * ohw];
+    let mut idx = vec![0i64; g.planes * ohw];
+    out.par_chunks_mut(ohw.max(1)).zip(idx.par_chunks_mut(ohw.max(1))).enumerate().for_each(|(pl, (o, ix))| {
+        let plane = &x[pl * ihw..(pl + 1) * ihw];
+        for oh in 0..g.oh {
+            let h0 = (oh * p.stride[0]) as isize - p.padding[0] as isize;
+            let h1 = (h0 + p.kernel[0] as isize).min(g.h as isize) as usize;
+            let h0 = h0.max(0) as usize;
+            for ow in 0..g.ow {
+                let w0 = (ow * p.stride[1]) as isize - p.padding[1] as isize;
+                let w1 = (w0 + p.kernel[1] as isize).min(g.w as isize) as usize;
+                let w0 = w0.max(0) as usize;
+                let mut best = f32::NEG_INFINITY;
+                let mut best_i = h0 * g.w + w0;
+                for ih in h0..h1 {
+                    for iw in w0..w1 {
+                        let v = plane[ih * g.w + iw];
+                        if v > best || v.is_nan() {
+                            best = v;
+                            best_i = ih * g.w + iw;
+                            if v.is_nan() {
+                                break;
+                            }
+                        }
+                    }
+                    if best.is_nan() {
+                        break;
+                    }
+                }
+                o[oh * g.ow + ow] = best;
+                ix[oh * g.ow + ow] = best_i as i64;
+            }
+        }
+    });
+    let shape = [input.shape()[0], input.shape()[1], g.oh, g.ow];
+    Ok((Tensor::from_vec_unchecked(out, &shape), Tensor::from_i64_vec_unchecked(idx, &shape)))
+}
+
+/// Gradient of [`max_pool2d`]: each output gradient goes to the input element it came from.
+pub fn max_pool2d_backward(grad_output: &Tensor, indices: &Tensor, input_shape: &[usize]) -> Result<Tensor> {
+    const OP: &str = "max_pool2d_backward";
+    if input_shape.len() != 4 {
+        return Err(bad_shape(OP, input_shape, "the input must be 4-D"));
+    }
+    let gs = grad_output.shape();
+    if gs != indices.shape() || gs.len() != 4 || gs[..2] != input_shape[..2] {
+        return Err(mismatch(OP, gs, indices.shape()));
+    }
+    let dy = grad_output.f32_data(OP)?;
+    let ix = indices.i64_data(OP)?;
+    let (ihw, ohw) = (input_shape[2] * input_shape[3], gs[2] * gs[3]);
+    if let Some(&bad) = ix.iter().find(|&&i| i < 0 || i as usize >= ihw) {
+        return Err(crate::TensorError::IndexOutOfRange { op: OP, index: bad, size: ihw });
+    }
+    let mut dx = vec![0f32; input_shape.iter().product()];
+    dx.par_chunks_mut(ihw.max(1)).enumerate().for_each(|(pl, d)| {
+        for j in 0..ohw {
+            d[ix[pl * ohw + j] as usize] += dy[pl * ohw + j];
+        }
+    });
+    Ok(Tensor::from_vec_unchecked(dx, input_shape))
+}
+
+/// For each output position: the clipped window `[h0, h1) x [w0, w1)` and its divisor, as
+/// PyTorch's `avg_pool2d` computes them.
+fn avg_windows(g: &PoolGeom, p: &Pool2dParams, count_include_pad: bool) -> Vec<(usize, usize, usize, usize, f32)> {
+    let mut v = Vec::with_capacity(g.oh * g.ow);
+    for oh in 0..g.oh {
+        for ow in 0..g.ow {
+            let h0 = (oh * p.stride[0]) as isize - p.padding[0] as isize;
+            let w0 = (ow * p.stride[1]) as isize - p.padding[1] as isize;
+            let h1 = (h0 + p.kernel[0] as isize).min((g.h + p.padding[0]) as isize);
+            let w1 = (w0 + p.kernel[1] as isize).min((g.w + p.padding[1]) as isize);
+            let pool_size = (h1 - h0) * (w1 - w0);
+            let (h0, w0) = (h0.max(0) as usize, w0.max(0) as usize);
+            let (h1, w1) = (h1.min(g.h as isize) as usize, w1.min(g.w as isize) as usize);
+            let divisor = if count_include_pad { pool_size as usize } else { (h1.saturating_sub(h0)) * (w1.saturating_sub(w0)) };
+            v.push((h0, h1, w0, w1, divisor.max(1) as f32));
+        }
+    }
+    v
+}
+
+/// `torch.nn.functional.avg_pool2d` (`count_include_pad` as in PyTorch, default `true`).
+pub fn avg_pool2d(input: &Tensor, p: Pool2dParams, count_include_pad: bool) -> Result<Tensor> {
+    const OP: &str = "avg_pool2d";
+    let g = geometry(OP, input.shape(), &p)?;
+    let x = input.f32_data(OP)?;
+    let windows = avg_windows(&g, &p, count_include_pad);
+    let (ohw, ihw) = (g.oh * g.ow, g.h * g.w);
+    let mut out = vec![0f32; g.planes * ohw];
+    out.par_chunks_mut(ohw.max(1)).enumerate().for_each(|(pl, o)| {
+        let plane = &x[pl * ihw..(pl + 1) * ihw];
+        for (j, &(h0, h1, w0, w1, div)) in windows.iter().enumerate() {
+            let mut s = 0f32;
+            for ih in h0..h1 {
+                s += plane[ih * g.w + w0..ih * g.w + w1.max(w0)].iter().sum::<f32>();
+            }
+            o[j] = s / div;
+        }
+    });
+    Ok(Tensor::from_vec_unchecked(out, &[input.shape()[0], input.shape()[1], g.oh, g.ow]))
+}
+
+/// Gradient of [`avg_pool2d`].
+pub fn avg_pool2d_backward(
+    grad_output: &Tensor,
+    input_shape: &[usize],
+    p: Pool2dParams,
+    count_include_pad: bool,
+) -> Result<Tensor> {
+    const OP: &str = "avg_pool2d_backward";
+    let g = geometry(OP, input_shape, &p)?;
+    let expect = [input_shape[0], input_shape[1], g.oh, g.ow];
+    if grad_output.shape() != expect {
+        return Err(mismatch(OP, grad_output.shape(), &expect));
+    }
+    let dy = grad_output.f32_data(OP)?;
+    let windows = avg_windows(&g, &p, count_include_pad);
+    let (ohw, ihw) = (g.oh * g.ow, g.h * g.w);
+    let mut dx = vec![0f32; g.planes * ihw];
+    dx.par_chunks_mut(ihw.max(1)).enumerate().for_each(|(pl, d)| {
+        for (j, &(h0, h1, w0, w1, div)) in windows.iter().enumerate() {
+            let v = dy[pl * ohw + j] / div;
+            for ih in h0..h1 {
+                for iw in w0..w1 {
+                    d[ih * g.w + iw] += v;
+                }
+            }
+        }
+    });
+    Ok(Tensor::from_vec_unchecked(dx, input_shape))
+}
+
+/// PyTorch's adaptive window for output index `i` of `out` over an input of `size`:
+/// `[floor(i * size / out), ceil((i + 1) * size / out))`.
+fn adaptive_range(i: usize, out: usize, size: usize) -> (usize, usize) {
+    (i * size / out, ((i + 1) * size).div_ceil(out))
+}
+
+fn adaptive_check(op: &'static str, shape: &[usize], output: [usize; 2]) -> Result<()> {
+    if shape.len() != 4 {
+        return Err(bad_shape(op, shape, "the input must be 4-D [batch, channels, height, width]"));
+    }
+    if output.contains(&0) || shape[2] == 0 || shape[3] == 0 {
+        return Err(bad_shape(op, shape, format!("cannot pool to an output of {output:?}")));
+    }
+    Ok(())
+}
+
+/// `torch.nn.functional.adaptive_avg_pool2d` to an output of `[oh, ow]`.
+pub fn adaptive_avg_pool2d(input: &Tensor, output: [usize; 2]) -> Result<Tensor> {
+    const OP: &str = "adaptive_avg_pool2d";
+    adaptive_check(OP, input.shape(), output)?;
+    let s = input.shape();
+    let (h, w, [oh, ow]) = (s[2], s[3], output);
+    let x = input.f32_data(OP)?;
+    let mut out = vec![0f32; s[0] * s[1] * oh * ow];
+    out.par_chunks_mut(oh * ow).enumerate().for_each(|(pl, o)| {
+        let plane = &x[pl * h * w..(pl + 1) * h * w];
+        for i in 0..oh {
+            let (h0, h1) = adaptive_range(i, oh, h);
+            for j in 0..ow {
+                let (w0, w1) = adaptive_range(j, ow, w);
+                let mut sum = 0f32;
+                for ih in h0..h1 {
+                    sum += plane[ih * w + w0..ih * w + w1].iter().sum::<f32>();
+                }
+                o[i * ow + j] = sum / ((h1 - h0) * (w1 - w0)) as f32;
+            }
+        }
+    });
+    Ok(Tensor::from_vec_unchecked(out, &[s[0], s[1], oh, ow]))
+}
+
+/// Gradient of [`adaptive_avg_pool2d`].
+pub fn adaptive_avg_pool2d_backward(grad_output: &Tensor, input_shape: &[usize]) -> Result<Tensor> {
+    const OP: &str = "adaptive_avg_pool2d_backward";
+    let gs = grad_output.shape();
+    if gs.len() != 4 || input_shape.len() != 4 || gs[..2] != input_shape[..2] {
+        return Err(mismatch(OP, gs, input_shape));
+    }
+    adaptive_check(OP, input_shape, [gs[2], gs[3]])?;
+    let (h, w, oh, ow) = (input_shape[2], input_shape[3], gs[2], gs[3]);
+    let dy = grad_output.f32_data(OP)?;
+    let mut dx = vec![0f32; input_shape.iter().product()];
+    dx.par_chunks_mut(h * w).enumerate().for_each(|(pl, d)| {
+        for i in 0..oh {
+            let (h0, h1) = adaptive_range(i, oh, h);
+            for j in 0..ow {
+                let (w0, w1) = adaptive_range(j, ow, w);
+                let v = dy[(pl * oh + i) * ow + j] / ((h1 - h0) * (w1 - w0)) as f32;
+                for ih in h0..h1 {
+                    d[ih * w + w0..ih * w + w1].iter_mut().for_each(|x| *x += v);
+                }
+            }
+        }
+    });
+    Ok(Tensor::from_vec_unchecked(dx, input_shape))
+}
+
+/// Output shape of a pooling window over an input shape (for shape inference).
+pub fn pool2d_output_shape(input_shape: &[usize], p: Pool2dParams) -> Result<[usize; 4]> {
+    let g = geometry("pool2d_output_shape", input_shape, &p)?;
+    Ok([input_shape[0], input_shape[1], g.oh, g.ow])
+}

@@ -1,0 +1,127 @@
+//! conv2d forward and backward against the direct-loop oracle (`tensor::reference`): proptest
+//! over random geometries (stride, padding, dilation, groups, 1x1, odd sizes, batch 1), finite
+//! differences for the backwards, and the adjoint (dot-product) identity on shapes large enough
+//! to use several tiles and both parallel strategies.
+
+mod common;
+use common::*;
+use proptest::prelude::*;
+use tensor::{conv2d, conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight, reference, Conv2dParams, Tensor};
+
+#[derive(Debug, Clone)]
+struct Case {
+    x: [usize; 4],
+    w: [usize; 4],
+    p: Conv2dParams,
+    bias: bool,
+    seed: u64,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        (1usize..=3, 1usize..=4, 1usize..=3, 1usize..=3),
+        (1usize..=9, 1usize..=9, 1usize..=4, 1usize..=4),
+        (1usize..=3, 1usize..=3, 0usize..=2, 0usize..=2, 1usize..=2, 1usize..=2),
+        any::<bool>(),
+        any::<u64>(),
+    )
+        .prop_filter_map("kernel larger than padded input", |((n, groups, cin_g, cout_g), (h, w, kh, kw), (sh, sw, ph, pw, dh, dw), bias, seed)| {
+            let p = Conv2dParams { stride: [sh, sw], padding: [ph, pw], dilation: [dh, dw], groups };
+            let fits = h + 2 * ph > dh * (kh - 1) && w + 2 * pw > dw * (kw - 1);
+            fits.then_some(Case { x: [n, groups * cin_g, h, w], w: [groups * cout_g, cin_g, kh, kw], p, bias, seed })
+        })
+}
+
+fn run_reference(c: &Case, x: &[f64], w: &[f64], b: Option<&[f64]>) -> Vec<f64> {
+    reference::conv2d(x, c.x, w, c.w, b, c.p).0
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn forward_matches_reference(c in case()) {
+        let x = randn(&c.x, c.seed);
+        let w = randn(&c.w, c.seed + 1);
+        let b = c.bias.then(|| randn(&[c.w[0]], c.seed + 2));
+        let want = run_reference(&c, &f64s(&x), &f64s(&w), b.as_ref().map(f64s).as_deref());
+        for threads in [1, 3] {
+            let got = with_threads(threads, || conv2d(&x, &w, b.as_ref(), c.p)).unwrap();
+            assert_close(&format!("{c:?} forward ({threads} threads)"), &got.to_vec_f32().unwrap(), &want, 1e-5);
+        }
+    }
+
+    #[test]
+    fn backwards_match_finite_differences(c in case()) {
+        let x = randn(&c.x, c.seed);
+        let w = randn(&c.w, c.seed + 1);
+        let out_shape = tensor::conv2d_output_shape(&c.x, &c.w, c.p).unwrap();
+        let gy = randn(&out_shape, c.seed + 3);
+        let (xf, wf, gyf) = (f64s(&x), f64s(&w), f64s(&gy));
+        let loss_x = |xv: &[f64]| run_reference(&c, xv, &wf, None).iter().zip(&gyf).map(|(a, b)| a * b).sum::<f64>();
+        let loss_w = |wv: &[f64]| run_reference(&c, &xf, wv, None).iter().zip(&gyf).map(|(a, b)| a * b).sum::<f64>();
+        let gx = conv2d_backward_input(&gy, &w, &c.x, c.p).unwrap();
+        let gw = conv2d_backward_weight(&x, &gy, &c.w, c.p).unwrap();
+        assert_close(&format!("{c:?} grad input"), &gx.to_vec_f32().unwrap(), &finite_diff(&xf, 1e-3, loss_x), 1e-4);
+        assert_close(&format!("{c:?} grad weight"), &gw.to_vec_f32().unwrap(), &finite_diff(&wf, 1e-3, loss_w), 1e-4);
+        let gb = conv2d_backward_bias(&gy).unwrap();
+        let want_gb: Vec<f64> = (0..c.w[0]).map(|co| {
+            (0..out_shape[0]).map(|n| (0..out_shape[2] * out_shape[3]).map(|k| gyf[(n * c.w[0] + co) * out_shape[2] * out_shape[3] + k]).sum::<f64>()).sum()
+        }).collect();
+        assert_close("grad bias", &gb.to_vec_f32().unwrap(), &want_gb, 1e-5);
+    }
+}
+
+/// Shapes big enough for several im2col tiles per image, under 1 and 4 threads (the
+/// parallel-GEMM and the parallel-items strategies), checked by the adjoint identities
+/// `<conv(x, w), g> = <x, dX(g)> = <w, dW(x, g)>` and the oracle.
+#[test]
+fn multi_tile_shapes_match_reference_and_adjoints() {
+    let cases = [
+        ([1, 64, 33, 31], [16, 64, 3, 3], Conv2dParams::new().padding(1)),
+        ([3, 64, 30, 30], [32, 16, 3, 3], Conv2dParams::new().padding(1).stride(2).groups(4)),
+        ([2, 128, 20, 20], [32, 128, 1, 1], Conv2dParams::new()),
+        ([2, 3, 64, 64], [8, 3, 7, 7], Conv2dParams::new().padding(3).stride(2)),
+    ];
+    for (xs, ws, p) in cases {
+        let x = randn(&xs, 10);
+        let w = randn(&ws, 11);
+        let want = reference::conv2d(&f64s(&x), xs, &f64s(&w), ws, None, p).0;
+        for threads in [1, 4] {
+            let y = with_threads(threads, || conv2d(&x, &w, None, p)).unwrap();
+            assert_close(&format!("{xs:?} {ws:?} forward"), &y.to_vec_f32().unwrap(), &want, 1e-5);
+            let g = randn(y.shape(), 12);
+            let dx = with_threads(threads, || conv2d_backward_input(&g, &w, &xs, p)).unwrap();
+            let dw = with_threads(threads, || conv2d_backward_weight(&x, &g, &ws, p)).unwrap();
+            let lhs = dot(&y.to_vec_f32().unwrap(), &g.to_vec_f32().unwrap());
+            let via_x = dot(&x.to_vec_f32().unwrap(), &dx.to_vec_f32().unwrap());
+            let via_w = dot(&w.to_vec_f32().unwrap(), &dw.to_vec_f32().unwrap());
+            let tol = 1e-4 * lhs.abs().max(1.0) * 10.0;
+            assert!((lhs - via_x).abs() < tol, "{xs:?}: <y,g>={lhs} <x,dx>={via_x}");
+            assert!((lhs - via_w).abs() < tol, "{xs:?}: <y,g>={lhs} <w,dw>={via_w}");
+        }
+    }
+}
+
+#[test]
+fn strided_input_views_are_accepted() {
+    let x = randn(&[2, 3, 6, 5], 1).permute(&[0, 1, 3, 2]).unwrap();
+    let w = randn(&[2, 3, 3, 3], 2);
+    let y = conv2d(&x, &w, None, Conv2dParams::new()).unwrap();
+    let want = reference::conv2d(&f64s(&x.contiguous()), [2, 3, 5, 6], &f64s(&w), [2, 3, 3, 3], None, Conv2dParams::new()).0;
+    assert_close("permuted input", &y.to_vec_f32().unwrap(), &want, 1e-5);
+}
+
+#[test]
+fn bad_shapes_are_errors_naming_the_shapes() {
+    let x = Tensor::zeros(&[1, 4, 5, 5]);
+    let e = conv2d(&x, &Tensor::zeros(&[2, 3, 3, 3]), None, Conv2dParams::new()).unwrap_err();
+    assert!(e.to_string().contains("[1, 4, 5, 5]") && e.to_string().contains("[2, 3, 3, 3]"), "{e}");
+    let e = conv2d(&x, &Tensor::zeros(&[2, 4, 7, 7]), None, Conv2dParams::new()).unwrap_err();
+    assert!(e.to_string().contains("smaller than the kernel"), "{e}");
+    assert!(conv2d(&x, &Tensor::zeros(&[4, 2, 3, 3]), None, Conv2dParams::new().groups(3)).is_err());
+    assert!(conv2d(&x, &Tensor::zeros(&[2, 4, 1, 1]), None, Conv2dParams::new().stride(0)).is_err());
+    assert!(conv2d(&x, &Tensor::zeros(&[2, 4, 1, 1]), Some(&Tensor::zeros(&[3])), Conv2dParams::new()).is_err());
+    assert!(conv2d(&Tensor::zeros(&[4, 5, 5]), &Tensor::zeros(&[2, 4, 1, 1]), None, Conv2dParams::new()).is_err());
+    assert!(conv2d(&x.to_dtype(tensor::DType::I64), &Tensor::zeros(&[2, 4, 1, 1]), None, Conv2dParams::new()).is_err());
+}

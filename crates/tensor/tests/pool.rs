@@ -1,0 +1,77 @@
+//! Pooling kernels against the direct-loop oracle and finite differences, on random shapes.
+
+mod common;
+use common::*;
+use proptest::prelude::*;
+use tensor::*;
+
+fn pool_case() -> impl Strategy<Value = ([usize; 4], Pool2dParams, u64)> {
+    ((1usize..=2, 1usize..=3, 1usize..=9, 1usize..=9), (1usize..=4, 1usize..=4, 1usize..=3, 1usize..=3), (0usize..=2, 0usize..=2, any::<bool>()), any::<u64>())
+        .prop_filter_map("window does not fit", |((n, c, h, w), (kh, kw, sh, sw), (ph, pw, ceil), seed)| {
+            let p = Pool2dParams { kernel: [kh, kw], stride: [sh, sw], padding: [ph, pw], ceil_mode: ceil };
+            let ok = ph <= kh / 2 && pw <= kw / 2 && h + 2 * ph >= kh && w + 2 * pw >= kw;
+            ok.then_some(([n, c, h, w], p, seed))
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn max_pool_matches_reference((xs, p, seed) in pool_case()) {
+        let x = randn(&xs, seed);
+        let (vals, idx, os) = reference::max_pool2d(&f64s(&x), xs, p);
+        let (y, yi) = max_pool2d(&x, p).unwrap();
+        prop_assert_eq!(y.shape(), &os[..]);
+        assert_close("max pool", &y.to_vec_f32().unwrap(), &vals, 0.0);
+        prop_assert_eq!(yi.to_vec_i64().unwrap(), idx);
+        // Random inputs have no ties, so max pooling is locally linear: finite differences hold.
+        let g = randn(&os, seed + 1);
+        let gf = f64s(&g);
+        let dx = max_pool2d_backward(&g, &yi, &xs).unwrap();
+        let fd = finite_diff(&f64s(&x), 1e-6, |xv| reference::max_pool2d(xv, xs, p).0.iter().zip(&gf).map(|(a, b)| a * b).sum());
+        assert_close("max pool grad", &dx.to_vec_f32().unwrap(), &fd, 1e-4);
+    }
+
+    #[test]
+    fn avg_pool_matches_reference((xs, p, seed) in pool_case(), include_pad in any::<bool>()) {
+        let x = randn(&xs, seed);
+        let (want, os) = reference::avg_pool2d(&f64s(&x), xs, p, include_pad);
+        let y = avg_pool2d(&x, p, include_pad).unwrap();
+        prop_assert_eq!(y.shape(), &os[..]);
+        assert_close("avg pool", &y.to_vec_f32().unwrap(), &want, 1e-5);
+        let g = randn(&os, seed + 1);
+        let gf = f64s(&g);
+        let dx = avg_pool2d_backward(&g, &xs, p, include_pad).unwrap();
+        let fd = finite_diff(&f64s(&x), 1e-3, |xv| reference::avg_pool2d(xv, xs, p, include_pad).0.iter().zip(&gf).map(|(a, b)| a * b).sum());
+        assert_close("avg pool grad", &dx.to_vec_f32().unwrap(), &fd, 1e-4);
+    }
+
+    #[test]
+    fn adaptive_pool_matches_reference(n in 1usize..=2, c in 1usize..=3, h in 1usize..=9, w in 1usize..=9, oh in 1usize..=5, ow in 1usize..=5, seed in any::<u64>()) {
+        let xs = [n, c, h, w];
+        let x = randn(&xs, seed);
+        let want = reference::adaptive_avg_pool2d(&f64s(&x), xs, [oh, ow]);
+        let y = adaptive_avg_pool2d(&x, [oh, ow]).unwrap();
+        assert_close("adaptive pool", &y.to_vec_f32().unwrap(), &want, 1e-5);
+        let g = randn(&[n, c, oh, ow], seed + 1);
+        let gf = f64s(&g);
+        let dx = adaptive_avg_pool2d_backward(&g, &xs).unwrap();
+        let fd = finite_diff(&f64s(&x), 1e-3, |xv| reference::adaptive_avg_pool2d(xv, xs, [oh, ow]).iter().zip(&gf).map(|(a, b)| a * b).sum());
+        assert_close("adaptive pool grad", &dx.to_vec_f32().unwrap(), &fd, 1e-4);
+    }
+}
+
+#[test]
+fn pooling_rejects_bad_windows() {
+    let x = Tensor::zeros(&[1, 1, 4, 4]);
+    assert!(max_pool2d(&x, Pool2dParams::new(3).padding(2)).is_err(), "padding over half the kernel");
+    assert!(max_pool2d(&x, Pool2dParams::new(5)).is_err(), "kernel larger than input");
+    assert!(avg_pool2d(&x, Pool2dParams::new(2).stride(0), true).is_err());
+    assert!(adaptive_avg_pool2d(&x, [0, 1]).is_err());
+    assert!(max_pool2d(&Tensor::zeros(&[4, 4]), Pool2dParams::new(2)).is_err());
+    let (y, idx) = max_pool2d(&x, Pool2dParams::new(2)).unwrap();
+    assert!(max_pool2d_backward(&y, &idx, &[1, 1, 3, 3]).is_err() || y.shape() == [1, 1, 2, 2]);
+    let bad_idx = Tensor::from_vec_i64(vec![99; 4], &[1, 1, 2, 2]).unwrap();
+    assert!(max_pool2d_backward(&y, &bad_idx, &[1, 1, 4, 4]).is_err());
+}
