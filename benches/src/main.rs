@@ -1,0 +1,210 @@
+//! The benchmark cases. `cargo xtask bench` runs this binary once per case and reads one JSON
+//! line per case from its standard output:
+//! `{"name", "samples": [seconds...], "flops", "images", "peak_rss_mb"}` (null where a figure
+//! does not apply). Statistics, tables and PyTorch ratios are the xtask's business.
+//!
+//! ```text
+//! bench-cases --list            # the case names this build can run
+//! bench-cases [--quick] NAME... # run the named cases
+//! ```
+//! `torch_cases.py` beside this crate is PyTorch's side, with the same names and output.
+
+use serde_json::json;
+use std::time::{Duration, Instant};
+use tensor::{conv2d, conv2d_backward_input, conv2d_backward_weight, Conv2dParams, Rng, Tensor};
+
+/// A runnable case: its name and a function that prepares inputs and returns the timed closure
+/// with its flop and image counts.
+struct Case {
+    name: String,
+    prepare: Box<dyn Fn() -> Prepared>,
+}
+
+struct Prepared {
+    run: Box<dyn FnMut()>,
+    flops: Option<f64>,
+    images: Option<usize>,
+}
+
+/// ResNet-50's conv layer shapes at batch 8: (tag, cin, cout, k, stride, padding, groups, size).
+const CONV_SHAPES: &[(&str, usize, usize, usize, usize, usize, usize, usize)] = &[
+    ("7x7s2-3to64-224", 3, 64, 7, 2, 3, 1, 224),
+    ("3x3-64to64-56", 64, 64, 3, 1, 1, 1, 56),
+    ("1x1-256to64-56", 256, 64, 1, 1, 0, 1, 56),
+    ("3x3-256to256-14", 256, 256, 3, 1, 1, 1, 14),
+    ("3x3g32-128to128-56", 128, 128, 3, 1, 1, 32, 56),
+];
+const CONV_BATCH: usize = 8;
+
+fn cases() -> Vec<Case> {
+    let mut v = vec![Case { name: "peak".into(), prepare: Box::new(peak_case) }];
+    for n in [1024usize, 2048] {
+        v.push(Case {
+            name: format!("matmul-{n}"),
+            prepare: Box::new(move || {
+                let mut rng = Rng::seed(1);
+                let a = Tensor::randn(&[n, n], &mut rng);
+                let b = Tensor::randn(&[n, n], &mut rng);
+                Prepared {
+                    run: Box::new(move || {
+                        std::hint::black_box(a.matmul(&b).expect("matmul"));
+                    }),
+                    flops: Some(2.0 * (n * n * n) as f64),
+                    images: None,
+                }
+            }),
+        });
+    }
+    for &(tag, cin, cout, k, s, pad, groups, size) in CONV_SHAPES {
+        for pass in ["fwd", "bwd-input", "bwd-weight"] {
+            v.push(Case {
+                name: format!("conv-{tag}-{pass}"),
+                prepare: Box::new(move || {
+                    let mut rng = Rng::seed(2);
+                    let p = Conv2dParams::new().stride(s).padding(pad).groups(groups);
+                    let xs = [CONV_BATCH, cin, size, size];
+                    let ws = [cout, cin / groups, k, k];
+                    let x = Tensor::randn(&xs, &mut rng);
+                    let w = Tensor::randn(&ws, &mut rng);
+                    let macs = tensor::conv2d_macs(&xs, &ws, p).expect("valid shape");
+                    let ys = tensor::conv2d_output_shape(&xs, &ws, p).expect("valid shape");
+                    let gy = Tensor::randn(&ys, &mut rng);
+                    let run: Box<dyn FnMut()> = match pass {
+                        "fwd" => Box::new(move || {
+                            std::hint::black_box(conv2d(&x, &w, None, p).expect("conv"));
+                        }),
+                        "bwd-input" => Box::new(move || {
+                            std::hint::black_box(conv2d_backward_input(&gy, &w, &xs, p).expect("conv"));
+                        }),
+                        _ => Box::new(move || {
+                            std::hint::black_box(conv2d_backward_weight(&x, &gy, &ws, p).expect("conv"));
+                        }),
+                    };
+                    Prepared { run, flops: Some(2.0 * macs as f64), images: Some(CONV_BATCH) }
+                }),
+            });
+        }
+    }
+    v
+}
+
+/// The machine's f32 multiply-add peak: independent FMA chains on every thread.
+fn peak_case() -> Prepared {
+    const ITERS: usize = 20_000_000;
+    let threads = rayon::current_num_threads();
+    let (flops_per_iter, kernel): (f64, fn(usize) -> f32) = fma::kernel();
+    Prepared {
+        run: Box::new(move || {
+            let s: f32 = rayon::broadcast(|_| kernel(ITERS)).iter().sum();
+            std::hint::black_box(s);
+        }),
+        flops: Some(flops_per_iter * (ITERS * threads) as f64),
+        images: None,
+    }
+}
+
+mod fma {
+    /// Flops per loop iteration and the loop, chosen for this CPU.
+    pub fn kernel() -> (f64, fn(usize) -> f32) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return (ACC as f64 * 8.0 * 2.0, |n| unsafe { avx2_fma(n) });
+            }
+        }
+        (ACC as f64 * 2.0, scalar)
+    }
+
+    const ACC: usize = 12;
+
+    fn scalar(n: usize) -> f32 {
+        let mut acc = [0f32; ACC];
+        let (a, b) = (std::hint::black_box(0.999f32), std::hint::black_box(0.001f32));
+        for _ in 0..n {
+            for x in acc.iter_mut() {
+                *x = x.mul_add(a, b);
+            }
+        }
+        acc.iter().sum()
+    }
+
+    /// Twelve independent 8-wide FMA chains: enough to cover the FMA latency on both ports.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2_fma(n: usize) -> f32 {
+        use std::arch::x86_64::*;
+        let a = _mm256_set1_ps(std::hint::black_box(0.999));
+        let b = _mm256_set1_ps(std::hint::black_box(0.001));
+        let mut acc = [_mm256_setzero_ps(); ACC];
+        for _ in 0..n {
+            for x in acc.iter_mut() {
+                *x = _mm256_fmadd_ps(*x, a, b);
+            }
+        }
+        let mut out = [0f32; 8];
+        let mut s = _mm256_setzero_ps();
+        for x in acc {
+            s = _mm256_add_ps(s, x);
+        }
+        _mm256_storeu_ps(out.as_mut_ptr(), s);
+        out.iter().sum()
+    }
+}
+
+/// Runs `f` after warm-up until both a minimum count and a minimum time are reached.
+fn measure(f: &mut dyn FnMut(), quick: bool) -> Vec<f64> {
+    let (warmup, min_runs, min_time, max_time) = if quick {
+        (1, 3, Duration::from_millis(200), Duration::from_secs(5))
+    } else {
+        (2, 10, Duration::from_secs(2), Duration::from_secs(30))
+    };
+    for _ in 0..warmup {
+        f();
+    }
+    let start = Instant::now();
+    let mut samples = Vec::new();
+    while samples.len() < min_runs || (start.elapsed() < min_time && samples.len() < 1000) {
+        let t = Instant::now();
+        f();
+        samples.push(t.elapsed().as_secs_f64());
+        if start.elapsed() > max_time && samples.len() >= min_runs {
+            break;
+        }
+    }
+    samples
+}
+
+/// Peak resident memory of this process (Linux's VmHWM), in MiB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let all = cases();
+    if args.iter().any(|a| a == "--list") {
+        all.iter().for_each(|c| println!("{}", c.name));
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let names: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    for name in names {
+        let Some(case) = all.iter().find(|c| &c.name == name) else {
+            eprintln!("bench-cases: unknown case {name}");
+            std::process::exit(2);
+        };
+        let mut prepared = (case.prepare)();
+        let samples = measure(&mut prepared.run, quick);
+        let line = json!({
+            "name": case.name,
+            "samples": samples,
+            "flops": prepared.flops,
+            "images": prepared.images,
+            "peak_rss_mb": peak_rss_mb(),
+        });
+        println!("{line}");
+    }
+}
