@@ -26,13 +26,38 @@ struct Prepared {
     images: Option<usize>,
 }
 
-/// ResNet-50's conv layer shapes at batch 8: (tag, cin, cout, k, stride, padding, groups, size).
-const CONV_SHAPES: &[(&str, usize, usize, usize, usize, usize, usize, usize)] = &[
-    ("7x7s2-3to64-224", 3, 64, 7, 2, 3, 1, 224),
-    ("3x3-64to64-56", 64, 64, 3, 1, 1, 1, 56),
-    ("1x1-256to64-56", 256, 64, 1, 1, 0, 1, 56),
-    ("3x3-256to256-14", 256, 256, 3, 1, 1, 1, 14),
-    ("3x3g32-128to128-56", 128, 128, 3, 1, 1, 32, 56),
+/// A conv layer shape of ResNet-50 (or ResNeXt-50 for the grouped one), square kernels.
+#[derive(Clone, Copy)]
+struct ConvShape {
+    tag: &'static str,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+    size: usize,
+}
+
+const fn shape(
+    tag: &'static str,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    groups: usize,
+    size: usize,
+) -> ConvShape {
+    ConvShape { tag, cin, cout, k, stride, padding: k / 2, groups, size }
+}
+
+/// The shapes named by the tensor issue, at batch [`CONV_BATCH`]. Keep in step with torch_cases.py.
+const CONV_SHAPES: &[ConvShape] = &[
+    shape("7x7s2-3to64-224", 3, 64, 7, 2, 1, 224),
+    shape("3x3-64to64-56", 64, 64, 3, 1, 1, 56),
+    shape("1x1-256to64-56", 256, 64, 1, 1, 1, 56),
+    shape("3x3-256to256-14", 256, 256, 3, 1, 1, 14),
+    shape("3x3g32-128to128-56", 128, 128, 3, 1, 32, 56),
 ];
 const CONV_BATCH: usize = 8;
 
@@ -55,7 +80,7 @@ fn cases() -> Vec<Case> {
             }),
         });
     }
-    for &(tag, cin, cout, k, s, pad, groups, size) in CONV_SHAPES {
+    for &ConvShape { tag, cin, cout, k, stride: s, padding: pad, groups, size } in CONV_SHAPES {
         for pass in ["fwd", "bwd-input", "bwd-weight"] {
             v.push(Case {
                 name: format!("conv-{tag}-{pass}"),

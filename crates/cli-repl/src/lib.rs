@@ -15,7 +15,11 @@ pub const COMMANDS: &[&str] = &["train", "predict", "infer", "summary", "convert
 pub fn run(args: &[String]) -> ExitCode {
     match args.first().map(String::as_str) {
         None | Some("-h" | "--help" | "help") => {
-            println!("resnet {}\n\nUsage: resnet <COMMAND>\n\nCommands: {}", env!("CARGO_PKG_VERSION"), COMMANDS.join(", "));
+            println!(
+                "resnet {}\n\nUsage: resnet <COMMAND>\n\nCommands: {}",
+                env!("CARGO_PKG_VERSION"),
+                COMMANDS.join(", ")
+            );
             ExitCode::SUCCESS
         }
         Some("-V" | "--version") => {

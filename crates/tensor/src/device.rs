@@ -18,10 +18,7 @@ impl Device {
     pub fn parse(name: &str) -> crate::Result<Device> {
         match name.trim().to_ascii_lowercase().as_str() {
             "cpu" => Ok(Device::Cpu),
-            other => Err(crate::TensorError::DeviceUnavailable {
-                op: "Device::parse",
-                device: other.to_string(),
-            }),
+            other => Err(crate::TensorError::DeviceUnavailable { op: "Device::parse", device: other.to_string() }),
         }
     }
 }

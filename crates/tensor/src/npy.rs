@@ -32,7 +32,8 @@ pub fn read_npy_bytes(bytes: &[u8], path: &Path) -> Result<Tensor> {
     let end = start.checked_add(hlen).filter(|&e| e <= bytes.len()).ok_or_else(|| npy_err(path, "truncated header"))?;
     let header = std::str::from_utf8(&bytes[start..end]).map_err(|_| npy_err(path, "the header is not text"))?;
     let descr = dict_value(header, "descr").ok_or_else(|| npy_err(path, "the header has no 'descr'"))?;
-    let fortran = dict_value(header, "fortran_order").ok_or_else(|| npy_err(path, "the header has no 'fortran_order'"))?;
+    let fortran =
+        dict_value(header, "fortran_order").ok_or_else(|| npy_err(path, "the header has no 'fortran_order'"))?;
     let shape_s = dict_value(header, "shape").ok_or_else(|| npy_err(path, "the header has no 'shape'"))?;
     let descr = descr.trim_matches(|c| c == '\'' || c == '"');
     let fortran = match fortran {
@@ -89,11 +90,7 @@ pub fn read_npy_bytes(bytes: &[u8], path: &Path) -> Result<Tensor> {
 fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     let pos = header.find(&format!("'{key}'")).or_else(|| header.find(&format!("\"{key}\"")))?;
     let rest = header[pos + key.len() + 2..].trim_start().strip_prefix(':')?.trim_start();
-    let end = if rest.starts_with('(') {
-        rest.find(')')? + 1
-    } else {
-        rest.find([',', '}']).unwrap_or(rest.len())
-    };
+    let end = if rest.starts_with('(') { rest.find(')')? + 1 } else { rest.find([',', '}']).unwrap_or(rest.len()) };
     Some(rest[..end].trim())
 }
 

@@ -139,12 +139,7 @@ impl Tensor {
     }
 
     /// `torch.nn.init.kaiming_normal_`: std = gain / sqrt(fan).
-    pub fn kaiming_normal(
-        shape: &[usize],
-        mode: FanMode,
-        nonlinearity: Nonlinearity,
-        rng: &mut Rng,
-    ) -> Result<Tensor> {
+    pub fn kaiming_normal(shape: &[usize], mode: FanMode, nonlinearity: Nonlinearity, rng: &mut Rng) -> Result<Tensor> {
         let std = kaiming_std(shape, mode, nonlinearity)?;
         Ok(Tensor::normal(shape, 0.0, std, rng))
     }
@@ -179,8 +174,9 @@ mod tests {
     fn kaiming_uniform_bound_matches_torch_default() {
         // torch's Conv2d default: kaiming_uniform_(a=sqrt(5)) => bound = 1/sqrt(fan_in).
         let shape = [16, 8, 3, 3];
-        let t = Tensor::kaiming_uniform(&shape, FanMode::FanIn, Nonlinearity::LeakyRelu(5f64.sqrt()), &mut Rng::seed(1))
-            .unwrap();
+        let t =
+            Tensor::kaiming_uniform(&shape, FanMode::FanIn, Nonlinearity::LeakyRelu(5f64.sqrt()), &mut Rng::seed(1))
+                .unwrap();
         let bound = 1.0 / (72f32).sqrt();
         let v = t.to_vec_f32().unwrap();
         assert!(v.iter().all(|x| x.abs() <= bound));

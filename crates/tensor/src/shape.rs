@@ -31,12 +31,10 @@ pub fn check_dim(op: &'static str, dim: usize, rank: usize) -> Result<()> {
 
 /// The number of elements of a shape, or an error when it overflows `usize`.
 pub fn checked_numel(op: &'static str, shape: &[usize]) -> Result<usize> {
-    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
-        TensorError::InvalidShape {
-            op,
-            shape: shape.to_vec(),
-            msg: "the number of elements overflows".into(),
-        }
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| TensorError::InvalidShape {
+        op,
+        shape: shape.to_vec(),
+        msg: "the number of elements overflows".into(),
     })
 }
 

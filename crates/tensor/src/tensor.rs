@@ -214,9 +214,7 @@ impl Tensor {
         if self.is_contiguous() {
             return self.clone();
         }
-        Tensor {
-            storage: each_storage!(&self.storage, a => a.as_standard_layout().into_owned().into_shared()),
-        }
+        Tensor { storage: each_storage!(&self.storage, a => a.as_standard_layout().into_owned().into_shared()) }
     }
 
     pub(crate) fn f32_array(&self, op: &'static str) -> Result<&ArcArray<f32, IxDyn>> {
@@ -273,9 +271,9 @@ impl Tensor {
     /// The f32 element at a multi-index.
     pub fn get(&self, index: &[usize]) -> Result<f32> {
         let a = self.f32_array("get")?;
-        a.get(IxDyn(index)).copied().ok_or_else(|| {
-            bad_shape("get", a.shape(), format!("index {index:?} is out of bounds"))
-        })
+        a.get(IxDyn(index))
+            .copied()
+            .ok_or_else(|| bad_shape("get", a.shape(), format!("index {index:?} is out of bounds")))
     }
 
     /// A read-only ndarray view of an f32 tensor (for interop).
@@ -506,10 +504,14 @@ impl Tensor {
         };
         let storage = match &self.storage {
             Storage::F32(a) => Storage::F32(
-                ArrayD::from_shape_vec(IxDyn(ishape), (0..idx.len()).map(|f| a[src_index(f)]).collect()).expect("sized").into_shared(),
+                ArrayD::from_shape_vec(IxDyn(ishape), (0..idx.len()).map(|f| a[src_index(f)]).collect())
+                    .expect("sized")
+                    .into_shared(),
             ),
             Storage::I64(a) => Storage::I64(
-                ArrayD::from_shape_vec(IxDyn(ishape), (0..idx.len()).map(|f| a[src_index(f)]).collect()).expect("sized").into_shared(),
+                ArrayD::from_shape_vec(IxDyn(ishape), (0..idx.len()).map(|f| a[src_index(f)]).collect())
+                    .expect("sized")
+                    .into_shared(),
             ),
         };
         Ok(Tensor { storage })
@@ -556,8 +558,20 @@ impl BinaryOp {
             BinaryOp::Sub => a - b,
             BinaryOp::Mul => a * b,
             BinaryOp::Div => a / b,
-            BinaryOp::Maximum => if a.is_nan() || a > b { a } else { b },
-            BinaryOp::Minimum => if a.is_nan() || a < b { a } else { b },
+            BinaryOp::Maximum => {
+                if a.is_nan() || a > b {
+                    a
+                } else {
+                    b
+                }
+            }
+            BinaryOp::Minimum => {
+                if a.is_nan() || a < b {
+                    a
+                } else {
+                    b
+                }
+            }
         }
     }
 
@@ -755,9 +769,7 @@ impl Tensor {
         let (sum, count) = self.reduce_sum("var", dims, true)?;
         let a = self.f32_array("var")?;
         let mean = sum.mapv(|v| v / count as f64);
-        let centred = Zip::from(a)
-            .and_broadcast(&mean)
-            .map_collect(|&x, &m| (x as f64 - m) * (x as f64 - m));
+        let centred = Zip::from(a).and_broadcast(&mean).map_collect(|&x, &m| (x as f64 - m) * (x as f64 - m));
         let sq = Tensor::from_f32_array(centred.mapv(|v| v as f32));
         let (acc, _) = sq.reduce_sum("var", dims, keepdim)?;
         let denom = if unbiased { count.saturating_sub(1) } else { count } as f64;
@@ -798,7 +810,9 @@ impl Tensor {
     /// Maximum along `dim` (NaN wins, like torch).
     pub fn max(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
         let out = self.reduce_lanes("max", dim, keepdim, |lane| {
-            lane.iter().copied().fold(f32::NEG_INFINITY, |m, x| if m.is_nan() || !(x.is_nan() || x > m) { m } else { x })
+            lane.iter()
+                .copied()
+                .fold(f32::NEG_INFINITY, |m, x| if m.is_nan() || !(x.is_nan() || x > m) { m } else { x })
         })?;
         Ok(Tensor::from_f32_array(out))
     }
@@ -881,8 +895,10 @@ impl Tensor {
         };
         let (sa, sb) = (av.strides(), bv.strides());
         let (oa, ob) = (offsets(&sa[..batch.len()]), offsets(&sb[..batch.len()]));
-        let lhs = crate::kernels::matmul::MatRef::strided(av.as_ptr(), m, k, sa[ra_idx(&batch, 0)], sa[ra_idx(&batch, 1)]);
-        let rhs_m = crate::kernels::matmul::MatRef::strided(bv.as_ptr(), k, n, sb[ra_idx(&batch, 0)], sb[ra_idx(&batch, 1)]);
+        let lhs =
+            crate::kernels::matmul::MatRef::strided(av.as_ptr(), m, k, sa[ra_idx(&batch, 0)], sa[ra_idx(&batch, 1)]);
+        let rhs_m =
+            crate::kernels::matmul::MatRef::strided(bv.as_ptr(), k, n, sb[ra_idx(&batch, 0)], sb[ra_idx(&batch, 1)]);
         crate::kernels::matmul::batched_sgemm(&mut out, m, n, lhs, &oa, rhs_m, &ob);
         let mut shape = batch;
         shape.extend([m, n]);

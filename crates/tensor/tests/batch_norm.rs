@@ -43,7 +43,15 @@ fn running_stats_use_unbiased_variance() {
 fn one_value_per_channel_is_an_error_in_training() {
     let e = batch_norm_train(&Tensor::zeros(&[1, 3, 1, 1]), None, None, None, 0.1, 1e-5).unwrap_err();
     assert!(e.to_string().contains("more than one value"), "{e}");
-    assert!(batch_norm_eval(&Tensor::zeros(&[2, 3]), Some(&Tensor::ones(&[2])), None, &Tensor::zeros(&[3]), &Tensor::ones(&[3]), 1e-5).is_err());
+    assert!(batch_norm_eval(
+        &Tensor::zeros(&[2, 3]),
+        Some(&Tensor::ones(&[2])),
+        None,
+        &Tensor::zeros(&[3]),
+        &Tensor::ones(&[3]),
+        1e-5
+    )
+    .is_err());
 }
 
 #[test]
@@ -55,7 +63,12 @@ fn folded_conv_bn_relu_equals_the_three_ops() {
     let var = randn(&[6], 6).abs().unwrap().add_scalar(0.5).unwrap();
     let conv = conv2d(&x, &w, None, p).unwrap();
     let residual = randn(conv.shape(), 7);
-    let want = batch_norm_eval(&conv, Some(&gamma), Some(&beta), &mean, &var, 1e-5).unwrap().add(&residual).unwrap().relu().unwrap();
+    let want = batch_norm_eval(&conv, Some(&gamma), Some(&beta), &mean, &var, 1e-5)
+        .unwrap()
+        .add(&residual)
+        .unwrap()
+        .relu()
+        .unwrap();
     let (fw, fb) = fold_batch_norm(&w, None, Some(&gamma), Some(&beta), &mean, &var, 1e-5).unwrap();
     let got = conv2d_fused(&x, &fw, Some(&fb), p, Some(&residual), true).unwrap();
     assert_tensor_close("fused conv+bn+add+relu", &got, &want, 1e-5);

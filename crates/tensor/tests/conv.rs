@@ -6,7 +6,9 @@
 mod common;
 use common::*;
 use proptest::prelude::*;
-use tensor::{conv2d, conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight, reference, Conv2dParams, Tensor};
+use tensor::{
+    conv2d, conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight, reference, Conv2dParams, Tensor,
+};
 
 #[derive(Debug, Clone)]
 struct Case {
@@ -25,11 +27,20 @@ fn case() -> impl Strategy<Value = Case> {
         any::<bool>(),
         any::<u64>(),
     )
-        .prop_filter_map("kernel larger than padded input", |((n, groups, cin_g, cout_g), (h, w, kh, kw), (sh, sw, ph, pw, dh, dw), bias, seed)| {
-            let p = Conv2dParams { stride: [sh, sw], padding: [ph, pw], dilation: [dh, dw], groups };
-            let fits = h + 2 * ph > dh * (kh - 1) && w + 2 * pw > dw * (kw - 1);
-            fits.then_some(Case { x: [n, groups * cin_g, h, w], w: [groups * cout_g, cin_g, kh, kw], p, bias, seed })
-        })
+        .prop_filter_map(
+            "kernel larger than padded input",
+            |((n, groups, cin_g, cout_g), (h, w, kh, kw), (sh, sw, ph, pw, dh, dw), bias, seed)| {
+                let p = Conv2dParams { stride: [sh, sw], padding: [ph, pw], dilation: [dh, dw], groups };
+                let fits = h + 2 * ph > dh * (kh - 1) && w + 2 * pw > dw * (kw - 1);
+                fits.then_some(Case {
+                    x: [n, groups * cin_g, h, w],
+                    w: [groups * cout_g, cin_g, kh, kw],
+                    p,
+                    bias,
+                    seed,
+                })
+            },
+        )
 }
 
 fn run_reference(c: &Case, x: &[f64], w: &[f64], b: Option<&[f64]>) -> Vec<f64> {
@@ -82,6 +93,8 @@ fn multi_tile_shapes_match_reference_and_adjoints() {
         ([3, 64, 30, 30], [32, 16, 3, 3], Conv2dParams::new().padding(1).stride(2).groups(4)),
         ([2, 128, 20, 20], [32, 128, 1, 1], Conv2dParams::new()),
         ([2, 3, 64, 64], [8, 3, 7, 7], Conv2dParams::new().padding(3).stride(2)),
+        ([2, 128, 24, 24], [128, 4, 3, 3], Conv2dParams::new().padding(1).groups(32)),
+        ([1, 64, 12, 12], [64, 2, 1, 1], Conv2dParams::new().groups(32)),
     ];
     for (xs, ws, p) in cases {
         let x = randn(&xs, 10);
@@ -108,7 +121,8 @@ fn strided_input_views_are_accepted() {
     let x = randn(&[2, 3, 6, 5], 1).permute(&[0, 1, 3, 2]).unwrap();
     let w = randn(&[2, 3, 3, 3], 2);
     let y = conv2d(&x, &w, None, Conv2dParams::new()).unwrap();
-    let want = reference::conv2d(&f64s(&x.contiguous()), [2, 3, 5, 6], &f64s(&w), [2, 3, 3, 3], None, Conv2dParams::new()).0;
+    let want =
+        reference::conv2d(&f64s(&x.contiguous()), [2, 3, 5, 6], &f64s(&w), [2, 3, 3, 3], None, Conv2dParams::new()).0;
     assert_close("permuted input", &y.to_vec_f32().unwrap(), &want, 1e-5);
 }
 

@@ -18,7 +18,10 @@ fn round_trip_f32_and_i64() {
     assert_eq!(read_npy(dir.join("i.npy")).unwrap().to_vec_i64().unwrap(), vec![-1, 5, 1 << 40]);
     write_npy(dir.join("s.npy"), &Tensor::scalar(2.5)).unwrap();
     assert_eq!(read_npy(dir.join("s.npy")).unwrap().shape(), &[] as &[usize]);
-    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
     assert!(leftovers.is_empty(), "temporary files left behind");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -50,10 +53,18 @@ fn with_header(header: &str, data: &[u8]) -> Vec<u8> {
 fn fortran_order_and_other_dtypes() {
     // A 2x3 Fortran array [[0,1,2],[3,4,5]] stored column by column as f64.
     let data: Vec<u8> = [0.0f64, 3.0, 1.0, 4.0, 2.0, 5.0].iter().flat_map(|v| v.to_le_bytes()).collect();
-    let t = read_npy_bytes(&with_header("{'descr': '<f8', 'fortran_order': True, 'shape': (2, 3), }\n", &data), "f.npy".as_ref()).unwrap();
+    let t = read_npy_bytes(
+        &with_header("{'descr': '<f8', 'fortran_order': True, 'shape': (2, 3), }\n", &data),
+        "f.npy".as_ref(),
+    )
+    .unwrap();
     assert_eq!(t.to_vec_f32().unwrap(), vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
     let data: Vec<u8> = [7i32, -8].iter().flat_map(|v| v.to_le_bytes()).collect();
-    let t = read_npy_bytes(&with_header("{'descr': '<i4', 'fortran_order': False, 'shape': (2,), }\n", &data), "i.npy".as_ref()).unwrap();
+    let t = read_npy_bytes(
+        &with_header("{'descr': '<i4', 'fortran_order': False, 'shape': (2,), }\n", &data),
+        "i.npy".as_ref(),
+    )
+    .unwrap();
     assert_eq!(t.to_vec_i64().unwrap(), vec![7, -8]);
 }
 
@@ -64,7 +75,13 @@ fn broken_files_are_errors_naming_the_file() {
         (b"PK\x03\x04".to_vec(), "magic"),
         (with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }\n", &[0; 12]), "needs 16 bytes"),
         (with_header("{'descr': '<c8', 'fortran_order': False, 'shape': (1,), }\n", &[0; 8]), "unsupported dtype"),
-        (with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999, 99999999999, 99999999999), }\n", &[]), "overflow"),
+        (
+            with_header(
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999, 99999999999, 99999999999), }\n",
+                &[],
+            ),
+            "overflow",
+        ),
         (with_header("{'descr': '<f4', 'shape': (1,), }\n", &[0; 4]), "fortran_order"),
         (b"\x93NUMPY\x01\x00\xff\x00{".to_vec(), "truncated"),
     ];

@@ -6,7 +6,12 @@ use proptest::prelude::*;
 use tensor::*;
 
 fn pool_case() -> impl Strategy<Value = ([usize; 4], Pool2dParams, u64)> {
-    ((1usize..=2, 1usize..=3, 1usize..=9, 1usize..=9), (1usize..=4, 1usize..=4, 1usize..=3, 1usize..=3), (0usize..=2, 0usize..=2, any::<bool>()), any::<u64>())
+    (
+        (1usize..=2, 1usize..=3, 1usize..=9, 1usize..=9),
+        (1usize..=4, 1usize..=4, 1usize..=3, 1usize..=3),
+        (0usize..=2, 0usize..=2, any::<bool>()),
+        any::<u64>(),
+    )
         .prop_filter_map("window does not fit", |((n, c, h, w), (kh, kw, sh, sw), (ph, pw, ceil), seed)| {
             let p = Pool2dParams { kernel: [kh, kw], stride: [sh, sw], padding: [ph, pw], ceil_mode: ceil };
             let ok = ph <= kh / 2 && pw <= kw / 2 && h + 2 * ph >= kh && w + 2 * pw >= kw;

@@ -26,7 +26,11 @@ fn channel_vec(op: &'static str, t: Option<&Tensor>, c: usize, default: f32) -> 
 }
 
 /// Runs `f(channel, values of that channel in sample n)` for every sample, channels in parallel.
-fn per_channel<T: Send>(c: usize, s: usize, f: impl Fn(usize, &dyn Fn(usize) -> std::ops::Range<usize>) -> T + Sync) -> Vec<T> {
+fn per_channel<T: Send>(
+    c: usize,
+    s: usize,
+    f: impl Fn(usize, &dyn Fn(usize) -> std::ops::Range<usize>) -> T + Sync,
+) -> Vec<T> {
     (0..c).into_par_iter().map(|ci| f(ci, &|ni| (ni * c + ci) * s..(ni * c + ci + 1) * s)).collect()
 }
 

@@ -12,7 +12,7 @@
 //! - The forward pass applies an epilogue (bias, residual add, ReLU) to each output tile while it
 //!   is still in cache: this is the fused conv + BN + ReLU path of inference.
 
-use super::matmul::{parallelism, sgemm_raw, MatRef, SyncPtr};
+use super::matmul::{parallelism, product, MatRef, SyncPtr};
 use crate::error::{bad_shape, invalid, mismatch, Result};
 use crate::Tensor;
 use gemm::Parallelism;
@@ -20,6 +20,8 @@ use rayon::prelude::*;
 
 /// Most floats one im2col tile holds (2 MiB).
 const COL_BUDGET: usize = 1 << 19;
+/// Below this many output channels per group, grouped convs use the small-product kernels.
+const SMALL_GROUP: usize = 32;
 
 /// Stride, padding, dilation and groups of a 2-D convolution (`[height, width]` pairs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -131,6 +133,10 @@ impl ConvGeom {
     fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.p.stride == [1, 1] && self.p.padding == [0, 0]
     }
+    /// Grouped convs with few channels per group: products too small for GEMM to pay off.
+    fn small(&self) -> bool {
+        self.p.groups > 1 && self.cout_g < SMALL_GROUP
+    }
     /// Output positions per tile.
     fn tile(&self) -> usize {
         let rows = self.cin * self.kh * self.kw;
@@ -185,14 +191,18 @@ fn im2col(g: &ConvGeom, image: &[f32], channels: std::ops::Range<usize>, p0: usi
                         None => out.fill(0.0),
                         Some(ih) => {
                             let src = &plane[ih * g.w..(ih + 1) * g.w];
-                            let s = g.p.stride[1];
-                            for (t, o) in out.iter_mut().enumerate() {
-                                let owc = ow0 + t;
-                                *o = if owc >= lo && owc < hi {
-                                    src[(owc as isize * s as isize + base) as usize]
-                                } else {
-                                    0.0
-                                };
+                            // Output columns [a, b) read inside the image; the rest is padding.
+                            let a = lo.clamp(ow0, ow0 + run);
+                            let b = hi.clamp(a, ow0 + run);
+                            out[..a - ow0].fill(0.0);
+                            out[b - ow0..].fill(0.0);
+                            let seg = &mut out[a - ow0..b - ow0];
+                            let first = (a as isize * g.p.stride[1] as isize + base) as usize;
+                            if g.p.stride[1] == 1 {
+                                seg.copy_from_slice(&src[first..first + seg.len()]);
+                            } else {
+                                let s = g.p.stride[1];
+                                seg.iter_mut().enumerate().for_each(|(t, o)| *o = src[first + t * s]);
                             }
                         }
                     }
@@ -223,11 +233,15 @@ fn col2im(g: &ConvGeom, col: &[f32], channels: std::ops::Range<usize>, p0: usize
                     let run = (g.ow - ow0).min(p1 - p);
                     if let Some(ih) = g.in_row(oh, ki) {
                         let dst = &mut plane[ih * g.w..(ih + 1) * g.w];
-                        let s = g.p.stride[1] as isize;
-                        let a = lo.max(ow0);
-                        let b = hi.min(ow0 + run);
-                        for owc in a..b {
-                            dst[(owc as isize * s + base) as usize] += src[j + owc - ow0];
+                        let a = lo.clamp(ow0, ow0 + run);
+                        let b = hi.clamp(a, ow0 + run);
+                        let seg = &src[j + a - ow0..j + b - ow0];
+                        let first = (a as isize * g.p.stride[1] as isize + base) as usize;
+                        if g.p.stride[1] == 1 {
+                            dst[first..first + seg.len()].iter_mut().zip(seg).for_each(|(d, &v)| *d += v);
+                        } else {
+                            let s = g.p.stride[1];
+                            seg.iter().enumerate().for_each(|(t, &v)| dst[first + t * s] += v);
                         }
                     }
                     j += run;
@@ -273,7 +287,7 @@ pub(crate) fn forward_slices(g: &ConvGeom, x: &[f32], w: &[f32], epi: Epilogue<'
             };
             let dst = out_ptr.get().wrapping_add(out_base + gi * g.cout_g * ohw + p0);
             // SAFETY: item (ni, ti) owns columns p0..p1 of image ni's output rows.
-            unsafe { sgemm_raw(dst, ohw as isize, 1, lhs, rhs, false, par) };
+            unsafe { product(dst, ohw as isize, lhs, rhs, false, par, g.small()) };
         }
         if epi.bias.is_some() || epi.residual.is_some() || epi.relu {
             for c in 0..g.cout {
@@ -374,7 +388,7 @@ pub fn conv2d_backward_input(
                 let rhs = MatRef::of(&dy, (ni * g.cout + gi * g.cout_g) * ohw + p0, g.cout_g, p1 - p0, ohw, 1);
                 let dst = dx_ptr.get().wrapping_add(ni * image_len + gi * g.cin_g * in_hw + p0);
                 // SAFETY: (image, tile) items write disjoint column ranges.
-                unsafe { sgemm_raw(dst, in_hw as isize, 1, lhs, rhs, false, par) };
+                unsafe { product(dst, in_hw as isize, lhs, rhs, false, par, g.small()) };
             }
         };
         if matches!(par, Parallelism::None) {
@@ -398,7 +412,7 @@ pub fn conv2d_backward_input(
                     let rhs = MatRef::of(&dy, (ni * g.cout + gi * g.cout_g) * ohw + p0, g.cout_g, len, ohw, 1);
                     let dst = col[gi * k * len..].as_mut_ptr();
                     // SAFETY: dst is this group's k x len block of the thread's own buffer.
-                    unsafe { sgemm_raw(dst, len as isize, 1, lhs, rhs, false, par) };
+                    unsafe { product(dst, len as isize, lhs, rhs, false, par, g.small()) };
                 }
                 col2im(&g, col, 0..g.cin, p0, p1, dx_img);
             }
@@ -452,7 +466,7 @@ pub fn conv2d_backward_weight(
             };
             let dst = acc[gi * g.cout_g * k..].as_mut_ptr();
             // SAFETY: dst is group gi's block of this worker's own accumulator.
-            unsafe { sgemm_raw(dst, k as isize, 1, lhs, rhs, true, par) };
+            unsafe { product(dst, k as isize, lhs, rhs, true, par, g.small()) };
         }
     };
     let dw = if matches!(par, Parallelism::None) {
@@ -494,8 +508,9 @@ pub fn conv2d_backward_bias(grad_output: &Tensor) -> Result<Tensor> {
     let db: Vec<f32> = (0..c)
         .into_par_iter()
         .map(|ci| {
-            (0..n).map(|ni| dy[(ni * c + ci) * hw..(ni * c + ci + 1) * hw].iter().map(|&v| v as f64).sum::<f64>()).sum::<f64>()
-                as f32
+            (0..n)
+                .map(|ni| dy[(ni * c + ci) * hw..(ni * c + ci + 1) * hw].iter().map(|&v| v as f64).sum::<f64>())
+                .sum::<f64>() as f32
         })
         .collect();
     Ok(Tensor::from_vec_unchecked(db, &[c]))

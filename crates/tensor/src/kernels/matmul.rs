@@ -94,9 +94,49 @@ pub(crate) unsafe fn sgemm_raw(
         return;
     }
     gemm::gemm(
-        lhs.rows, rhs.cols, lhs.cols, dst, dst_cs, dst_rs, accumulate, lhs.ptr, lhs.cs, lhs.rs, rhs.ptr,
-        rhs.cs, rhs.rs, 1.0, 1.0, false, false, false, par,
+        lhs.rows, rhs.cols, lhs.cols, dst, dst_cs, dst_rs, accumulate, lhs.ptr, lhs.cs, lhs.rs, rhs.ptr, rhs.cs,
+        rhs.rs, 1.0, 1.0, false, false, false, par,
     );
+}
+
+/// Like [`sgemm_raw`], but through the register-blocked small-product kernels when `small` is
+/// set and the operand layouts allow it (tiny grouped-conv products, where GEMM's packing and
+/// dispatch cost more than the arithmetic).
+///
+/// # Safety
+/// As for [`sgemm_raw`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn product(
+    dst: *mut f32,
+    dst_rs: isize,
+    lhs: MatRef,
+    rhs: MatRef,
+    accumulate: bool,
+    par: Parallelism,
+    small: bool,
+) {
+    use super::small_gemm::{dots_gemm, rows_gemm};
+    let (m, n, k) = (lhs.rows, rhs.cols, lhs.cols);
+    let non_negative = lhs.rs >= 0 && lhs.cs >= 0 && rhs.rs >= 0 && rhs.cs >= 0 && dst_rs >= 0;
+    if small && non_negative && rhs.cs == 1 {
+        rows_gemm(
+            m,
+            n,
+            k,
+            lhs.ptr,
+            lhs.rs as usize,
+            lhs.cs as usize,
+            rhs.ptr,
+            rhs.rs as usize,
+            dst,
+            dst_rs as usize,
+            accumulate,
+        );
+    } else if small && non_negative && rhs.rs == 1 && lhs.cs == 1 {
+        dots_gemm(m, n, k, lhs.ptr, lhs.rs as usize, rhs.ptr, rhs.cs as usize, dst, dst_rs as usize, accumulate);
+    } else {
+        sgemm_raw(dst, dst_rs, 1, lhs, rhs, accumulate, par);
+    }
 }
 
 /// `out[i] = lhs[i] * rhs[i]` for a batch of matrices at the given element offsets, `out`

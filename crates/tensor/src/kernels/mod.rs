@@ -5,3 +5,4 @@ pub mod batch_norm;
 pub mod conv;
 pub(crate) mod matmul;
 pub mod pool;
+mod small_gemm;

@@ -160,7 +160,8 @@ fn avg_windows(g: &PoolGeom, p: &Pool2dParams, count_include_pad: bool) -> Vec<(
             let pool_size = (h1 - h0) * (w1 - w0);
             let (h0, w0) = (h0.max(0) as usize, w0.max(0) as usize);
             let (h1, w1) = (h1.min(g.h as isize) as usize, w1.min(g.w as isize) as usize);
-            let divisor = if count_include_pad { pool_size as usize } else { (h1.saturating_sub(h0)) * (w1.saturating_sub(w0)) };
+            let divisor =
+                if count_include_pad { pool_size as usize } else { (h1.saturating_sub(h0)) * (w1.saturating_sub(w0)) };
             v.push((h0, h1, w0, w1, divisor.max(1) as f32));
         }
     }
