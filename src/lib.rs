@@ -19,3 +19,8 @@ pub use tensor;
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// The book's library chapter, compiled and run as doctests.
+#[doc = include_str!("../book/src/library.md")]
+#[cfg(doctest)]
+pub struct BookLibraryDoctests;

@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""PyTorch's side of the benchmark cases: the same names, inputs and measuring rules as
+benches/src/main.rs, and the same output, one JSON line per case:
+{"name", "samples": [seconds...], "flops", "images", "peak_rss_mb"}.
+
+    python3 benches/torch_cases.py --list
+    python3 benches/torch_cases.py [--quick] [--threads N] NAME...
+
+`cargo xtask bench --vs-torch` runs it interleaved with our cases.
+"""
+import argparse
+import json
+import resource
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+CONV_BATCH = 8
+# tag, cin, cout, k, stride, groups, size (padding k // 2). Keep in step with benches/src/main.rs.
+CONV_SHAPES = [
+    ("7x7s2-3to64-224", 3, 64, 7, 2, 1, 224),
+    ("3x3-64to64-56", 64, 64, 3, 1, 1, 56),
+    ("1x1-256to64-56", 256, 64, 1, 1, 1, 56),
+    ("3x3-256to256-14", 256, 256, 3, 1, 1, 14),
+    ("3x3g32-128to128-56", 128, 128, 3, 1, 32, 56),
+]
+
+
+def matmul_case(n):
+    def prepare():
+        a = torch.randn(n, n)
+        b = torch.randn(n, n)
+        return (lambda: torch.mm(a, b)), 2.0 * n ** 3, None
+    return prepare
+
+
+def conv_case(cin, cout, k, s, g, size, which):
+    def prepare():
+        x = torch.randn(CONV_BATCH, cin, size, size)
+        w = torch.randn(cout, cin // g, k, k)
+        pad = k // 2
+        y = F.conv2d(x, w, None, s, pad, 1, g)
+        gy = torch.randn_like(y)
+        macs = y.numel() * (cin // g) * k * k
+        if which == "fwd":
+            run = lambda: F.conv2d(x, w, None, s, pad, 1, g)
+        else:
+            mask = [which == "bwd-input", which == "bwd-weight", False]
+            run = lambda: torch.ops.aten.convolution_backward(
+                gy, x, w, None, [s, s], [pad, pad], [1, 1], False, [0, 0], g, mask)
+        return run, 2.0 * macs, CONV_BATCH
+    return prepare
+
+
+def cases():
+    c = {f"matmul-{n}": matmul_case(n) for n in (1024, 2048)}
+    for tag, cin, cout, k, s, g, size in CONV_SHAPES:
+        for which in ("fwd", "bwd-input", "bwd-weight"):
+            c[f"conv-{tag}-{which}"] = conv_case(cin, cout, k, s, g, size, which)
+    return c
+
+
+def measure(run, quick):
+    warmup, min_runs, min_time, max_time = (1, 3, 0.2, 5.0) if quick else (2, 10, 2.0, 30.0)
+    for _ in range(warmup):
+        run()
+    samples = []
+    start = time.perf_counter()
+    while len(samples) < min_runs or (time.perf_counter() - start < min_time and len(samples) < 1000):
+        t = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - t)
+        if time.perf_counter() - start > max_time and len(samples) >= min_runs:
+            break
+    return samples
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("names", nargs="*")
+    args = ap.parse_args()
+    all_cases = cases()
+    if args.list:
+        print("\n".join(all_cases))
+        return
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    for name in args.names:
+        if name not in all_cases:
+            print(f"torch_cases: unknown case {name}", file=sys.stderr)
+            sys.exit(2)
+        with torch.no_grad():
+            run, flops, images = all_cases[name]()
+            samples = measure(run, args.quick)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        print(json.dumps({"name": name, "samples": samples, "flops": flops, "images": images,
+                          "peak_rss_mb": rss}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
