@@ -1,0 +1,681 @@
+//! Reverse-mode automatic differentiation.
+//!
+//! A [`Var`] is a tensor that remembers the [`Op`] that made it. `backward()` on a scalar walks
+//! the graph in reverse creation order (every node is created after its inputs, so decreasing
+//! ids are a topological order), applies each op's backward rule — one exhaustive `match`, each
+//! rule beside the forward that saved what it needs — and accumulates gradients into the leaves.
+//! A value used twice (the residual `out += identity`) receives the sum of both gradients.
+//!
+//! Each op is released as soon as its gradient has been propagated: after `backward()` the
+//! graph and its saved activations are gone, so memory does not grow across training steps.
+
+use crate::{NnError, Result};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use tensor::{Conv2dParams, DType, Pool2dParams, Tensor};
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Whether operations on this thread are recorded for backward.
+pub fn is_grad_enabled() -> bool {
+    GRAD_ENABLED.with(Cell::get)
+}
+
+/// While alive, nothing is recorded on this thread (like `torch.no_grad()`).
+#[must_use = "recording resumes when the guard is dropped"]
+pub struct NoGradGuard {
+    previous: bool,
+}
+
+impl Drop for NoGradGuard {
+    fn drop(&mut self) {
+        GRAD_ENABLED.with(|g| g.set(self.previous));
+    }
+}
+
+/// Stops recording until the returned guard is dropped.
+pub fn no_grad() -> NoGradGuard {
+    NoGradGuard { previous: GRAD_ENABLED.with(|g| g.replace(false)) }
+}
+
+/// Runs `f` without recording (inference mode).
+pub fn with_no_grad<T>(f: impl FnOnce() -> T) -> T {
+    let _guard = no_grad();
+    f()
+}
+
+enum Origin {
+    /// Created by the user (parameters, inputs, constants).
+    Leaf,
+    /// Created by an op; the op holds its inputs and what its backward needs.
+    Op(Box<Op>),
+    /// Its op has been consumed by a backward pass.
+    Released,
+}
+
+struct Node {
+    id: u64,
+    value: RwLock<Tensor>,
+    grad: Mutex<Option<Tensor>>,
+    requires_grad: AtomicBool,
+    origin: Mutex<Origin>,
+}
+
+/// A tensor in the autograd graph. Cloning shares the node (like a Python reference).
+#[derive(Clone)]
+pub struct Var(Arc<Node>);
+
+impl std::fmt::Debug for Var {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Var(#{}, {:?}, requires_grad={})", self.0.id, self.value(), self.requires_grad())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Var {
+    fn make(value: Tensor, requires_grad: bool, origin: Origin) -> Var {
+        Var(Arc::new(Node {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            value: RwLock::new(value),
+            grad: Mutex::new(None),
+            requires_grad: AtomicBool::new(requires_grad),
+            origin: Mutex::new(origin),
+        }))
+    }
+
+    /// A constant (an input): no gradient is computed for it.
+    pub fn constant(value: Tensor) -> Var {
+        Var::make(value, false, Origin::Leaf)
+    }
+
+    /// A trainable leaf (a parameter): gradients accumulate into [`Var::grad`].
+    pub fn parameter(value: Tensor) -> Var {
+        Var::make(value, true, Origin::Leaf)
+    }
+
+    /// The node's identity (creation order).
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    /// The current value (a cheap handle).
+    pub fn value(&self) -> Tensor {
+        self.0.value.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the value in place (optimizer steps, loading weights).
+    pub fn set_value(&self, value: Tensor) {
+        *self.0.value.write().unwrap_or_else(|p| p.into_inner()) = value;
+    }
+
+    /// The shape of the value.
+    pub fn shape(&self) -> Vec<usize> {
+        self.value().shape().to_vec()
+    }
+
+    /// The accumulated gradient of a leaf, if any.
+    pub fn grad(&self) -> Option<Tensor> {
+        lock(&self.0.grad).clone()
+    }
+
+    /// Sets or clears the gradient.
+    pub fn set_grad(&self, grad: Option<Tensor>) {
+        *lock(&self.0.grad) = grad;
+    }
+
+    /// Clears the gradient (`zero_grad(set_to_none=True)`, PyTorch's default).
+    pub fn zero_grad(&self) {
+        self.set_grad(None);
+    }
+
+    /// Whether gradients flow to this value.
+    pub fn requires_grad(&self) -> bool {
+        self.0.requires_grad.load(Ordering::Relaxed)
+    }
+
+    /// Freezes (`false`) or unfreezes (`true`) a leaf.
+    pub fn set_requires_grad(&self, on: bool) {
+        self.0.requires_grad.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether this was created by the user rather than by an op.
+    pub fn is_leaf(&self) -> bool {
+        matches!(*lock(&self.0.origin), Origin::Leaf)
+    }
+
+    /// The same value, cut from the graph.
+    pub fn detach(&self) -> Var {
+        Var::constant(self.value())
+    }
+
+    /// Records the result of an op when gradients are wanted through any of `inputs`.
+    pub(crate) fn record(value: Tensor, inputs: &[&Var], op: impl FnOnce() -> Op) -> Var {
+        if is_grad_enabled() && inputs.iter().any(|v| v.requires_grad()) {
+            Var::make(value, true, Origin::Op(Box::new(op())))
+        } else {
+            Var::constant(value)
+        }
+    }
+
+    /// Computes the gradient of this scalar with respect to every leaf that requires one and
+    /// adds it to the leaf's `grad`, like `loss.backward()`. The graph is released afterwards.
+    pub fn backward(&self) -> Result<()> {
+        let value = self.value();
+        if value.numel() != 1 {
+            return Err(NnError::Autograd(format!(
+                "backward() needs a scalar, got a tensor of shape {:?}",
+                value.shape()
+            )));
+        }
+        if !self.requires_grad() {
+            return Err(NnError::Autograd("backward(): this value does not require grad (nothing recorded it)".into()));
+        }
+        // Every node reachable through nodes that require grad.
+        let mut nodes = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = vec![self.clone()];
+        while let Some(v) = stack.pop() {
+            if !seen.insert(v.id()) {
+                continue;
+            }
+            match &*lock(&v.0.origin) {
+                Origin::Op(op) => stack.extend(op.inputs().into_iter().filter(|p| p.requires_grad()).cloned()),
+                Origin::Released => {
+                    return Err(NnError::Autograd(
+                        "backward() through a graph that was already released by an earlier backward()".into(),
+                    ))
+                }
+                Origin::Leaf => {}
+            }
+            nodes.push(v);
+        }
+        nodes.sort_by_key(|v| std::cmp::Reverse(v.id()));
+        let mut grads: HashMap<u64, Tensor> = HashMap::new();
+        grads.insert(self.id(), Tensor::ones(value.shape()));
+        for v in nodes {
+            let Some(g) = grads.remove(&v.id()) else { continue };
+            let origin = std::mem::replace(&mut *lock(&v.0.origin), Origin::Released);
+            match origin {
+                Origin::Leaf => {
+                    *lock(&v.0.origin) = Origin::Leaf;
+                    let mut slot = lock(&v.0.grad);
+                    *slot = Some(match slot.take() {
+                        Some(old) => old.add(&g)?,
+                        None => g,
+                    });
+                }
+                Origin::Op(op) => {
+                    for (input, grad) in op.backward(&g)? {
+                        if !input.requires_grad() {
+                            continue;
+                        }
+                        match grads.remove(&input.id()) {
+                            Some(acc) => grads.insert(input.id(), acc.add(&grad)?),
+                            None => grads.insert(input.id(), grad),
+                        };
+                    }
+                }
+                Origin::Released => unreachable!("rejected while collecting the graph"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a loss over a batch is reduced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reduction {
+    /// The mean over the batch (PyTorch's default).
+    #[default]
+    Mean,
+    /// The sum over the batch.
+    Sum,
+}
+
+/// An operation recorded in the graph: its inputs and what its backward rule needs.
+pub(crate) enum Op {
+    Add(Var, Var),
+    Sub(Var, Var),
+    Mul(Var, Var),
+    Div(Var, Var),
+    AddScalar(Var),
+    MulScalar(Var, f32),
+    Neg(Var),
+    Relu {
+        input: Var,
+        output: Tensor,
+    },
+    Exp {
+        input: Var,
+        output: Tensor,
+    },
+    Log(Var),
+    Powf(Var, f32),
+    Matmul(Var, Var),
+    Linear {
+        input: Var,
+        weight: Var,
+        bias: Option<Var>,
+    },
+    Reshape {
+        input: Var,
+        shape: Vec<usize>,
+    },
+    Transpose(Var, usize, usize),
+    Sum {
+        input: Var,
+        dims: Vec<usize>,
+        keepdim: bool,
+        scale: f32,
+    },
+    Softmax {
+        input: Var,
+        output: Tensor,
+        dim: usize,
+    },
+    LogSoftmax {
+        input: Var,
+        output: Tensor,
+        dim: usize,
+    },
+    Conv2d {
+        input: Var,
+        weight: Var,
+        bias: Option<Var>,
+        params: Conv2dParams,
+    },
+    MaxPool2d {
+        input: Var,
+        indices: Tensor,
+    },
+    AvgPool2d {
+        input: Var,
+        params: Pool2dParams,
+        count_include_pad: bool,
+    },
+    AdaptiveAvgPool2d(Var),
+    BatchNormTrain {
+        input: Var,
+        weight: Option<Var>,
+        bias: Option<Var>,
+        mean: Tensor,
+        invstd: Tensor,
+    },
+    BatchNormEval {
+        input: Var,
+        weight: Option<Var>,
+        bias: Option<Var>,
+        running_mean: Tensor,
+        running_var: Tensor,
+        eps: f64,
+    },
+    CrossEntropy {
+        logits: Var,
+        probs: Tensor,
+        targets: Vec<usize>,
+        smoothing: f32,
+        scale: f32,
+    },
+    NllLoss {
+        input: Var,
+        targets: Vec<usize>,
+        scale: f32,
+    },
+    Dropout {
+        input: Var,
+        mask: Tensor,
+    },
+}
+
+/// Sums a broadcast gradient back to the shape of the operand it came from.
+pub(crate) fn sum_to(grad: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    if grad.shape() == shape {
+        return Ok(grad.clone());
+    }
+    let extra = grad.rank() - shape.len();
+    let dims: Vec<usize> =
+        (0..grad.rank()).filter(|&d| d < extra || (shape[d - extra] == 1 && grad.shape()[d] != 1)).collect();
+    Ok(grad.sum(&dims, true)?.reshape(shape)?)
+}
+
+impl Op {
+    fn inputs(&self) -> Vec<&Var> {
+        match self {
+            Op::Add(a, b) | Op::Sub(a, b) | Op::Mul(a, b) | Op::Div(a, b) | Op::Matmul(a, b) => vec![a, b],
+            Op::AddScalar(a)
+            | Op::MulScalar(a, _)
+            | Op::Neg(a)
+            | Op::Log(a)
+            | Op::Powf(a, _)
+            | Op::Transpose(a, _, _)
+            | Op::AdaptiveAvgPool2d(a) => vec![a],
+            Op::Relu { input, .. }
+            | Op::Exp { input, .. }
+            | Op::Reshape { input, .. }
+            | Op::Sum { input, .. }
+            | Op::Softmax { input, .. }
+            | Op::LogSoftmax { input, .. }
+            | Op::MaxPool2d { input, .. }
+            | Op::AvgPool2d { input, .. }
+            | Op::NllLoss { input, .. }
+            | Op::Dropout { input, .. } => vec![input],
+            Op::CrossEntropy { logits, .. } => vec![logits],
+            Op::Linear { input, weight, bias } | Op::Conv2d { input, weight, bias, .. } => {
+                let mut v = vec![input, weight];
+                v.extend(bias.as_ref());
+                v
+            }
+            Op::BatchNormTrain { input, weight, bias, .. } | Op::BatchNormEval { input, weight, bias, .. } => {
+                let mut v = vec![input];
+                v.extend(weight.as_ref());
+                v.extend(bias.as_ref());
+                v
+            }
+        }
+    }
+
+    /// The gradient of each input, given the gradient `g` of the output.
+    fn backward(&self, g: &Tensor) -> Result<Vec<(Var, Tensor)>> {
+        let need = |v: &Var| v.requires_grad();
+        Ok(match self {
+            Op::Add(a, b) => vec![(a.clone(), sum_to(g, &a.shape())?), (b.clone(), sum_to(g, &b.shape())?)],
+            Op::Sub(a, b) => vec![(a.clone(), sum_to(g, &a.shape())?), (b.clone(), sum_to(&g.neg()?, &b.shape())?)],
+            Op::Mul(a, b) => vec![
+                (a.clone(), sum_to(&g.mul(&b.value())?, &a.shape())?),
+                (b.clone(), sum_to(&g.mul(&a.value())?, &b.shape())?),
+            ],
+            Op::Div(a, b) => {
+                let (av, bv) = (a.value(), b.value());
+                let gb = g.mul(&av)?.div(&bv.mul(&bv)?)?.neg()?;
+                vec![(a.clone(), sum_to(&g.div(&bv)?, &a.shape())?), (b.clone(), sum_to(&gb, &b.shape())?)]
+            }
+            Op::AddScalar(a) => vec![(a.clone(), g.clone())],
+            Op::MulScalar(a, s) => vec![(a.clone(), g.mul_scalar(*s)?)],
+            Op::Neg(a) => vec![(a.clone(), g.neg()?)],
+            Op::Relu { input, output } => {
+                let mask = output.map("relu backward", |v| if v > 0.0 { 1.0 } else { 0.0 })?;
+                vec![(input.clone(), g.mul(&mask)?)]
+            }
+            Op::Exp { input, output } => vec![(input.clone(), g.mul(output)?)],
+            Op::Log(a) => vec![(a.clone(), g.div(&a.value())?)],
+            Op::Powf(a, p) => {
+                let p = *p;
+                let d = a.value().map("powf backward", move |v| p * v.powf(p - 1.0))?;
+                vec![(a.clone(), g.mul(&d)?)]
+            }
+            Op::Matmul(a, b) => {
+                let (av, bv) = (a.value(), b.value());
+                let last = |t: &Tensor| t.transpose(t.rank() - 2, t.rank() - 1);
+                let mut out = Vec::new();
+                if need(a) {
+                    out.push((a.clone(), sum_to(&g.matmul(&last(&bv)?)?, av.shape())?));
+                }
+                if need(b) {
+                    out.push((b.clone(), sum_to(&last(&av)?.matmul(g)?, bv.shape())?));
+                }
+                out
+            }
+            Op::Linear { input, weight, bias } => {
+                let mut out = Vec::new();
+                if need(input) {
+                    out.push((input.clone(), g.matmul(&weight.value())?));
+                }
+                if need(weight) {
+                    out.push((weight.clone(), g.t()?.matmul(&input.value())?));
+                }
+                if let Some(b) = bias.as_ref().filter(|b| need(b)) {
+                    out.push((b.clone(), g.sum(&[0], false)?));
+                }
+                out
+            }
+            Op::Reshape { input, shape } => vec![(input.clone(), g.reshape(shape)?)],
+            Op::Transpose(a, d0, d1) => vec![(a.clone(), g.transpose(*d0, *d1)?.contiguous())],
+            Op::Sum { input, dims, keepdim, scale } => {
+                let shape = input.shape();
+                let mut kept = g.clone();
+                if !keepdim {
+                    for &d in dims {
+                        kept = kept.unsqueeze(d)?;
+                    }
+                }
+                vec![(input.clone(), kept.broadcast_to(&shape)?.mul_scalar(*scale)?)]
+            }
+            Op::Softmax { input, output, dim } => {
+                let inner = g.mul(output)?.sum(&[*dim], true)?;
+                vec![(input.clone(), output.mul(&g.sub(&inner)?)?)]
+            }
+            Op::LogSoftmax { input, output, dim } => {
+                let total = g.sum(&[*dim], true)?;
+                vec![(input.clone(), g.sub(&output.exp()?.mul(&total)?)?)]
+            }
+            Op::Conv2d { input, weight, bias, params } => {
+                let (x, w) = (input.value(), weight.value());
+                let mut out = Vec::new();
+                if need(input) {
+                    out.push((input.clone(), tensor::conv2d_backward_input(g, &w, x.shape(), *params)?));
+                }
+                if need(weight) {
+                    out.push((weight.clone(), tensor::conv2d_backward_weight(&x, g, w.shape(), *params)?));
+                }
+                if let Some(b) = bias.as_ref().filter(|b| need(b)) {
+                    out.push((b.clone(), tensor::conv2d_backward_bias(g)?));
+                }
+                out
+            }
+            Op::MaxPool2d { input, indices } => {
+                vec![(input.clone(), tensor::max_pool2d_backward(g, indices, &input.shape())?)]
+            }
+            Op::AvgPool2d { input, params, count_include_pad } => {
+                vec![(input.clone(), tensor::avg_pool2d_backward(g, &input.shape(), *params, *count_include_pad)?)]
+            }
+            Op::AdaptiveAvgPool2d(input) => {
+                vec![(input.clone(), tensor::adaptive_avg_pool2d_backward(g, &input.shape())?)]
+            }
+            Op::BatchNormTrain { input, weight, bias, mean, invstd } => {
+                let w = weight.as_ref().map(Var::value);
+                let grads = tensor::batch_norm_train_backward(g, &input.value(), w.as_ref(), mean, invstd)?;
+                affine_grads(input, weight, bias, grads)
+            }
+            Op::BatchNormEval { input, weight, bias, running_mean, running_var, eps } => {
+                let w = weight.as_ref().map(Var::value);
+                let grads =
+                    tensor::batch_norm_eval_backward(g, &input.value(), w.as_ref(), running_mean, running_var, *eps)?;
+                affine_grads(input, weight, bias, grads)
+            }
+            Op::CrossEntropy { logits, probs, targets, smoothing, scale } => {
+                // d loss / d logits = (softmax - target distribution) * scale * g
+                let classes = probs.shape()[1];
+                let mut d = probs.to_vec_f32()?;
+                let off = smoothing / classes as f32;
+                for (row, &t) in targets.iter().enumerate() {
+                    let r = &mut d[row * classes..(row + 1) * classes];
+                    r.iter_mut().for_each(|v| *v -= off);
+                    r[t] -= 1.0 - smoothing;
+                }
+                let s = scale * g.item()?;
+                let grad = Tensor::from_vec(d.into_iter().map(|v| v * s).collect(), probs.shape())?;
+                vec![(logits.clone(), grad)]
+            }
+            Op::NllLoss { input, targets, scale } => {
+                let shape = input.shape();
+                let classes = shape[1];
+                let mut d = vec![0f32; shape.iter().product()];
+                let s = scale * g.item()?;
+                for (row, &t) in targets.iter().enumerate() {
+                    d[row * classes + t] = -s;
+                }
+                vec![(input.clone(), Tensor::from_vec(d, &shape)?)]
+            }
+            Op::Dropout { input, mask } => vec![(input.clone(), g.mul(mask)?)],
+        })
+    }
+}
+
+fn affine_grads(
+    input: &Var,
+    weight: &Option<Var>,
+    bias: &Option<Var>,
+    grads: tensor::BatchNormGrads,
+) -> Vec<(Var, Tensor)> {
+    let mut out = vec![(input.clone(), grads.input)];
+    if let Some(w) = weight {
+        out.push((w.clone(), grads.weight));
+    }
+    if let Some(b) = bias {
+        out.push((b.clone(), grads.bias));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Differentiable operations on Var (the forward halves of the rules above)
+// ---------------------------------------------------------------------------------------------
+
+impl Var {
+    /// `self + rhs` with broadcasting.
+    pub fn add(&self, rhs: &Var) -> Result<Var> {
+        let v = self.value().add(&rhs.value())?;
+        Ok(Var::record(v, &[self, rhs], || Op::Add(self.clone(), rhs.clone())))
+    }
+    /// `self - rhs` with broadcasting.
+    pub fn sub(&self, rhs: &Var) -> Result<Var> {
+        let v = self.value().sub(&rhs.value())?;
+        Ok(Var::record(v, &[self, rhs], || Op::Sub(self.clone(), rhs.clone())))
+    }
+    /// `self * rhs` with broadcasting.
+    pub fn mul(&self, rhs: &Var) -> Result<Var> {
+        let v = self.value().mul(&rhs.value())?;
+        Ok(Var::record(v, &[self, rhs], || Op::Mul(self.clone(), rhs.clone())))
+    }
+    /// `self / rhs` with broadcasting.
+    pub fn div(&self, rhs: &Var) -> Result<Var> {
+        let v = self.value().div(&rhs.value())?;
+        Ok(Var::record(v, &[self, rhs], || Op::Div(self.clone(), rhs.clone())))
+    }
+    /// `self + s`
+    pub fn add_scalar(&self, s: f32) -> Result<Var> {
+        let v = self.value().add_scalar(s)?;
+        Ok(Var::record(v, &[self], || Op::AddScalar(self.clone())))
+    }
+    /// `self * s`
+    pub fn mul_scalar(&self, s: f32) -> Result<Var> {
+        let v = self.value().mul_scalar(s)?;
+        Ok(Var::record(v, &[self], || Op::MulScalar(self.clone(), s)))
+    }
+    /// `-self`
+    pub fn neg(&self) -> Result<Var> {
+        let v = self.value().neg()?;
+        Ok(Var::record(v, &[self], || Op::Neg(self.clone())))
+    }
+    /// `max(self, 0)`
+    pub fn relu(&self) -> Result<Var> {
+        let v = self.value().relu()?;
+        Ok(Var::record(v.clone(), &[self], || Op::Relu { input: self.clone(), output: v }))
+    }
+    /// `e^self`
+    pub fn exp(&self) -> Result<Var> {
+        let v = self.value().exp()?;
+        Ok(Var::record(v.clone(), &[self], || Op::Exp { input: self.clone(), output: v }))
+    }
+    /// Natural logarithm.
+    pub fn log(&self) -> Result<Var> {
+        let v = self.value().log()?;
+        Ok(Var::record(v, &[self], || Op::Log(self.clone())))
+    }
+    /// `self^p`
+    pub fn powf(&self, p: f32) -> Result<Var> {
+        let v = self.value().powf(p)?;
+        Ok(Var::record(v, &[self], || Op::Powf(self.clone(), p)))
+    }
+    /// Matrix product (batched, broadcasting), like `torch.matmul`.
+    pub fn matmul(&self, rhs: &Var) -> Result<Var> {
+        let v = self.value().matmul(&rhs.value())?;
+        Ok(Var::record(v, &[self, rhs], || Op::Matmul(self.clone(), rhs.clone())))
+    }
+    /// A new shape with the same number of elements.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Var> {
+        let old = self.shape();
+        let v = self.value().reshape(shape)?;
+        Ok(Var::record(v, &[self], || Op::Reshape { input: self.clone(), shape: old }))
+    }
+    /// Collapses dimensions `start..` into one, like `torch.flatten(x, start)`.
+    pub fn flatten_from(&self, start: usize) -> Result<Var> {
+        let old = self.shape();
+        let end = old.len().saturating_sub(1).max(start);
+        let v = self.value().flatten(start, end)?;
+        Ok(Var::record(v, &[self], || Op::Reshape { input: self.clone(), shape: old }))
+    }
+    /// Swaps two dimensions.
+    pub fn transpose(&self, d0: usize, d1: usize) -> Result<Var> {
+        let v = self.value().transpose(d0, d1)?;
+        Ok(Var::record(v, &[self], || Op::Transpose(self.clone(), d0, d1)))
+    }
+    fn reduce(&self, dims: &[usize], keepdim: bool, mean: bool) -> Result<Var> {
+        let value = self.value();
+        let mut dims = dims.to_vec();
+        dims.sort_unstable();
+        dims.dedup();
+        let v = if mean { value.mean(&dims, keepdim)? } else { value.sum(&dims, keepdim)? };
+        let count: usize = dims.iter().map(|&d| value.shape()[d]).product();
+        let scale = if mean { 1.0 / count.max(1) as f32 } else { 1.0 };
+        Ok(Var::record(v, &[self], || Op::Sum { input: self.clone(), dims, keepdim, scale }))
+    }
+    /// Sum over `dims`.
+    pub fn sum(&self, dims: &[usize], keepdim: bool) -> Result<Var> {
+        self.reduce(dims, keepdim, false)
+    }
+    /// Mean over `dims`.
+    pub fn mean(&self, dims: &[usize], keepdim: bool) -> Result<Var> {
+        self.reduce(dims, keepdim, true)
+    }
+    /// Sum of every element (a scalar of shape `[]`).
+    pub fn sum_all(&self) -> Result<Var> {
+        let dims: Vec<usize> = (0..self.value().rank()).collect();
+        self.reduce(&dims, false, false)
+    }
+    /// Mean of every element (a scalar of shape `[]`).
+    pub fn mean_all(&self) -> Result<Var> {
+        let dims: Vec<usize> = (0..self.value().rank()).collect();
+        self.reduce(&dims, false, true)
+    }
+    /// Softmax along `dim`.
+    pub fn softmax(&self, dim: usize) -> Result<Var> {
+        let v = self.value().softmax(dim)?;
+        Ok(Var::record(v.clone(), &[self], || Op::Softmax { input: self.clone(), output: v, dim }))
+    }
+    /// Log-softmax along `dim`.
+    pub fn log_softmax(&self, dim: usize) -> Result<Var> {
+        let v = self.value().log_softmax(dim)?;
+        Ok(Var::record(v.clone(), &[self], || Op::LogSoftmax { input: self.clone(), output: v, dim }))
+    }
+}
+
+/// Class indices of an i64 target tensor `[batch]`, checked against `classes`.
+pub(crate) fn class_targets(op: &'static str, targets: &Tensor, batch: usize, classes: usize) -> Result<Vec<usize>> {
+    if targets.dtype() != DType::I64 || targets.shape() != [batch] {
+        return Err(NnError::Shape(format!(
+            "{op}: targets must be an i64 tensor of shape [{batch}], got {} {:?}",
+            targets.dtype(),
+            targets.shape()
+        )));
+    }
+    targets
+        .to_vec_i64()?
+        .into_iter()
+        .map(|t| {
+            usize::try_from(t)
+                .ok()
+                .filter(|&t| t < classes)
+                .ok_or_else(|| NnError::Shape(format!("{op}: target {t} is not a class index below {classes}")))
+        })
+        .collect()
+}

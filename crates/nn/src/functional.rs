@@ -1,0 +1,176 @@
+//! Differentiable versions of the `tensor` kernels (like `torch.nn.functional`): each function
+//! runs the forward kernel and records what the backward rule in `autograd.rs` needs.
+
+use crate::autograd::{class_targets, Op, Reduction, Var};
+use crate::{NnError, Result};
+use tensor::{Conv2dParams, Pool2dParams, Rng, Tensor};
+
+/// 2-D convolution.
+pub fn conv2d(input: &Var, weight: &Var, bias: Option<&Var>, params: Conv2dParams) -> Result<Var> {
+    let b = bias.map(Var::value);
+    let y = tensor::conv2d(&input.value(), &weight.value(), b.as_ref(), params)?;
+    let mut inputs = vec![input, weight];
+    inputs.extend(bias);
+    Ok(Var::record(y, &inputs, || Op::Conv2d {
+        input: input.clone(),
+        weight: weight.clone(),
+        bias: bias.cloned(),
+        params,
+    }))
+}
+
+/// `input @ weight^T + bias` for a 2-D input `[batch, in]` and weight `[out, in]`.
+pub fn linear(input: &Var, weight: &Var, bias: Option<&Var>) -> Result<Var> {
+    let (x, w) = (input.value(), weight.value());
+    if x.rank() != 2 || w.rank() != 2 || x.shape()[1] != w.shape()[1] {
+        return Err(NnError::Shape(format!(
+            "linear: input {:?} does not fit weight {:?} (expected [batch, {}])",
+            x.shape(),
+            w.shape(),
+            w.shape().get(1).copied().unwrap_or(0)
+        )));
+    }
+    let mut y = x.matmul(&w.t()?)?;
+    if let Some(b) = bias {
+        y = y.add(&b.value())?;
+    }
+    let mut inputs = vec![input, weight];
+    inputs.extend(bias);
+    Ok(Var::record(y, &inputs, || Op::Linear { input: input.clone(), weight: weight.clone(), bias: bias.cloned() }))
+}
+
+/// Max pooling.
+pub fn max_pool2d(input: &Var, params: Pool2dParams) -> Result<Var> {
+    let (y, indices) = tensor::max_pool2d(&input.value(), params)?;
+    Ok(Var::record(y, &[input], || Op::MaxPool2d { input: input.clone(), indices }))
+}
+
+/// Average pooling.
+pub fn avg_pool2d(input: &Var, params: Pool2dParams, count_include_pad: bool) -> Result<Var> {
+    let y = tensor::avg_pool2d(&input.value(), params, count_include_pad)?;
+    Ok(Var::record(y, &[input], || Op::AvgPool2d { input: input.clone(), params, count_include_pad }))
+}
+
+/// Adaptive average pooling to `[oh, ow]`.
+pub fn adaptive_avg_pool2d(input: &Var, output: [usize; 2]) -> Result<Var> {
+    let y = tensor::adaptive_avg_pool2d(&input.value(), output)?;
+    Ok(Var::record(y, &[input], || Op::AdaptiveAvgPool2d(input.clone())))
+}
+
+/// Training-mode batch norm: normalises with batch statistics and returns the updated running
+/// statistics (when given) beside the output.
+pub fn batch_norm_train(
+    input: &Var,
+    weight: Option<&Var>,
+    bias: Option<&Var>,
+    running: Option<(&Tensor, &Tensor)>,
+    momentum: f64,
+    eps: f64,
+) -> Result<(Var, Option<(Tensor, Tensor)>)> {
+    let (w, b) = (weight.map(Var::value), bias.map(Var::value));
+    let out = tensor::batch_norm_train(&input.value(), w.as_ref(), b.as_ref(), running, momentum, eps)?;
+    let running = out.running_mean.zip(out.running_var);
+    let mut inputs = vec![input];
+    inputs.extend(weight);
+    inputs.extend(bias);
+    let (mean, invstd) = (out.mean, out.invstd);
+    let y = Var::record(out.output, &inputs, || Op::BatchNormTrain {
+        input: input.clone(),
+        weight: weight.cloned(),
+        bias: bias.cloned(),
+        mean,
+        invstd,
+    });
+    Ok((y, running))
+}
+
+/// Evaluation-mode batch norm with the running statistics.
+pub fn batch_norm_eval(
+    input: &Var,
+    weight: Option<&Var>,
+    bias: Option<&Var>,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f64,
+) -> Result<Var> {
+    let (w, b) = (weight.map(Var::value), bias.map(Var::value));
+    let y = tensor::batch_norm_eval(&input.value(), w.as_ref(), b.as_ref(), running_mean, running_var, eps)?;
+    let mut inputs = vec![input];
+    inputs.extend(weight);
+    inputs.extend(bias);
+    Ok(Var::record(y, &inputs, || Op::BatchNormEval {
+        input: input.clone(),
+        weight: weight.cloned(),
+        bias: bias.cloned(),
+        running_mean: running_mean.clone(),
+        running_var: running_var.clone(),
+        eps,
+    }))
+}
+
+/// Dropout: zeroes each element with probability `p` and scales the rest by `1 / (1 - p)`.
+pub fn dropout(input: &Var, p: f64, rng: &mut Rng) -> Result<Var> {
+    if !(0.0..1.0).contains(&p) {
+        return Err(NnError::Config(format!("dropout probability must be in [0, 1), got {p}")));
+    }
+    let shape = input.shape();
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let n: usize = shape.iter().product();
+    let mask: Vec<f32> = (0..n).map(|_| if (rng.uniform() as f64) < p { 0.0 } else { keep }).collect();
+    let mask = Tensor::from_vec(mask, &shape)?;
+    let y = input.value().mul(&mask)?;
+    Ok(Var::record(y, &[input], || Op::Dropout { input: input.clone(), mask }))
+}
+
+/// Cross-entropy of logits `[batch, classes]` against i64 class indices `[batch]`, with optional
+/// label smoothing (PyTorch's formula: the target is `(1 - s) * onehot + s / classes`).
+pub fn cross_entropy(logits: &Var, targets: &Tensor, reduction: Reduction, label_smoothing: f32) -> Result<Var> {
+    let x = logits.value();
+    if x.rank() != 2 || x.shape()[0] == 0 || x.shape()[1] == 0 {
+        return Err(NnError::Shape(format!("cross_entropy: logits must be [batch, classes], got {:?}", x.shape())));
+    }
+    if !(0.0..=1.0).contains(&label_smoothing) {
+        return Err(NnError::Config(format!("label smoothing must be in [0, 1], got {label_smoothing}")));
+    }
+    let (batch, classes) = (x.shape()[0], x.shape()[1]);
+    let t = class_targets("cross_entropy", targets, batch, classes)?;
+    let logp = x.log_softmax(1)?.to_vec_f32()?;
+    let mut total = 0f64;
+    for (row, &c) in t.iter().enumerate() {
+        let r = &logp[row * classes..(row + 1) * classes];
+        let nll = -(r[c] as f64);
+        let uniform = -r.iter().map(|&v| v as f64).sum::<f64>() / classes as f64;
+        total += (1.0 - label_smoothing as f64) * nll + label_smoothing as f64 * uniform;
+    }
+    let scale = match reduction {
+        Reduction::Mean => 1.0 / batch as f32,
+        Reduction::Sum => 1.0,
+    };
+    let loss = Tensor::scalar((total * scale as f64) as f32);
+    let probs = Tensor::from_vec(logp.iter().map(|v| v.exp()).collect(), x.shape())?;
+    Ok(Var::record(loss, &[logits], || Op::CrossEntropy {
+        logits: logits.clone(),
+        probs,
+        targets: t,
+        smoothing: label_smoothing,
+        scale,
+    }))
+}
+
+/// Negative log-likelihood of log-probabilities `[batch, classes]`.
+pub fn nll_loss(log_probs: &Var, targets: &Tensor, reduction: Reduction) -> Result<Var> {
+    let x = log_probs.value();
+    if x.rank() != 2 || x.shape()[0] == 0 {
+        return Err(NnError::Shape(format!("nll_loss: input must be [batch, classes], got {:?}", x.shape())));
+    }
+    let (batch, classes) = (x.shape()[0], x.shape()[1]);
+    let t = class_targets("nll_loss", targets, batch, classes)?;
+    let v = x.to_vec_f32()?;
+    let total: f64 = t.iter().enumerate().map(|(row, &c)| -(v[row * classes + c] as f64)).sum();
+    let scale = match reduction {
+        Reduction::Mean => 1.0 / batch as f32,
+        Reduction::Sum => 1.0,
+    };
+    let loss = Tensor::scalar((total * scale as f64) as f32);
+    Ok(Var::record(loss, &[log_probs], || Op::NllLoss { input: log_probs.clone(), targets: t, scale }))
+}

@@ -1,0 +1,290 @@
+//! Optimizers with `torch.optim`'s update rules, step for step: SGD (momentum, dampening,
+//! Nesterov, weight decay), Adam (bias correction, L2 weight decay added to the gradient) and
+//! AdamW (decoupled weight decay). Parameters live in groups with their own learning rate and
+//! weight decay; the per-parameter state can be saved and restored to resume training.
+
+use crate::autograd::Var;
+use crate::{NnError, Result};
+use tensor::Tensor;
+
+/// The update rule and its hyper-parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Method {
+    /// `torch.optim.SGD`.
+    Sgd {
+        /// Momentum factor (0: plain SGD).
+        momentum: f64,
+        /// Dampening of the momentum.
+        dampening: f64,
+        /// Nesterov momentum.
+        nesterov: bool,
+    },
+    /// `torch.optim.Adam` (weight decay is added to the gradient).
+    Adam {
+        /// `(beta1, beta2)`.
+        betas: (f64, f64),
+        /// Added to the denominator.
+        eps: f64,
+    },
+    /// `torch.optim.AdamW` (weight decay shrinks the parameters directly).
+    AdamW {
+        /// `(beta1, beta2)`.
+        betas: (f64, f64),
+        /// Added to the denominator.
+        eps: f64,
+    },
+}
+
+impl Method {
+    /// SGD with momentum (dampening 0, not Nesterov).
+    pub fn sgd(momentum: f64) -> Method {
+        Method::Sgd { momentum, dampening: 0.0, nesterov: false }
+    }
+    /// Adam with PyTorch's defaults (betas 0.9 / 0.999, eps 1e-8).
+    pub fn adam() -> Method {
+        Method::Adam { betas: (0.9, 0.999), eps: 1e-8 }
+    }
+    /// AdamW with PyTorch's defaults (betas 0.9 / 0.999, eps 1e-8).
+    pub fn adamw() -> Method {
+        Method::AdamW { betas: (0.9, 0.999), eps: 1e-8 }
+    }
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(NnError::Config(m));
+        match *self {
+            Method::Sgd { momentum, dampening, nesterov } => {
+                if momentum < 0.0 {
+                    return bad(format!("invalid momentum {momentum}"));
+                }
+                if nesterov && (momentum <= 0.0 || dampening != 0.0) {
+                    return bad("Nesterov momentum requires a momentum and zero dampening".into());
+                }
+            }
+            Method::Adam { betas: (b1, b2), eps } | Method::AdamW { betas: (b1, b2), eps } => {
+                if !(0.0..1.0).contains(&b1) || !(0.0..1.0).contains(&b2) {
+                    return bad(format!("invalid betas ({b1}, {b2}): each must be in [0, 1)"));
+                }
+                if eps < 0.0 {
+                    return bad(format!("invalid eps {eps}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parameters sharing a learning rate and weight decay.
+#[derive(Debug, Clone)]
+pub struct ParamGroup {
+    /// The parameters.
+    pub params: Vec<Var>,
+    /// Current learning rate (schedulers change it).
+    pub lr: f64,
+    /// The learning rate the group was created with (schedulers scale from it).
+    pub initial_lr: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct ParamState {
+    step: u64,
+    /// SGD's momentum buffer, or Adam's first moment.
+    first: Option<Vec<f32>>,
+    /// Adam's second moment.
+    second: Option<Vec<f32>>,
+}
+
+/// An optimizer over parameter groups.
+#[derive(Debug, Clone)]
+pub struct Optimizer {
+    method: Method,
+    groups: Vec<ParamGroup>,
+    state: Vec<Vec<ParamState>>,
+}
+
+impl Optimizer {
+    /// An optimizer with one group. Frozen parameters (not requiring grad) are left out, like
+    /// `filter(lambda p: p.requires_grad, net.parameters())`.
+    pub fn new(method: Method, params: Vec<Var>, lr: f64, weight_decay: f64) -> Result<Optimizer> {
+        method.validate()?;
+        let mut o = Optimizer { method, groups: Vec::new(), state: Vec::new() };
+        o.add_param_group(params, lr, weight_decay)?;
+        Ok(o)
+    }
+
+    /// Adds a group with its own learning rate (e.g. a smaller one for the backbone).
+    pub fn add_param_group(&mut self, params: Vec<Var>, lr: f64, weight_decay: f64) -> Result<()> {
+        if !(lr >= 0.0 && lr.is_finite() && weight_decay >= 0.0 && weight_decay.is_finite()) {
+            return Err(NnError::Config(format!("invalid learning rate {lr} or weight decay {weight_decay}")));
+        }
+        let params: Vec<Var> = params.into_iter().filter(Var::requires_grad).collect();
+        self.state.push(vec![ParamState::default(); params.len()]);
+        self.groups.push(ParamGroup { params, lr, initial_lr: lr, weight_decay });
+        Ok(())
+    }
+
+    /// The groups (to read or set learning rates).
+    pub fn groups(&self) -> &[ParamGroup] {
+        &self.groups
+    }
+
+    /// Sets the learning rate of group `g`.
+    pub fn set_lr(&mut self, g: usize, lr: f64) {
+        if let Some(group) = self.groups.get_mut(g) {
+            group.lr = lr;
+        }
+    }
+
+    /// The learning rate of the first group.
+    pub fn lr(&self) -> f64 {
+        self.groups.first().map_or(0.0, |g| g.lr)
+    }
+
+    /// The update rule.
+    pub fn method(&self) -> Method {
+        self.method
+    }
+
+    /// Clears every parameter's gradient.
+    pub fn zero_grad(&self) {
+        self.groups.iter().flat_map(|g| &g.params).for_each(Var::zero_grad);
+    }
+
+    /// One update of every parameter that has a gradient (`optimizer.step()`).
+    pub fn step(&mut self) -> Result<()> {
+        for (group, states) in self.groups.iter().zip(self.state.iter_mut()) {
+            for (param, state) in group.params.iter().zip(states.iter_mut()) {
+                let Some(grad) = param.grad() else { continue };
+                let value = param.value();
+                if grad.shape() != value.shape() {
+                    return Err(NnError::Shape(format!(
+                        "optimizer: gradient {:?} does not match parameter {:?}",
+                        grad.shape(),
+                        value.shape()
+                    )));
+                }
+                let mut p = value.to_vec_f32()?;
+                let g = grad.to_vec_f32()?;
+                update(self.method, group.lr, group.weight_decay, &mut p, &g, state);
+                param.set_value(Tensor::from_vec(p, value.shape())?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The optimizer's state as named tensors (for checkpoints): learning rates, steps and
+    /// moment buffers, keyed by group and parameter position.
+    pub fn state_dict(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (gi, (group, states)) in self.groups.iter().zip(&self.state).enumerate() {
+            // The f64 learning rate's bits, so a resumed run continues with exactly the same rate.
+            out.push((
+                format!("group.{gi}.lr_bits"),
+                Tensor::from_vec_i64(vec![group.lr.to_bits() as i64], &[1]).expect("1 value"),
+            ));
+            for (pi, (param, s)) in group.params.iter().zip(states).enumerate() {
+                out.push((
+                    format!("state.{gi}.{pi}.step"),
+                    Tensor::from_vec_i64(vec![s.step as i64], &[1]).expect("1 value"),
+                ));
+                let shape = param.shape();
+                for (name, buf) in [("first", &s.first), ("second", &s.second)] {
+                    if let Some(b) = buf {
+                        out.push((
+                            format!("state.{gi}.{pi}.{name}"),
+                            Tensor::from_vec(b.clone(), &shape).expect("sized"),
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Restores [`Optimizer::state_dict`] into an optimizer built over the same parameters.
+    pub fn load_state_dict(&mut self, entries: &[(String, Tensor)]) -> Result<()> {
+        let find = |k: &str| entries.iter().find(|(n, _)| n == k).map(|(_, t)| t);
+        let mut state = self.state.clone();
+        let mut lrs = Vec::new();
+        for (gi, group) in self.groups.iter().enumerate() {
+            let lr = match find(&format!("group.{gi}.lr_bits")) {
+                Some(t) => f64::from_bits(t.to_vec_i64()?.first().copied().unwrap_or(0) as u64),
+                None => return Err(NnError::Config(format!("optimizer state: group {gi} is missing"))),
+            };
+            lrs.push(lr);
+            for (pi, param) in group.params.iter().enumerate() {
+                let s = &mut state[gi][pi];
+                let step = find(&format!("state.{gi}.{pi}.step"))
+                    .ok_or_else(|| NnError::Config(format!("optimizer state: parameter {gi}.{pi} is missing")))?;
+                s.step = step.to_vec_i64()?.first().copied().unwrap_or(0).max(0) as u64;
+                let shape = param.shape();
+                for (name, slot) in [("first", &mut s.first), ("second", &mut s.second)] {
+                    *slot = match find(&format!("state.{gi}.{pi}.{name}")) {
+                        Some(t) if t.shape() == shape.as_slice() => Some(t.to_vec_f32()?),
+                        Some(t) => {
+                            return Err(NnError::Shape(format!(
+                                "optimizer state {gi}.{pi}.{name}: {:?} does not match the parameter {shape:?}",
+                                t.shape()
+                            )))
+                        }
+                        None => None,
+                    };
+                }
+            }
+        }
+        self.state = state;
+        for (g, lr) in self.groups.iter_mut().zip(lrs) {
+            g.lr = lr;
+        }
+        Ok(())
+    }
+}
+
+/// One parameter's update, in f32 like torch, with scalars computed in f64 as Python does.
+fn update(method: Method, lr: f64, wd: f64, p: &mut [f32], g: &[f32], s: &mut ParamState) {
+    s.step += 1;
+    match method {
+        Method::Sgd { momentum, dampening, nesterov } => {
+            let d: Vec<f32> =
+                if wd != 0.0 { p.iter().zip(g).map(|(&p, &g)| g + wd as f32 * p).collect() } else { g.to_vec() };
+            let d = if momentum != 0.0 {
+                let (m, damp) = (momentum as f32, (1.0 - dampening) as f32);
+                let buf = match s.first.take() {
+                    None => d.clone(),
+                    Some(mut b) => {
+                        b.iter_mut().zip(&d).for_each(|(b, &d)| *b = *b * m + damp * d);
+                        b
+                    }
+                };
+                let out = if nesterov { d.iter().zip(&buf).map(|(&d, &b)| d + m * b).collect() } else { buf.clone() };
+                s.first = Some(buf);
+                out
+            } else {
+                d
+            };
+            p.iter_mut().zip(&d).for_each(|(p, &d)| *p -= lr as f32 * d);
+        }
+        Method::Adam { betas: (b1, b2), eps } | Method::AdamW { betas: (b1, b2), eps } => {
+            let decoupled = matches!(method, Method::AdamW { .. });
+            if decoupled && wd != 0.0 {
+                let shrink = (1.0 - lr * wd) as f32;
+                p.iter_mut().for_each(|p| *p *= shrink);
+            }
+            let m = s.first.get_or_insert_with(|| vec![0.0; p.len()]);
+            let v = s.second.get_or_insert_with(|| vec![0.0; p.len()]);
+            let bc1 = 1.0 - b1.powi(s.step as i32);
+            let bc2_sqrt = (1.0 - b2.powi(s.step as i32)).sqrt();
+            let step_size = (lr / bc1) as f32;
+            // torch passes `1 - beta` as a Python float (f64) cast once to f32.
+            let (b1f, b2f, one_b1, one_b2) = (b1 as f32, b2 as f32, (1.0 - b1) as f32, (1.0 - b2) as f32);
+            for i in 0..p.len() {
+                let grad = if !decoupled && wd != 0.0 { g[i] + wd as f32 * p[i] } else { g[i] };
+                // The operation order of torch's single-tensor Adam: mul_ then add_, addcdiv_.
+                m[i] = m[i] * b1f + one_b1 * grad;
+                v[i] = v[i] * b2f + one_b2 * (grad * grad);
+                let denom = v[i].sqrt() / bc2_sqrt as f32 + eps as f32;
+                p[i] += -step_size * (m[i] / denom);
+            }
+        }
+    }
+}
