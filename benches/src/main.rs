@@ -110,7 +110,81 @@ fn cases() -> Vec<Case> {
             });
         }
     }
+    v.push(Case { name: "autograd-small-step".into(), prepare: Box::new(|| small_step(true)) });
+    v.push(Case { name: "kernels-small-step".into(), prepare: Box::new(|| small_step(false)) });
     v
+}
+
+/// The nn crate's test network (conv-bn-relu-maxpool, conv-bn + residual, relu, avgpool,
+/// linear, cross-entropy) at 16 channels, batch 16, 32x32: forward and backward, either through
+/// the autograd or by calling the same tensor kernels directly (the autograd's overhead is the
+/// ratio of the two).
+fn small_step(autograd: bool) -> Prepared {
+    use nn::{AdaptiveAvgPool2d, BatchNorm2d, Conv2dConfig, CrossEntropyLoss, Linear, MaxPool2d, Module, Var};
+    use tensor::Pool2dParams;
+    const B: usize = 16;
+    let mut rng = Rng::seed(3);
+    let conv1 = Conv2dConfig::new(3, 16, 3).padding(1).bias(false).init(&mut rng).expect("valid");
+    let conv2 = Conv2dConfig::new(16, 16, 3).padding(1).bias(false).init(&mut rng).expect("valid");
+    let (bn1, bn2) = (BatchNorm2d::new(16), BatchNorm2d::new(16));
+    let fc = Linear::new(16, 10, true, &mut rng).expect("valid");
+    let pool = MaxPool2d(Pool2dParams::new(2));
+    let x = Tensor::randn(&[B, 3, 32, 32], &mut rng);
+    let y = Tensor::from_vec_i64((0..B as i64).map(|i| i % 10).collect(), &[B]).expect("sized");
+    let flops = None;
+    let run: Box<dyn FnMut()> = if autograd {
+        let xv = Var::constant(x);
+        Box::new(move || {
+            let h = pool.forward(&bn1.forward(&conv1.forward(&xv).unwrap()).unwrap().relu().unwrap()).unwrap();
+            let r = bn2.forward(&conv2.forward(&h).unwrap()).unwrap();
+            let h = r.add(&h).unwrap().relu().unwrap();
+            let p = AdaptiveAvgPool2d([1, 1]).forward(&h).unwrap().flatten_from(1).unwrap();
+            let loss = CrossEntropyLoss::default().forward(&fc.forward(&p).unwrap(), &y).unwrap();
+            loss.backward().unwrap();
+            for p in [&conv1.weight, &conv2.weight, &fc.weight] {
+                p.zero_grad();
+            }
+        })
+    } else {
+        let (w1, w2) = (conv1.weight.value(), conv2.weight.value());
+        let (fw, fb) = (fc.weight.value(), fc.bias.as_ref().expect("bias").value());
+        let g16 = Tensor::ones(&[16]);
+        let b16 = Tensor::zeros(&[16]);
+        Box::new(move || {
+            use tensor::*;
+            let p1 = Conv2dParams::new().padding(1);
+            // Forward.
+            let c1 = conv2d(&x, &w1, None, p1).unwrap();
+            let n1 = batch_norm_train(&c1, Some(&g16), Some(&b16), None, 0.1, 1e-5).unwrap();
+            let r1 = n1.output.relu().unwrap();
+            let (h, idx) = max_pool2d(&r1, Pool2dParams::new(2)).unwrap();
+            let c2 = conv2d(&h, &w2, None, p1).unwrap();
+            let n2 = batch_norm_train(&c2, Some(&g16), Some(&b16), None, 0.1, 1e-5).unwrap();
+            let s = n2.output.add(&h).unwrap().relu().unwrap();
+            let pooled = adaptive_avg_pool2d(&s, [1, 1]).unwrap().reshape(&[B, 16]).unwrap();
+            let logits = pooled.matmul(&fw.t().unwrap()).unwrap().add(&fb).unwrap();
+            let probs = logits.softmax(1).unwrap();
+            // Backward: (softmax - onehot) / B, then back through every layer.
+            let mut d = probs.to_vec_f32().unwrap();
+            for (i, t) in y.to_vec_i64().unwrap().iter().enumerate() {
+                d[i * 10 + *t as usize] -= 1.0;
+            }
+            let dl = Tensor::from_vec(d, &[B, 10]).unwrap().mul_scalar(1.0 / B as f32).unwrap();
+            let _dfw = dl.t().unwrap().matmul(&pooled).unwrap();
+            let _dfb = dl.sum(&[0], false).unwrap();
+            let dp = dl.matmul(&fw).unwrap().reshape(&[B, 16, 1, 1]).unwrap();
+            let ds = adaptive_avg_pool2d_backward(&dp, s.shape()).unwrap();
+            let ds = ds.mul(&s.map("mask", |v| if v > 0.0 { 1.0 } else { 0.0 }).unwrap()).unwrap();
+            let g2 = batch_norm_train_backward(&ds, &c2, Some(&g16), &n2.mean, &n2.invstd).unwrap();
+            let _dw2 = conv2d_backward_weight(&h, &g2.input, w2.shape(), p1).unwrap();
+            let dh = conv2d_backward_input(&g2.input, &w2, h.shape(), p1).unwrap().add(&ds).unwrap();
+            let dr1 = max_pool2d_backward(&dh, &idx, r1.shape()).unwrap();
+            let dr1 = dr1.mul(&r1.map("mask", |v| if v > 0.0 { 1.0 } else { 0.0 }).unwrap()).unwrap();
+            let g1 = batch_norm_train_backward(&dr1, &c1, Some(&g16), &n1.mean, &n1.invstd).unwrap();
+            std::hint::black_box(conv2d_backward_weight(&x, &g1.input, w1.shape(), p1).unwrap());
+        })
+    };
+    Prepared { run, flops, images: Some(B) }
 }
 
 /// The machine's f32 multiply-add peak: independent FMA chains on every thread.

@@ -33,6 +33,8 @@ pub fn canonical_cases() -> Vec<String> {
         "data-train-b32",
         "data-eval-b32",
         "load-resnet50",
+        "autograd-small-step",
+        "kernels-small-step",
     ] {
         v.push(name.to_string());
     }
