@@ -1,0 +1,627 @@
+//! A restricted unpickler: it understands the pickle opcodes and the handful of globals that a
+//! PyTorch state dict uses, and refuses everything else. It never calls anything: the allowed
+//! globals are recognised by name and their effect (build a dict, describe a tensor view of a
+//! storage) is reproduced here.
+//!
+//! Resources are bounded: lengths are checked against the remaining input before anything is
+//! allocated, and the memo, the object count and the nesting depth have limits.
+
+use std::collections::HashMap;
+
+/// Objects live in an arena so that the memo can share them (a dict may be memoized before its
+/// items are set, as pickle does).
+pub(crate) type Id = usize;
+
+const MAX_OBJECTS: usize = 50_000_000;
+const MAX_DEPTH: usize = 256;
+
+/// Element types of PyTorch storages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StorageDType {
+    F32,
+    F64,
+    F16,
+    BF16,
+    I64,
+    I32,
+    I16,
+    I8,
+    U8,
+    Bool,
+}
+
+impl StorageDType {
+    fn from_class(name: &str) -> Option<StorageDType> {
+        Some(match name {
+            "FloatStorage" => StorageDType::F32,
+            "DoubleStorage" => StorageDType::F64,
+            "HalfStorage" => StorageDType::F16,
+            "BFloat16Storage" => StorageDType::BF16,
+            "LongStorage" => StorageDType::I64,
+            "IntStorage" => StorageDType::I32,
+            "ShortStorage" => StorageDType::I16,
+            "CharStorage" => StorageDType::I8,
+            "ByteStorage" => StorageDType::U8,
+            "BoolStorage" => StorageDType::Bool,
+            _ => return None,
+        })
+    }
+
+    pub(crate) fn size(self) -> usize {
+        match self {
+            StorageDType::F64 | StorageDType::I64 => 8,
+            StorageDType::F32 | StorageDType::I32 => 4,
+            StorageDType::F16 | StorageDType::BF16 | StorageDType::I16 => 2,
+            StorageDType::I8 | StorageDType::U8 | StorageDType::Bool => 1,
+        }
+    }
+
+    pub(crate) fn is_float(self) -> bool {
+        matches!(self, StorageDType::F32 | StorageDType::F64 | StorageDType::F16 | StorageDType::BF16)
+    }
+}
+
+/// The globals a state dict may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Global {
+    OrderedDict,
+    RebuildTensorV2,
+    RebuildTensor,
+    RebuildParameter,
+    RebuildParameterWithState,
+    RebuildFromTypeV2,
+    TensorClass,
+    ParameterClass,
+    Storage(StorageDType),
+}
+
+fn allowed_global(module: &str, name: &str) -> Option<Global> {
+    Some(match (module, name) {
+        ("collections", "OrderedDict") => Global::OrderedDict,
+        ("torch._utils", "_rebuild_tensor_v2") => Global::RebuildTensorV2,
+        ("torch._utils", "_rebuild_tensor") => Global::RebuildTensor,
+        ("torch._utils", "_rebuild_parameter") => Global::RebuildParameter,
+        ("torch._utils", "_rebuild_parameter_with_state") => Global::RebuildParameterWithState,
+        ("torch._tensor", "_rebuild_from_type_v2") => Global::RebuildFromTypeV2,
+        ("torch", "Tensor") => Global::TensorClass,
+        ("torch.nn.parameter", "Parameter") => Global::ParameterClass,
+        ("torch", storage) => Global::Storage(StorageDType::from_class(storage)?),
+        _ => return None,
+    })
+}
+
+/// A storage named by a persistent id: data lives outside the pickle under `key`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StorageRef {
+    pub dtype: StorageDType,
+    pub key: String,
+    /// Elements the storage claims to hold.
+    pub numel: u64,
+    /// For legacy storage views: the offset into the root storage.
+    pub view_offset: u64,
+}
+
+/// A tensor described by the pickle: a strided view of a storage.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TensorRef {
+    pub storage: StorageRef,
+    pub offset: u64,
+    pub size: Vec<u64>,
+    pub stride: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Obj {
+    None,
+    Bool(bool),
+    Int(i64),
+    /// An integer too large for i64 (little-endian two's complement bytes).
+    BigInt(Vec<u8>),
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+    Tuple(Vec<Id>),
+    List(Vec<Id>),
+    Dict(Vec<(Id, Id)>),
+    Global(Global),
+    Storage(StorageRef),
+    Tensor(TensorRef),
+}
+
+/// The parsed pickle: its objects and the root.
+pub(crate) struct Unpickled {
+    pub objects: Vec<Obj>,
+    pub root: Id,
+}
+
+impl Unpickled {
+    pub fn get(&self, id: Id) -> &Obj {
+        &self.objects[id]
+    }
+}
+
+/// Why a pickle was refused. The caller adds the file name.
+pub(crate) type PickleError = String;
+
+struct Machine<'a> {
+    data: &'a [u8],
+    pos: usize,
+    objects: Vec<Obj>,
+    stack: Vec<Option<Id>>, // None is a MARK
+    memo: HashMap<u64, Id>,
+    /// Turns a persistent id into an object (a storage); `None` refuses persistent ids.
+    persistent: &'a dyn Fn(&Unpickled, Id) -> Result<Obj, PickleError>,
+}
+
+/// Runs the pickle at the start of `data`; returns the result and the bytes consumed.
+pub(crate) fn unpickle(
+    data: &[u8],
+    persistent: &dyn Fn(&Unpickled, Id) -> Result<Obj, PickleError>,
+) -> Result<(Unpickled, usize), PickleError> {
+    let mut m = Machine { data, pos: 0, objects: Vec::new(), stack: Vec::new(), memo: HashMap::new(), persistent };
+    let root = m.run()?;
+    let consumed = m.pos;
+    Ok((Unpickled { objects: m.objects, root }, consumed))
+}
+
+impl Machine<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], PickleError> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len()).ok_or_else(|| {
+            format!(
+                "truncated pickle: {n} bytes needed at offset {}, {} available",
+                self.pos,
+                self.data.len() - self.pos
+            )
+        })?;
+        let s = &self.data[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, PickleError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, PickleError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, PickleError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, PickleError> {
+        let b = self.take(8)?;
+        Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+    fn line(&mut self) -> Result<String, PickleError> {
+        let rest = &self.data[self.pos..];
+        let n = rest.iter().position(|&b| b == b'\n').ok_or("truncated pickle: unterminated text line")?;
+        let s = String::from_utf8_lossy(&rest[..n]).into_owned();
+        self.pos += n + 1;
+        Ok(s)
+    }
+    fn alloc(&mut self, o: Obj) -> Result<Id, PickleError> {
+        if self.objects.len() >= MAX_OBJECTS {
+            return Err(format!("more than {MAX_OBJECTS} objects"));
+        }
+        self.objects.push(o);
+        Ok(self.objects.len() - 1)
+    }
+    fn push(&mut self, o: Obj) -> Result<(), PickleError> {
+        let id = self.alloc(o)?;
+        self.stack.push(Some(id));
+        Ok(())
+    }
+    fn pop(&mut self) -> Result<Id, PickleError> {
+        match self.stack.pop() {
+            Some(Some(id)) => Ok(id),
+            Some(None) => Err("unexpected MARK on the stack".into()),
+            None => Err("stack underflow".into()),
+        }
+    }
+    fn top(&self) -> Result<Id, PickleError> {
+        match self.stack.last() {
+            Some(Some(id)) => Ok(*id),
+            _ => Err("stack underflow".into()),
+        }
+    }
+    /// The items since the last MARK (the mark is removed).
+    fn pop_mark(&mut self) -> Result<Vec<Id>, PickleError> {
+        let at = self.stack.iter().rposition(Option::is_none).ok_or("no MARK on the stack")?;
+        let items = self.stack.split_off(at + 1).into_iter().map(|x| x.expect("no marks after the last one")).collect();
+        self.stack.pop();
+        Ok(items)
+    }
+    fn memo_put(&mut self, key: u64) -> Result<(), PickleError> {
+        let id = self.top()?;
+        if self.memo.len() >= MAX_OBJECTS {
+            return Err("memo too large".into());
+        }
+        self.memo.insert(key, id);
+        Ok(())
+    }
+    fn memo_get(&mut self, key: u64) -> Result<(), PickleError> {
+        let id = *self.memo.get(&key).ok_or_else(|| format!("memo key {key} was never stored"))?;
+        self.stack.push(Some(id));
+        Ok(())
+    }
+    fn int_from_le(bytes: &[u8]) -> Obj {
+        if bytes.len() <= 8 {
+            let mut buf = if bytes.last().is_some_and(|b| b & 0x80 != 0) { [0xff; 8] } else { [0; 8] };
+            buf[..bytes.len()].copy_from_slice(bytes);
+            Obj::Int(i64::from_le_bytes(buf))
+        } else {
+            Obj::BigInt(bytes.to_vec())
+        }
+    }
+    fn string(&mut self, n: usize) -> Result<Obj, PickleError> {
+        let b = self.take(n)?;
+        Ok(Obj::Str(String::from_utf8(b.to_vec()).map_err(|_| "a string is not UTF-8")?))
+    }
+    fn bytes(&mut self, n: usize) -> Result<Obj, PickleError> {
+        Ok(Obj::Bytes(self.take(n)?.to_vec()))
+    }
+    fn len64(&mut self) -> Result<usize, PickleError> {
+        usize::try_from(self.u64()?).map_err(|_| "length too large".to_string())
+    }
+
+    fn run(&mut self) -> Result<Id, PickleError> {
+        loop {
+            let op = self.u8()?;
+            match op {
+                0x80 => {
+                    let proto = self.u8()?;
+                    if proto > 5 {
+                        return Err(format!("unsupported pickle protocol {proto}"));
+                    }
+                }
+                0x95 => {
+                    self.u64()?; // FRAME: a length hint only
+                }
+                b'.' => return self.pop(),
+                b'(' => self.stack.push(None),
+                b')' => self.push(Obj::Tuple(vec![]))?,
+                b']' => self.push(Obj::List(vec![]))?,
+                b'}' => self.push(Obj::Dict(vec![]))?,
+                0x8f => self.push(Obj::List(vec![]))?, // EMPTY_SET, kept as a list
+                b't' => {
+                    let items = self.pop_mark()?;
+                    self.push(Obj::Tuple(items))?;
+                }
+                0x85..=0x87 => {
+                    let n = (op - 0x84) as usize;
+                    if self.stack.len() < n {
+                        return Err("stack underflow".into());
+                    }
+                    let mut items = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        items.push(self.pop()?);
+                    }
+                    items.reverse();
+                    self.push(Obj::Tuple(items))?;
+                }
+                b'l' => {
+                    let items = self.pop_mark()?;
+                    self.push(Obj::List(items))?;
+                }
+                b'd' => {
+                    let items = self.pop_mark()?;
+                    if items.len() % 2 != 0 {
+                        return Err("DICT with an odd number of items".into());
+                    }
+                    self.push(Obj::Dict(items.chunks(2).map(|c| (c[0], c[1])).collect()))?;
+                }
+                b'a' => {
+                    let v = self.pop()?;
+                    let l = self.top()?;
+                    self.extend_list(l, vec![v])?;
+                }
+                b'e' | 0x90 => {
+                    let items = self.pop_mark()?;
+                    let l = self.top()?;
+                    self.extend_list(l, items)?;
+                }
+                b's' => {
+                    let v = self.pop()?;
+                    let k = self.pop()?;
+                    let d = self.top()?;
+                    self.set_items(d, vec![(k, v)])?;
+                }
+                b'u' => {
+                    let items = self.pop_mark()?;
+                    if items.len() % 2 != 0 {
+                        return Err("SETITEMS with an odd number of items".into());
+                    }
+                    let d = self.top()?;
+                    self.set_items(d, items.chunks(2).map(|c| (c[0], c[1])).collect())?;
+                }
+                b'q' => {
+                    let k = self.u8()? as u64;
+                    self.memo_put(k)?;
+                }
+                b'r' => {
+                    let k = self.u32()? as u64;
+                    self.memo_put(k)?;
+                }
+                0x94 => {
+                    let k = self.memo.len() as u64;
+                    self.memo_put(k)?;
+                }
+                b'p' => {
+                    let k = self.line()?.trim().parse().map_err(|_| "bad PUT index")?;
+                    self.memo_put(k)?;
+                }
+                b'h' => {
+                    let k = self.u8()? as u64;
+                    self.memo_get(k)?;
+                }
+                b'j' => {
+                    let k = self.u32()? as u64;
+                    self.memo_get(k)?;
+                }
+                b'g' => {
+                    let k = self.line()?.trim().parse().map_err(|_| "bad GET index")?;
+                    self.memo_get(k)?;
+                }
+                b'K' => {
+                    let v = self.u8()? as i64;
+                    self.push(Obj::Int(v))?;
+                }
+                b'M' => {
+                    let v = self.u16()? as i64;
+                    self.push(Obj::Int(v))?;
+                }
+                b'J' => {
+                    let v = self.u32()? as i32 as i64;
+                    self.push(Obj::Int(v))?;
+                }
+                0x8a => {
+                    let n = self.u8()? as usize;
+                    let b = self.take(n)?.to_vec();
+                    self.push(Self::int_from_le(&b))?;
+                }
+                0x8b => {
+                    let n = self.u32()? as usize;
+                    let b = self.take(n)?.to_vec();
+                    self.push(Self::int_from_le(&b))?;
+                }
+                b'I' | b'L' => {
+                    let s = self.line()?;
+                    let s = s.trim().trim_end_matches('L');
+                    let o = match s {
+                        "01" => Obj::Bool(true),
+                        "00" => Obj::Bool(false),
+                        _ => Obj::Int(s.parse().map_err(|_| format!("bad integer {s:?}"))?),
+                    };
+                    self.push(o)?;
+                }
+                b'G' => {
+                    let b = self.take(8)?;
+                    let v = f64::from_be_bytes(b.try_into().expect("8 bytes"));
+                    self.push(Obj::Float(v))?;
+                }
+                b'F' => {
+                    let s = self.line()?;
+                    self.push(Obj::Float(s.trim().parse().map_err(|_| format!("bad float {s:?}"))?))?;
+                }
+                b'X' => {
+                    let n = self.u32()? as usize;
+                    let o = self.string(n)?;
+                    self.push(o)?;
+                }
+                0x8c => {
+                    let n = self.u8()? as usize;
+                    let o = self.string(n)?;
+                    self.push(o)?;
+                }
+                0x8d => {
+                    let n = self.len64()?;
+                    let o = self.string(n)?;
+                    self.push(o)?;
+                }
+                b'U' | b'C' => {
+                    let n = self.u8()? as usize;
+                    let o = self.bytes(n)?;
+                    self.push(o)?;
+                }
+                b'T' | b'B' => {
+                    let n = self.u32()? as usize;
+                    let o = self.bytes(n)?;
+                    self.push(o)?;
+                }
+                0x8e => {
+                    let n = self.len64()?;
+                    let o = self.bytes(n)?;
+                    self.push(o)?;
+                }
+                b'N' => self.push(Obj::None)?,
+                0x88 => self.push(Obj::Bool(true))?,
+                0x89 => self.push(Obj::Bool(false))?,
+                b'c' => {
+                    let module = self.line()?;
+                    let name = self.line()?;
+                    self.global(&module, &name)?;
+                }
+                0x93 => {
+                    let name = self.pop()?;
+                    let module = self.pop()?;
+                    match (self.objects[module].clone(), self.objects[name].clone()) {
+                        (Obj::Str(m), Obj::Str(n)) => self.global(&m, &n)?,
+                        _ => return Err("STACK_GLOBAL needs two strings".into()),
+                    }
+                }
+                b'R' => {
+                    let args = self.pop()?;
+                    let func = self.pop()?;
+                    let o = self.reduce(func, args, 0)?;
+                    self.push(o)?;
+                }
+                b'b' => {
+                    // BUILD sets an object's state (__setstate__ / __dict__). Nothing a state
+                    // dict needs lives there (OrderedDict's `_metadata`, a tensor's hooks), so
+                    // the state is dropped rather than applied.
+                    self.pop()?;
+                    self.top()?;
+                }
+                b'Q' => {
+                    let pid = self.pop()?;
+                    let snapshot = Unpickled { objects: std::mem::take(&mut self.objects), root: pid };
+                    let o = (self.persistent)(&snapshot, pid);
+                    self.objects = snapshot.objects;
+                    self.push(o?)?;
+                }
+                b'0' => {
+                    self.stack.pop().ok_or("stack underflow")?;
+                }
+                b'1' => {
+                    self.pop_mark()?;
+                }
+                b'2' => {
+                    let id = self.top()?;
+                    self.stack.push(Some(id));
+                }
+                b'P' => return Err("text persistent ids are not used by PyTorch files".into()),
+                0x81 | 0x92 | b'o' | b'i' => {
+                    return Err("the pickle constructs an object of an arbitrary class (NEWOBJ/OBJ/INST)".into())
+                }
+                other => return Err(format!("unsupported pickle opcode 0x{other:02x} at offset {}", self.pos - 1)),
+            }
+        }
+    }
+
+    fn global(&mut self, module: &str, name: &str) -> Result<(), PickleError> {
+        match allowed_global(module.trim(), name.trim()) {
+            Some(g) => self.push(Obj::Global(g)),
+            None => Err(format!(
+                "the pickle names `{}.{}`, which is not part of a tensor state dict; refusing to load it (nothing was executed)",
+                module.trim(),
+                name.trim()
+            )),
+        }
+    }
+
+    fn extend_list(&mut self, list: Id, items: Vec<Id>) -> Result<(), PickleError> {
+        match &mut self.objects[list] {
+            Obj::List(l) => {
+                l.extend(items);
+                Ok(())
+            }
+            _ => Err("APPEND to something that is not a list".into()),
+        }
+    }
+
+    fn set_items(&mut self, dict: Id, items: Vec<(Id, Id)>) -> Result<(), PickleError> {
+        match &mut self.objects[dict] {
+            Obj::Dict(d) => {
+                d.extend(items);
+                Ok(())
+            }
+            _ => Err("SETITEM on something that is not a dict".into()),
+        }
+    }
+
+    fn tuple(&self, id: Id) -> Result<Vec<Id>, PickleError> {
+        match &self.objects[id] {
+            Obj::Tuple(t) => Ok(t.clone()),
+            _ => Err("expected a tuple of arguments".into()),
+        }
+    }
+
+    fn uint(&self, id: Id, what: &str) -> Result<u64, PickleError> {
+        match self.objects[id] {
+            Obj::Int(v) if v >= 0 => Ok(v as u64),
+            _ => Err(format!("{what} must be a non-negative integer")),
+        }
+    }
+
+    fn uints(&self, id: Id, what: &str) -> Result<Vec<u64>, PickleError> {
+        self.tuple(id)?.into_iter().map(|i| self.uint(i, what)).collect()
+    }
+
+    /// Applies an allowed callable, recognised by name, to its arguments.
+    fn reduce(&mut self, func: Id, args: Id, depth: usize) -> Result<Obj, PickleError> {
+        if depth > MAX_DEPTH {
+            return Err("nested rebuild calls too deep".into());
+        }
+        let Obj::Global(g) = self.objects[func].clone() else {
+            return Err("REDUCE of something that is not an allowed global".into());
+        };
+        let a = self.tuple(args)?;
+        match g {
+            Global::OrderedDict => {
+                if !a.is_empty() {
+                    return Err("OrderedDict with constructor arguments".into());
+                }
+                Ok(Obj::Dict(vec![]))
+            }
+            Global::RebuildTensorV2 | Global::RebuildTensor => {
+                if a.len() < 4 {
+                    return Err("_rebuild_tensor with too few arguments".into());
+                }
+                let Obj::Storage(storage) = self.objects[a[0]].clone() else {
+                    return Err("_rebuild_tensor of something that is not a storage".into());
+                };
+                let offset = self.uint(a[1], "storage offset")?;
+                let size = self.uints(a[2], "a size")?;
+                let stride = self.uints(a[3], "a stride")?;
+                if size.len() != stride.len() {
+                    return Err(format!("size {size:?} and stride {stride:?} differ in length"));
+                }
+                Ok(Obj::Tensor(TensorRef { storage, offset, size, stride }))
+            }
+            Global::RebuildParameter | Global::RebuildParameterWithState => {
+                match a.first().map(|&i| &self.objects[i]) {
+                    Some(Obj::Tensor(t)) => Ok(Obj::Tensor(t.clone())),
+                    _ => Err("_rebuild_parameter of something that is not a tensor".into()),
+                }
+            }
+            Global::RebuildFromTypeV2 => {
+                // (func, new_type, args, state): rebuild with func, ignore the subclass marker.
+                if a.len() < 3 {
+                    return Err("_rebuild_from_type_v2 with too few arguments".into());
+                }
+                match self.objects[a[1]] {
+                    Obj::Global(Global::TensorClass | Global::ParameterClass) => {}
+                    _ => return Err("_rebuild_from_type_v2 of a class other than Tensor or Parameter".into()),
+                }
+                self.reduce(a[0], a[2], depth + 1)
+            }
+            Global::TensorClass | Global::ParameterClass | Global::Storage(_) => {
+                Err("the pickle calls a tensor or storage class directly".into())
+            }
+        }
+    }
+}
+
+/// The persistent-id handler for both formats: `('storage', StorageClass, key, location, numel
+/// [, view_metadata])`.
+pub(crate) fn storage_from_pid(p: &Unpickled, pid: Id) -> Result<Obj, PickleError> {
+    let Obj::Tuple(t) = p.get(pid) else { return Err("a persistent id that is not a tuple".into()) };
+    let field = |i: usize| t.get(i).map(|&id| p.get(id));
+    match field(0) {
+        Some(Obj::Str(s)) if s == "storage" => {}
+        _ => return Err("a persistent id that is not a storage (the file pickles more than tensors)".into()),
+    }
+    let dtype = match field(1) {
+        Some(Obj::Global(Global::Storage(d))) => *d,
+        _ => return Err("a storage of an unknown type".into()),
+    };
+    let key = match field(2) {
+        Some(Obj::Str(s)) => s.clone(),
+        Some(Obj::Int(i)) => i.to_string(),
+        _ => return Err("a storage without a key".into()),
+    };
+    let numel = match field(4) {
+        Some(Obj::Int(n)) if *n >= 0 => *n as u64,
+        _ => return Err("a storage without a valid element count".into()),
+    };
+    // Legacy view metadata: (view_key, offset, view_size).
+    let view_offset = match field(5) {
+        None | Some(Obj::None) => 0,
+        Some(Obj::Tuple(v)) if v.len() == 3 => match p.get(v[1]) {
+            Obj::Int(o) if *o >= 0 => *o as u64,
+            _ => return Err("a storage view with a bad offset".into()),
+        },
+        _ => return Err("bad storage view metadata".into()),
+    };
+    Ok(Obj::Storage(StorageRef { dtype, key, numel, view_offset }))
+}
