@@ -87,6 +87,24 @@ fn pth_to_safetensors_round_trip_is_identical() {
 }
 
 #[test]
+fn our_pth_files_read_back_identically() {
+    let sd = read_weights(fixture_path("resnet18.pth")).unwrap();
+    let out = std::env::temp_dir().join(format!("ours-{}.pth", std::process::id()));
+    write_pth(&out, &sd.entries).unwrap();
+    let back = read_weights(&out).unwrap();
+    assert_eq!(back.entries.len(), sd.entries.len());
+    for ((k1, t1), (k2, t2)) in sd.entries.iter().zip(&back.entries) {
+        assert_eq!(k1, k2, "file order is kept");
+        assert_eq!(format!("{t1:?}"), format!("{t2:?}"));
+        assert_eq!(t1.dtype(), t2.dtype());
+        if t1.dtype() == tensor::DType::F32 {
+            assert_eq!(t1.to_vec_f32().unwrap(), t2.to_vec_f32().unwrap(), "{k1}");
+        }
+    }
+    std::fs::remove_file(out).unwrap();
+}
+
+#[test]
 fn one_training_step_matches_torch() {
     let model = load("resnet18", "resnet18.safetensors");
     model.train();

@@ -4,6 +4,9 @@
 
 mod pickle;
 mod pth;
+mod pth_write;
+
+pub use pth_write::{pth_bytes, write_pth};
 
 use crate::model::ResNet;
 use crate::{ResnetError, Result};
