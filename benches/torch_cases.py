@@ -10,6 +10,7 @@ benches/src/main.rs, and the same output, one JSON line per case:
 """
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -54,11 +55,45 @@ def conv_case(cin, cout, k, s, g, size, which):
     return prepare
 
 
+def bench_data_root():
+    """The folder of 500x375 JPEGs that benches/src/data_cases.rs generates (keep in step)."""
+    import tempfile
+    return os.environ.get("RESNET_RS_BENCH_DATA") or os.path.join(tempfile.gettempdir(), "resnet-rs-bench-data-v1")
+
+
+def data_case(train):
+    """The tutorial's train or eval pipeline through DataLoader(batch_size=32, num_workers=2);
+    one run is one epoch over the folder (worker start-up included, as in a training loop
+    without persistent_workers)."""
+    def prepare():
+        from torch.utils.data import DataLoader
+        from torchvision import datasets, transforms as T
+        root = os.path.join(bench_data_root(), "train")
+        if not os.path.isfile(os.path.join(bench_data_root(), "demo.json")):
+            sys.exit(f"torch_cases: {root} is missing; run our side first "
+                     "(cargo xtask bench --filter data), which generates it")
+        norm = T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+        if train:
+            tf = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+        else:
+            tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), norm])
+        ds = datasets.ImageFolder(root, tf)
+        loader = DataLoader(ds, batch_size=32, shuffle=train, num_workers=2)
+
+        def run():
+            for x, y in loader:
+                pass
+        return run, None, len(ds)
+    return prepare
+
+
 def cases():
     c = {f"matmul-{n}": matmul_case(n) for n in (1024, 2048)}
     for tag, cin, cout, k, s, g, size in CONV_SHAPES:
         for which in ("fwd", "bwd-input", "bwd-weight"):
             c[f"conv-{tag}-{which}"] = conv_case(cin, cout, k, s, g, size, which)
+    c["data-train-b32"] = data_case(True)
+    c["data-eval-b32"] = data_case(False)
     return c
 
 

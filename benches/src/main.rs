@@ -9,6 +9,9 @@
 //! ```
 //! `torch_cases.py` beside this crate is PyTorch's side, with the same names and output.
 
+mod data_cases;
+mod model_cases;
+
 use serde_json::json;
 use std::time::{Duration, Instant};
 use tensor::{conv2d, conv2d_backward_input, conv2d_backward_weight, Conv2dParams, Rng, Tensor};
@@ -110,6 +113,8 @@ fn cases() -> Vec<Case> {
             });
         }
     }
+    v.extend(model_cases::cases());
+    v.extend(data_cases::cases());
     v.push(Case { name: "autograd-small-step".into(), prepare: Box::new(|| small_step(true)) });
     v.push(Case { name: "kernels-small-step".into(), prepare: Box::new(|| small_step(false)) });
     v

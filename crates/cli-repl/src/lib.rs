@@ -1,38 +1,129 @@
 //! # cli-repl
 //!
-//! The `resnet` command (train, predict, infer, summary, convert) and its interactive REPL.
+//! The `resnet` command — `train`, `predict`, `infer`, `summary`, `convert`, `repl` — the
+//! PyTorch tutorial's scripts as one binary, and an interactive REPL in which networks are built
+//! and inspected.
 //!
-//! **Status:** only the entry point exists; the commands arrive with the `cli-repl` issue.
-//! The binary in the root package is a thin `main` over [`run`].
+//! **What it is not.** No model, kernel or data code lives here: each subcommand parses its
+//! arguments, calls the library crates and reports. The REPL is a library
+//! (`repl::Session::execute`) with a thin terminal front end, so it is tested without a
+//! terminal.
 #![deny(missing_docs)]
 
+mod commands;
+pub mod error;
+pub mod model_io;
+mod plot;
+pub mod repl;
+
+use clap::{Parser, Subcommand};
+use error::CliError;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// The commands the tool will offer, in the order of the help text.
-pub const COMMANDS: &[&str] = &["train", "predict", "infer", "summary", "convert", "repl"];
+/// Train, run and inspect ResNets the way PyTorch and torchvision do.
+#[derive(Debug, Parser)]
+#[command(name = "resnet", version, about)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
 
-/// Runs the command line `args` (without the program name) and returns the process exit code.
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a ResNet on an ImageFolder (default: the built-in demo dataset).
+    Train(commands::train::TrainArgs),
+    /// Predict the class of images (files or folders).
+    Predict(commands::predict::PredictArgs),
+    /// The interactive REPL (reads piped standard input too).
+    Repl,
+    /// Eval-mode logits of an NCHW f32 .npy batch.
+    Infer {
+        /// Architecture (needed for files without metadata).
+        #[arg(long)]
+        arch: Option<String>,
+        /// Weights (.pth or .safetensors).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Classes of the head (default: from the file).
+        #[arg(long)]
+        num_classes: Option<usize>,
+        /// Stem width for reduced-width models (torchvision: 64).
+        #[arg(long)]
+        base_planes: Option<usize>,
+        /// Input batch, [N, 3, H, W] f32.
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the logits.
+        #[arg(long)]
+        output: PathBuf,
+        /// Device (`cpu`).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// The torchinfo-style summary table of an architecture.
+    Summary {
+        /// Architecture (resnet18 ... wide_resnet101_2).
+        arch: String,
+        /// Classes of the head.
+        #[arg(long, default_value_t = 1000)]
+        num_classes: usize,
+        /// Input shape N,3,H,W.
+        #[arg(long, default_value = "1,3,224,224")]
+        input: String,
+        /// Depth of nested modules shown.
+        #[arg(long, default_value_t = 3)]
+        depth: usize,
+    },
+    /// Convert weights between .pth and .safetensors (by OUT's extension).
+    Convert {
+        /// Input weights.
+        input: PathBuf,
+        /// Output weights (.pth or .safetensors).
+        output: PathBuf,
+    },
+}
+
+/// Runs the command line `args` (without the program name); returns the exit code.
 pub fn run(args: &[String]) -> ExitCode {
-    match args.first().map(String::as_str) {
-        None | Some("-h" | "--help" | "help") => {
-            println!(
-                "resnet {}\n\nUsage: resnet <COMMAND>\n\nCommands: {}",
-                env!("CARGO_PKG_VERSION"),
-                COMMANDS.join(", ")
-            );
-            ExitCode::SUCCESS
+    let cli = match Cli::try_parse_from(std::iter::once("resnet".to_string()).chain(args.iter().cloned())) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
-        Some("-V" | "--version") => {
-            println!("resnet {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+    };
+    match execute(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
-        Some(cmd) if COMMANDS.contains(&cmd) => {
-            eprintln!("error: `resnet {cmd}` is not implemented in this build yet");
-            ExitCode::from(2)
+    }
+}
+
+fn execute(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Train(args) => commands::train::run(args),
+        Command::Predict(args) => commands::predict::run(args),
+        Command::Repl => {
+            // The REPL reports its own errors line by line and decides its exit code.
+            let code = repl::run_repl();
+            if code == ExitCode::SUCCESS {
+                Ok(())
+            } else {
+                Err(CliError::Usage("the REPL ended with an error".into()))
+            }
         }
-        Some(other) => {
-            eprintln!("error: unknown command `{other}`; the commands are: {}", COMMANDS.join(", "));
-            ExitCode::from(2)
+        Command::Infer { arch, weights, num_classes, base_planes, input, output, device } => {
+            let args = model_io::ModelArgs { arch, num_classes, base_planes };
+            commands::infer::run(&weights, &args, &input, &output, &device)
         }
+        Command::Summary { arch, num_classes, input, depth } => {
+            commands::summary::run(&arch, num_classes, &input, depth)
+        }
+        Command::Convert { input, output } => commands::convert::run(&input, &output),
     }
 }

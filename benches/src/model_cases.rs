@@ -1,0 +1,83 @@
+//! Model-level cases: inference (eval, batch norm folded), one training step (forward,
+//! cross-entropy, backward, Adam), and loading resnet50's weights.
+
+use crate::{Case, Prepared};
+use nn::{CrossEntropyLoss, Method, Module, ModuleExt, Optimizer, Var};
+use resnet::{Arch, FusedResNet, Init};
+use tensor::{Rng, Tensor};
+
+fn infer(arch: Arch, batch: usize, fused: bool) -> Prepared {
+    let model = arch.build(1000, 0).expect("zoo model");
+    model.eval();
+    let x = Tensor::randn(&[batch, 3, 224, 224], &mut Rng::seed(1));
+    let (_, macs) = model.output_shape(&[batch, 3, 224, 224]).expect("shape");
+    let run: Box<dyn FnMut()> = if fused {
+        let f = FusedResNet::new(&model).expect("fold");
+        Box::new(move || {
+            std::hint::black_box(f.forward(&x).expect("forward"));
+        })
+    } else {
+        let xv = Var::constant(x);
+        Box::new(move || {
+            std::hint::black_box(nn::with_no_grad(|| model.forward(&xv)).expect("forward"));
+        })
+    };
+    Prepared { run, flops: Some(2.0 * macs as f64), images: Some(batch) }
+}
+
+fn train(arch: Arch, batch: usize, size: usize, classes: usize) -> Prepared {
+    let model = arch.build(classes, 0).expect("zoo model");
+    model.train();
+    let mut rng = Rng::seed(2);
+    let x = Var::constant(Tensor::randn(&[batch, 3, size, size], &mut rng));
+    let y = Tensor::from_vec_i64((0..batch as i64).map(|i| i % classes as i64).collect(), &[batch]).expect("sized");
+    let mut opt = Optimizer::new(Method::adam(), model.trainable_parameters(), 1e-3, 0.0).expect("optimizer");
+    let (_, macs) = model.output_shape(&[batch, 3, size, size]).expect("shape");
+    Prepared {
+        run: Box::new(move || {
+            opt.zero_grad();
+            let loss = CrossEntropyLoss::default().forward(&model.forward(&x).expect("forward"), &y).expect("loss");
+            loss.backward().expect("backward");
+            opt.step().expect("step");
+        }),
+        // Forward + backward is about three times the forward's multiply-adds.
+        flops: Some(3.0 * 2.0 * macs as f64),
+        images: Some(batch),
+    }
+}
+
+fn load(format: &'static str) -> Prepared {
+    let dir = std::env::temp_dir().join(format!("bench-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(format!("resnet50.{format}"));
+    let model = Arch::Resnet50.config(1000).build(Init::Torchvision(0)).expect("zoo model");
+    let sd = model.state_dict();
+    match format {
+        "pth" => resnet::write_pth(&path, &sd).expect("write"),
+        _ => resnet::write_safetensors(&path, &sd, &Default::default()).expect("write"),
+    }
+    Prepared {
+        run: Box::new(move || {
+            let sd = resnet::read_weights(&path).expect("read");
+            resnet::load_strict(&model, &sd).expect("load");
+        }),
+        flops: None,
+        images: None,
+    }
+}
+
+pub(crate) fn cases() -> Vec<Case> {
+    let mut v: Vec<Case> = Vec::new();
+    let mut add = |name: &str, f: Box<dyn Fn() -> Prepared>| v.push(Case { name: name.into(), prepare: f });
+    add("infer-resnet18-b1", Box::new(|| infer(Arch::Resnet18, 1, true)));
+    add("infer-resnet50-b1", Box::new(|| infer(Arch::Resnet50, 1, true)));
+    add("infer-resnet50-b8", Box::new(|| infer(Arch::Resnet50, 8, true)));
+    add("infer-resnext50-b1", Box::new(|| infer(Arch::Resnext50_32x4d, 1, true)));
+    add("infer-resnet50-b1-unfused", Box::new(|| infer(Arch::Resnet50, 1, false)));
+    add("train-resnet18-b16", Box::new(|| train(Arch::Resnet18, 16, 224, 1000)));
+    add("train-resnet50-b8", Box::new(|| train(Arch::Resnet50, 8, 224, 1000)));
+    add("train-resnet18-b64-64px", Box::new(|| train(Arch::Resnet18, 64, 64, 10)));
+    add("load-resnet50", Box::new(|| load("safetensors")));
+    add("load-resnet50-pth", Box::new(|| load("pth")));
+    v
+}

@@ -1,0 +1,206 @@
+//! `resnet predict`: the tutorial's batch prediction without its bugs — every image is
+//! predicted (the last partial batch too), with the eval transform the weights were trained
+//! with, and class names from `class_indices.json` or the weights' metadata.
+
+use crate::error::{CliError, Result};
+use crate::model_io::{load_model, meta, ModelArgs};
+use data::transforms::{CenterCrop, Compose, Normalize, Resize, ToTensor};
+use std::path::{Path, PathBuf};
+
+/// Every option of `resnet predict`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PredictArgs {
+    /// Weights (.pth or .safetensors).
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Architecture (needed for files that do not record it).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Classes of the head (default: from the file).
+    #[arg(long)]
+    pub num_classes: Option<usize>,
+    /// class_indices.json (default: the names stored in the weights, else the indices).
+    #[arg(long)]
+    pub classes: Option<PathBuf>,
+    /// Images per batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Show the K most likely classes.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// One JSON object per line (path, class, index, prob, topk, logits).
+    #[arg(long)]
+    pub json: bool,
+    /// Override the eval transform's resize (shorter side).
+    #[arg(long)]
+    pub resize: Option<usize>,
+    /// Override the eval transform's centre crop.
+    #[arg(long)]
+    pub crop: Option<usize>,
+    /// Override the normalisation mean, as r,g,b.
+    #[arg(long)]
+    pub mean: Option<String>,
+    /// Override the normalisation std, as r,g,b.
+    #[arg(long)]
+    pub std: Option<String>,
+    /// Device (`cpu`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Images, or folders of images.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+fn usage(msg: impl Into<String>) -> CliError {
+    CliError::Usage(msg.into())
+}
+
+fn triple(s: &str, what: &str) -> Result<[f32; 3]> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f32>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| usage(format!("{what} {s:?}: expected three numbers r,g,b")))?;
+    v.try_into().map_err(|_| usage(format!("{what} {s:?}: expected three numbers r,g,b")))
+}
+
+/// Image files under `paths`: files as given, folders walked in sorted order.
+fn collect_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|source| CliError::Io { path: dir.to_path_buf(), source })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if p.file_name().and_then(|n| n.to_str()).is_some_and(data::folder::has_image_extension) {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let before = out.len();
+            walk(p, &mut out)?;
+            if out.len() == before {
+                return Err(usage(format!(
+                    "{}: the folder holds no images (.jpg .jpeg .png .ppm .bmp .pgm .tif .tiff .webp)",
+                    p.display()
+                )));
+            }
+        } else if p.is_file() {
+            out.push(p.clone());
+        } else {
+            return Err(CliError::Io {
+                path: p.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Runs `resnet predict`.
+pub fn run(args: PredictArgs) -> Result<()> {
+    tensor::Device::parse(&args.device)?;
+    if args.batch_size == 0 {
+        return Err(usage("--batch-size must be positive"));
+    }
+    let images = collect_images(&args.paths)?;
+    let margs = ModelArgs { arch: args.arch.clone(), num_classes: args.num_classes, base_planes: None };
+    let (model, sd) = load_model(&args.weights, &margs)?;
+    let num_classes = model.config.num_classes;
+    let names: Vec<String> = match &args.classes {
+        Some(p) => data::read_class_indices(p).map_err(|e| usage(e.to_string()))?,
+        None => match sd.metadata.get(meta::CLASSES) {
+            Some(j) => serde_json::from_str(j)
+                .map_err(|_| usage(format!("{}: bad class list in the metadata", args.weights.display())))?,
+            None => (0..num_classes).map(|i| i.to_string()).collect(),
+        },
+    };
+    if names.len() != num_classes {
+        return Err(usage(format!("{} class names for a head of {num_classes} classes", names.len())));
+    }
+    let k = args.top_k.unwrap_or(1);
+    if k == 0 || k > num_classes {
+        return Err(usage(format!("--top-k {k}: must be between 1 and {num_classes}")));
+    }
+    let m = &sd.metadata;
+    let parse_meta = |key: &str| m.get(key).and_then(|v| v.parse::<usize>().ok());
+    let resize = args.resize.or_else(|| parse_meta(meta::RESIZE)).unwrap_or(256);
+    let crop = args.crop.or_else(|| parse_meta(meta::CROP)).unwrap_or(224);
+    let meta_triple = |key: &str| m.get(key).and_then(|v| serde_json::from_str::<[f32; 3]>(v).ok());
+    let mean = match &args.mean {
+        Some(s) => triple(s, "--mean")?,
+        None => meta_triple(meta::MEAN).unwrap_or(data::presets::IMAGENET_MEAN),
+    };
+    let std = match &args.std {
+        Some(s) => triple(s, "--std")?,
+        None => meta_triple(meta::STD).unwrap_or(data::presets::IMAGENET_STD),
+    };
+    let transform = Compose::default()
+        .push(Resize::new(resize).map_err(|e| usage(e.to_string()))?)
+        .push(CenterCrop::new(crop).map_err(|e| usage(e.to_string()))?)
+        .push(ToTensor)
+        .push(Normalize::new(&mean, &std).map_err(|e| usage(e.to_string()))?);
+    let fused = resnet::FusedResNet::new(&model)?;
+    let mut failures = 0;
+    for chunk in images.chunks(args.batch_size) {
+        let mut tensors = Vec::new();
+        let mut paths = Vec::new();
+        for p in chunk {
+            match data::presets::load_image_tensor(p, &transform) {
+                Ok(t) => {
+                    tensors.push(t);
+                    paths.push(p);
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    failures += 1;
+                }
+            }
+        }
+        if tensors.is_empty() {
+            continue;
+        }
+        let batch = tensor::Tensor::stack(&tensors.iter().collect::<Vec<_>>(), 0)?;
+        let logits = fused.forward(&batch)?;
+        let probs = logits.softmax(1)?;
+        let top = nn::topk(&probs, k)?;
+        let logit_rows = logits.to_vec_f32()?;
+        for (i, path) in paths.iter().enumerate() {
+            let (idx, p) = (&top.indices[i], &top.values[i]);
+            if args.json {
+                let topk: Vec<serde_json::Value> = idx
+                    .iter()
+                    .zip(p)
+                    .map(|(&c, &pr)| serde_json::json!({"class": names[c], "index": c, "prob": pr}))
+                    .collect();
+                let line = serde_json::json!({
+                    "path": path.display().to_string(), "class": names[idx[0]], "index": idx[0], "prob": p[0],
+                    "topk": topk, "logits": &logit_rows[i * num_classes..(i + 1) * num_classes],
+                });
+                println!("{line}");
+            } else if k > 1 {
+                let list: Vec<String> = idx.iter().zip(p).map(|(&c, &pr)| format!("{} {:.3}", names[c], pr)).collect();
+                println!(
+                    "image: {}  class: {}  prob: {:.3}  top{k}: {}",
+                    path.display(),
+                    names[idx[0]],
+                    p[0],
+                    list.join(", ")
+                );
+            } else {
+                println!("image: {}  class: {}  prob: {:.3}", path.display(), names[idx[0]], p[0]);
+            }
+        }
+    }
+    if failures > 0 {
+        return Err(usage(format!("{failures} image(s) could not be read (see above)")));
+    }
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! Building a model from a weight file: the architecture and class count come from our own
+//! files' metadata, or from `--arch` and the head's shape for foreign files.
+
+use crate::error::{CliError, Result};
+use resnet::{Arch, Init, ResNet, ResNetConfig, StateDict};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Metadata keys our weight files carry.
+pub mod meta {
+    /// Zoo name of the architecture.
+    pub const ARCH: &str = "arch";
+    /// Stem width when it is not torchvision's 64 (reduced-width models).
+    pub const BASE_PLANES: &str = "base_planes";
+    /// Number of classes of the head.
+    pub const NUM_CLASSES: &str = "num_classes";
+    /// Class names as a JSON array, in index order.
+    pub const CLASSES: &str = "classes";
+    /// Eval transform: resize (shorter side), crop, mean and std (JSON arrays).
+    pub const RESIZE: &str = "eval_resize";
+    /// Eval transform: centre crop size.
+    pub const CROP: &str = "eval_crop";
+    /// Eval transform: normalisation mean.
+    pub const MEAN: &str = "eval_mean";
+    /// Eval transform: normalisation std.
+    pub const STD: &str = "eval_std";
+}
+
+/// What the user said about the model on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct ModelArgs {
+    /// `--arch`.
+    pub arch: Option<String>,
+    /// `--num-classes`.
+    pub num_classes: Option<usize>,
+    /// `--base-planes` (reduced-width models).
+    pub base_planes: Option<usize>,
+}
+
+/// The configuration a weight file needs, from its metadata or the arguments.
+pub fn config_for(weights: &Path, sd: &StateDict, args: &ModelArgs) -> Result<(Arch, ResNetConfig)> {
+    let m = &sd.metadata;
+    let arch_name = args.arch.clone().or_else(|| m.get(meta::ARCH).cloned()).ok_or_else(|| {
+        CliError::Usage(format!(
+            "{}: the file does not record its architecture; pass --arch (one of: {})",
+            weights.display(),
+            Arch::ALL.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
+        ))
+    })?;
+    let arch = Arch::from_name(&arch_name)?;
+    let num_classes = args
+        .num_classes
+        .or_else(|| m.get(meta::NUM_CLASSES).and_then(|v| v.parse().ok()))
+        .or_else(|| sd.num_classes())
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "{}: no fc.weight to read the class count from; pass --num-classes",
+                weights.display()
+            ))
+        })?;
+    let mut config = arch.config(num_classes);
+    if let Some(b) = args.base_planes.or_else(|| m.get(meta::BASE_PLANES).and_then(|v| v.parse().ok())) {
+        config.base_planes = b;
+    }
+    Ok((arch, config))
+}
+
+/// Reads a weight file and builds the model it fits, strictly loaded, in eval mode.
+pub fn load_model(weights: &Path, args: &ModelArgs) -> Result<(ResNet, StateDict)> {
+    let sd = resnet::read_weights(weights)?;
+    let (_, config) = config_for(weights, &sd, args)?;
+    let model = config.build(Init::Zeros)?;
+    resnet::load_strict(&model, &sd).map_err(|e| {
+        CliError::Usage(format!(
+            "{}: the weights do not fit {}: {e}",
+            weights.display(),
+            args.arch.as_deref().or(sd.metadata.get(meta::ARCH).map(String::as_str)).unwrap_or("the model")
+        ))
+    })?;
+    nn::ModuleExt::eval(&model);
+    Ok((model, sd))
+}
+
+/// Metadata for a file written by this tool.
+pub fn metadata_for(arch: Arch, config: &ResNetConfig, extra: &[(&str, String)]) -> HashMap<String, String> {
+    let mut m: HashMap<String, String> = HashMap::new();
+    m.insert("format".into(), "pt".into());
+    m.insert(meta::ARCH.into(), arch.name().into());
+    m.insert(meta::NUM_CLASSES.into(), config.num_classes.to_string());
+    if config.base_planes != 64 {
+        m.insert(meta::BASE_PLANES.into(), config.base_planes.to_string());
+    }
+    for (k, v) in extra {
+        m.insert(k.to_string(), v.clone());
+    }
+    m
+}

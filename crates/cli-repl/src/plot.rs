@@ -1,0 +1,141 @@
+//! `curves.png`: loss and accuracy per epoch, train and validation, in two panels. Lines are
+//! drawn on an `image` buffer; labels use the pre-rasterised Noto Sans Mono glyphs of
+//! `noto-sans-mono-bitmap`, so no font files or system libraries are needed.
+
+use image::{Rgb, RgbImage};
+use noto_sans_mono_bitmap::{get_raster, get_raster_width, FontWeight, RasterHeight};
+
+const W: u32 = 960;
+const H: u32 = 400;
+const WHITE: Rgb<u8> = Rgb([255, 255, 255]);
+const GREY: Rgb<u8> = Rgb([200, 200, 200]);
+const BLACK: Rgb<u8> = Rgb([30, 30, 30]);
+const TRAIN: Rgb<u8> = Rgb([31, 119, 180]);
+const VAL: Rgb<u8> = Rgb([255, 127, 14]);
+
+/// One epoch's figures.
+#[derive(Debug, Clone, Copy)]
+pub struct EpochPoint {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Training accuracy in [0, 1].
+    pub train_acc: f64,
+    /// Validation loss.
+    pub val_loss: f64,
+    /// Validation accuracy in [0, 1].
+    pub val_acc: f64,
+}
+
+fn text(img: &mut RgbImage, x: i64, y: i64, s: &str, color: Rgb<u8>) {
+    let mut cx = x;
+    for ch in s.chars() {
+        let ch = if ch.is_ascii() && !ch.is_ascii_control() { ch } else { '?' };
+        if let Some(r) = get_raster(ch, FontWeight::Regular, RasterHeight::Size16) {
+            for (dy, row) in r.raster().iter().enumerate() {
+                for (dx, &a) in row.iter().enumerate() {
+                    if a > 60 {
+                        put(img, cx + dx as i64, y + dy as i64, blend(img, cx + dx as i64, y + dy as i64, color, a));
+                    }
+                }
+            }
+        }
+        cx += get_raster_width(FontWeight::Regular, RasterHeight::Size16) as i64;
+    }
+}
+
+fn blend(img: &RgbImage, x: i64, y: i64, c: Rgb<u8>, alpha: u8) -> Rgb<u8> {
+    let bg =
+        if x >= 0 && y >= 0 && (x as u32) < W && (y as u32) < H { *img.get_pixel(x as u32, y as u32) } else { WHITE };
+    let a = alpha as u32;
+    Rgb([0, 1, 2].map(|i| ((c.0[i] as u32 * a + bg.0[i] as u32 * (255 - a)) / 255) as u8))
+}
+
+fn put(img: &mut RgbImage, x: i64, y: i64, c: Rgb<u8>) {
+    if x >= 0 && y >= 0 && (x as u32) < W && (y as u32) < H {
+        img.put_pixel(x as u32, y as u32, c);
+    }
+}
+
+/// A line two pixels wide (Bresenham).
+fn line(img: &mut RgbImage, (x0, y0): (i64, i64), (x1, y1): (i64, i64), c: Rgb<u8>) {
+    let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
+    let (sx, sy) = (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
+    let (mut x, mut y, mut err) = (x0, y0, dx + dy);
+    loop {
+        for (ox, oy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+            put(img, x + ox, y + oy, c);
+        }
+        if x == x1 && y == y1 {
+            break;
+        }
+        let e2 = 2 * err;
+        if e2 >= dy {
+            err += dy;
+            x += sx;
+        }
+        if e2 <= dx {
+            err += dx;
+            y += sy;
+        }
+    }
+}
+
+/// One panel: axes, a light grid, the y range, epoch ticks, two series and a legend.
+fn panel(img: &mut RgbImage, left: i64, title: &str, points: &[EpochPoint], series: [fn(&EpochPoint) -> f64; 2]) {
+    let (top, width, height) = (40i64, 400i64, 300i64);
+    let values: Vec<f64> = points.iter().flat_map(|p| series.map(|f| f(p))).filter(|v| v.is_finite()).collect();
+    let (mut lo, mut hi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    if !lo.is_finite() {
+        (lo, hi) = (0.0, 1.0);
+    }
+    if hi - lo < 1e-9 {
+        hi = lo + 1.0;
+    }
+    let pad = (hi - lo) * 0.05;
+    let (lo, hi) = (lo - pad, hi + pad);
+    let last_epoch = points.last().map_or(1, |p| p.epoch).max(2);
+    let px = |epoch: usize| left + (epoch - 1) as i64 * width / (last_epoch - 1) as i64;
+    let py = |v: f64| top + height - ((v - lo) / (hi - lo) * height as f64).round() as i64;
+    for i in 0..=4 {
+        let y = top + i * height / 4;
+        line(img, (left, y), (left + width, y), GREY);
+        let v = hi - (hi - lo) * i as f64 / 4.0;
+        text(img, left - 70, y - 8, &format!("{v:>8.3}"), BLACK);
+    }
+    line(img, (left, top), (left, top + height), BLACK);
+    line(img, (left, top + height), (left + width, top + height), BLACK);
+    let step = last_epoch.div_ceil(10).max(1);
+    for e in (1..=last_epoch).step_by(step) {
+        text(img, px(e) - 4, top + height + 6, &e.to_string(), BLACK);
+    }
+    text(img, left + width / 2 - 20, top + height + 26, "epoch", BLACK);
+    text(img, left, 12, title, BLACK);
+    for (f, color) in series.iter().zip([TRAIN, VAL]) {
+        let pts: Vec<(i64, i64)> =
+            points.iter().filter(|p| f(p).is_finite()).map(|p| (px(p.epoch), py(f(p)))).collect();
+        for w in pts.windows(2) {
+            line(img, w[0], w[1], color);
+        }
+        for &(x, y) in &pts {
+            for d in -2..=2 {
+                line(img, (x - 2, y + d), (x + 2, y + d), color);
+            }
+        }
+    }
+    line(img, (left + width - 110, top + 12), (left + width - 90, top + 12), TRAIN);
+    text(img, left + width - 84, top + 4, "train", BLACK);
+    line(img, (left + width - 110, top + 32), (left + width - 90, top + 32), VAL);
+    text(img, left + width - 84, top + 24, "val", BLACK);
+}
+
+/// Encodes the two panels as a PNG image.
+pub fn curves_png(points: &[EpochPoint]) -> Result<Vec<u8>, image::ImageError> {
+    let mut img = RgbImage::from_pixel(W, H, WHITE);
+    panel(&mut img, 80, "loss", points, [|p| p.train_loss, |p| p.val_loss]);
+    panel(&mut img, 550, "accuracy", points, [|p| p.train_acc, |p| p.val_acc]);
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)?;
+    Ok(out.into_inner())
+}

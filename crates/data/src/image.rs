@@ -1,0 +1,210 @@
+//! Images in memory and decoding from files.
+//!
+//! [`RgbImage`] is what PIL calls an `"RGB"` image: 8-bit, interleaved, rows top to bottom. Every
+//! geometric and colour transform works on it (as torchvision's do on PIL images), and
+//! [`crate::transforms::ToTensor`] turns it into a [`FloatImage`] (CHW `f32`).
+
+use crate::error::{DataError, Result};
+use std::io::Cursor;
+use std::path::Path;
+
+/// The default limit on decoded pixels: Pillow's `Image.MAX_IMAGE_PIXELS` (89,478,485, about
+/// 0.27 GB of RGB), which torchvision users already live with. Larger images are refused from
+/// their header, before any pixel memory is allocated.
+pub const DEFAULT_MAX_PIXELS: u64 = 89_478_485;
+
+/// An 8-bit RGB image, interleaved (`HWC`), as PIL's `"RGB"` mode.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    width: usize,
+    height: usize,
+    data: Vec<u8>,
+}
+
+impl std::fmt::Debug for RgbImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RgbImage({}x{})", self.width, self.height)
+    }
+}
+
+impl RgbImage {
+    /// An image from interleaved RGB bytes, `data.len() == width * height * 3`.
+    pub fn from_raw(width: usize, height: usize, data: Vec<u8>) -> Result<RgbImage> {
+        if width.checked_mul(height).and_then(|n| n.checked_mul(3)) != Some(data.len()) {
+            return Err(DataError::invalid(
+                "RgbImage::from_raw",
+                format!("{} bytes cannot hold a {width}x{height} RGB image", data.len()),
+            ));
+        }
+        Ok(RgbImage { width, height, data })
+    }
+
+    /// A black image.
+    pub fn new(width: usize, height: usize) -> RgbImage {
+        RgbImage { width, height, data: vec![0; width * height * 3] }
+    }
+
+    /// Width in pixels.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Height in pixels.
+    pub fn height(&self) -> usize {
+        self.height
+    }
+
+    /// The interleaved bytes, row after row.
+    pub fn as_raw(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// The interleaved bytes, mutable.
+    pub fn as_raw_mut(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
+
+    /// The bytes, consuming the image.
+    pub fn into_raw(self) -> Vec<u8> {
+        self.data
+    }
+
+    /// The pixel at column `x`, row `y` (panics out of bounds, like slice indexing).
+    pub fn pixel(&self, x: usize, y: usize) -> [u8; 3] {
+        let i = (y * self.width + x) * 3;
+        [self.data[i], self.data[i + 1], self.data[i + 2]]
+    }
+
+    /// One row of `width * 3` bytes.
+    pub(crate) fn row(&self, y: usize) -> &[u8] {
+        &self.data[y * self.width * 3..(y + 1) * self.width * 3]
+    }
+
+    /// Decodes an image file whatever its extension says (the format is sniffed from the
+    /// content, as PIL does), converted to RGB: grayscale is replicated, alpha is dropped
+    /// (PIL's `convert("RGB")`), palettes are expanded. Images announcing more than
+    /// `max_pixels` pixels are refused from their header.
+    pub fn open(path: impl AsRef<Path>, max_pixels: u64) -> Result<RgbImage> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+        RgbImage::decode(&bytes, path, max_pixels)
+    }
+
+    /// As [`RgbImage::open`], from the file's bytes (`path` names it in errors).
+    pub fn decode(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<RgbImage> {
+        let decode_err = |e: image::ImageError| DataError::Decode { path: path.to_path_buf(), msg: e.to_string() };
+        let reader = || image::ImageReader::new(Cursor::new(bytes)).with_guessed_format();
+        let reader = reader().map_err(|e| DataError::io(path, e))?;
+        if reader.format().is_none() {
+            return Err(DataError::Decode { path: path.to_path_buf(), msg: "unknown image format".into() });
+        }
+        let (width, height) = reader.into_dimensions().map_err(decode_err)?;
+        if u64::from(width) * u64::from(height) > max_pixels {
+            return Err(DataError::ImageTooLarge { path: path.to_path_buf(), width, height, limit: max_pixels });
+        }
+        let mut reader =
+            image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| DataError::io(path, e))?;
+        // The header was checked above; the decoder's own limits also bound what a lying header
+        // could make it allocate (an RGBA16 frame of the allowed size, plus slack).
+        let mut limits = image::Limits::default();
+        limits.max_image_width = Some(width);
+        limits.max_image_height = Some(height);
+        limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(64 << 20));
+        reader.limits(limits);
+        let img = reader.decode().map_err(decode_err)?;
+        let rgb = img.into_rgb8();
+        let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+        if w == 0 || h == 0 {
+            return Err(DataError::Decode { path: path.to_path_buf(), msg: "image has no pixels".into() });
+        }
+        Ok(RgbImage { width: w, height: h, data: rgb.into_raw() })
+    }
+
+    /// Encodes as PNG (lossless).
+    pub fn to_png(&self) -> Result<Vec<u8>> {
+        self.encode(image::ImageFormat::Png, None)
+    }
+
+    /// Encodes as baseline JPEG at `quality` (1-100).
+    pub fn to_jpeg(&self, quality: u8) -> Result<Vec<u8>> {
+        self.encode(image::ImageFormat::Jpeg, Some(quality))
+    }
+
+    fn encode(&self, format: image::ImageFormat, quality: Option<u8>) -> Result<Vec<u8>> {
+        let (w, h) = (self.width as u32, self.height as u32);
+        let mut out = Vec::new();
+        let err = |e: image::ImageError| DataError::invalid("RgbImage::encode", e.to_string());
+        match quality {
+            Some(q) => image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, q.clamp(1, 100))
+                .encode(&self.data, w, h, image::ExtendedColorType::Rgb8)
+                .map_err(err)?,
+            None => image::write_buffer_with_format(
+                &mut Cursor::new(&mut out),
+                &self.data,
+                w,
+                h,
+                image::ExtendedColorType::Rgb8,
+                format,
+            )
+            .map_err(err)?,
+        }
+        Ok(out)
+    }
+
+    /// Writes the image atomically; the format follows the extension (`.png`, or JPEG at
+    /// quality 90 for `.jpg`/`.jpeg`).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        let bytes = match ext.as_deref() {
+            Some("png") => self.to_png()?,
+            Some("jpg" | "jpeg") => self.to_jpeg(90)?,
+            _ => {
+                return Err(DataError::invalid(
+                    "RgbImage::save",
+                    format!("{}: unsupported extension (use .png, .jpg or .jpeg)", path.display()),
+                ))
+            }
+        };
+        write_file(path, &bytes)
+    }
+}
+
+/// Writes `bytes` through a temporary sibling and a rename (the project's rule for every file).
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    tensor::write_atomic(path, bytes).map_err(|e| match e {
+        tensor::TensorError::Io { path, source } => DataError::Io { path, source },
+        other => DataError::Tensor(other),
+    })
+}
+
+/// A float image in `CHW` layout: what `ToTensor` produces and `Normalize` works on.
+#[derive(Clone, PartialEq)]
+pub struct FloatImage {
+    /// Number of channels (3 for RGB).
+    pub channels: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// Width in pixels.
+    pub width: usize,
+    /// `channels * height * width` values, channel-major.
+    pub data: Vec<f32>,
+}
+
+impl std::fmt::Debug for FloatImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FloatImage([{}, {}, {}])", self.channels, self.height, self.width)
+    }
+}
+
+impl FloatImage {
+    /// The shape `[C, H, W]`.
+    pub fn shape(&self) -> [usize; 3] {
+        [self.channels, self.height, self.width]
+    }
+
+    /// As a `[C, H, W]` tensor.
+    pub fn into_tensor(self) -> Result<tensor::Tensor> {
+        Ok(tensor::Tensor::from_vec(self.data, &[self.channels, self.height, self.width])?)
+    }
+}

@@ -1,0 +1,52 @@
+//! The pipelines of the classic transfer-learning tutorial, and ImageNet's statistics.
+//!
+//! ```text
+//! train: RandomResizedCrop(224), RandomHorizontalFlip(), ToTensor(), Normalize(mean, std)
+//! eval:  Resize(256), CenterCrop(224), ToTensor(), Normalize(mean, std)
+//! ```
+
+use crate::error::Result;
+use crate::image::{FloatImage, RgbImage, DEFAULT_MAX_PIXELS};
+use crate::transforms::{
+    CenterCrop, Compose, Normalize, RandomHorizontalFlip, RandomResizedCrop, Resize, Rng, Sample, ToTensor, Transform,
+};
+use std::path::Path;
+
+/// ImageNet's per-channel mean (RGB), the values torchvision's pretrained weights expect.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet's per-channel standard deviation (RGB).
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// `RandomResizedCrop(size), RandomHorizontalFlip(), ToTensor(), Normalize(IMAGENET_MEAN, IMAGENET_STD)`.
+pub fn imagenet_train(size: usize) -> Result<Compose> {
+    Ok(Compose::default()
+        .push(RandomResizedCrop::new(size)?)
+        .push(RandomHorizontalFlip::default())
+        .push(ToTensor)
+        .push(Normalize::new(&IMAGENET_MEAN, &IMAGENET_STD)?))
+}
+
+/// `Resize(resize), CenterCrop(crop), ToTensor(), Normalize(IMAGENET_MEAN, IMAGENET_STD)`; the
+/// tutorial uses `imagenet_eval(256, 224)`.
+pub fn imagenet_eval(resize: usize, crop: usize) -> Result<Compose> {
+    Ok(Compose::default()
+        .push(Resize::new(resize)?)
+        .push(CenterCrop::new(crop)?)
+        .push(ToTensor)
+        .push(Normalize::new(&IMAGENET_MEAN, &IMAGENET_STD)?))
+}
+
+/// Applies a (deterministic) transform to one image, returning its float output: what
+/// `predict` needs (`transform(Image.open(path).convert("RGB"))`). Randomness, if the transform
+/// has any, comes from a generator seeded with 0.
+pub fn transform_image(img: RgbImage, transform: &dyn Transform) -> Result<FloatImage> {
+    let mut rng = Rng::seed(0);
+    transform.apply(Sample::Image(img), &mut rng)?.into_tensor("the transform's output")
+}
+
+/// Loads one image file and applies `transform`, returning a `[C, H, W]` tensor (add the batch
+/// dimension with `unsqueeze(0)`). Refuses images of more than [`DEFAULT_MAX_PIXELS`] pixels.
+pub fn load_image_tensor(path: impl AsRef<Path>, transform: &dyn Transform) -> Result<tensor::Tensor> {
+    let img = RgbImage::open(path, DEFAULT_MAX_PIXELS)?;
+    transform_image(img, transform)?.into_tensor()
+}
