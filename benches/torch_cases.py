@@ -87,6 +87,42 @@ def data_case(train):
     return prepare
 
 
+def infer_case(arch, batch):
+    def prepare():
+        import torchvision
+        model = getattr(torchvision.models, arch)().eval()
+        x = torch.randn(batch, 3, 224, 224)
+        return (lambda: model(x)), None, batch
+    return prepare
+
+
+def train_case(arch, batch, size, classes):
+    def prepare():
+        import torchvision
+        model = getattr(torchvision.models, arch)(num_classes=classes).train()
+        x = torch.randn(batch, 3, size, size)
+        y = torch.arange(batch) % classes
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def run():
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        return run, None, batch
+    return prepare
+
+
+def load_case():
+    def prepare():
+        import tempfile
+        import torchvision
+        model = torchvision.models.resnet50()
+        path = os.path.join(tempfile.mkdtemp(), "resnet50.pth")
+        torch.save(model.state_dict(), path)
+        return (lambda: model.load_state_dict(torch.load(path))), None, None
+    return prepare
+
+
 def cases():
     c = {f"matmul-{n}": matmul_case(n) for n in (1024, 2048)}
     for tag, cin, cout, k, s, g, size in CONV_SHAPES:
@@ -94,6 +130,16 @@ def cases():
             c[f"conv-{tag}-{which}"] = conv_case(cin, cout, k, s, g, size, which)
     c["data-train-b32"] = data_case(True)
     c["data-eval-b32"] = data_case(False)
+    for name, arch, batch in [("infer-resnet18-b1", "resnet18", 1), ("infer-resnet50-b1", "resnet50", 1),
+                              ("infer-resnet50-b8", "resnet50", 8), ("infer-resnext50-b1", "resnext50_32x4d", 1),
+                              ("infer-resnet50-b1-unfused", "resnet50", 1)]:
+        c[name] = infer_case(arch, batch)
+    c["train-resnet18-b16"] = train_case("resnet18", 16, 224, 1000)
+    c["train-resnet50-b8"] = train_case("resnet50", 8, 224, 1000)
+    c["train-resnet18-b64-64px"] = train_case("resnet18", 64, 64, 10)
+    # PyTorch's own format on its side: our safetensors and .pth loads against torch.load.
+    c["load-resnet50"] = load_case()
+    c["load-resnet50-pth"] = load_case()
     return c
 
 
@@ -130,7 +176,7 @@ def main():
         if name not in all_cases:
             print(f"torch_cases: unknown case {name}", file=sys.stderr)
             sys.exit(2)
-        with torch.no_grad():
+        with torch.set_grad_enabled(name.startswith("train-")):
             run, flops, images = all_cases[name]()
             samples = measure(run, args.quick)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
