@@ -895,10 +895,8 @@ impl Tensor {
         };
         let (sa, sb) = (av.strides(), bv.strides());
         let (oa, ob) = (offsets(&sa[..batch.len()]), offsets(&sb[..batch.len()]));
-        let lhs =
-            crate::kernels::matmul::MatRef::strided(av.as_ptr(), m, k, sa[ra_idx(&batch, 0)], sa[ra_idx(&batch, 1)]);
-        let rhs_m =
-            crate::kernels::matmul::MatRef::strided(bv.as_ptr(), k, n, sb[ra_idx(&batch, 0)], sb[ra_idx(&batch, 1)]);
+        let lhs = crate::kernels::matmul::MatRef::strided(av.as_ptr(), m, k, sa[batch.len()], sa[batch.len() + 1]);
+        let rhs_m = crate::kernels::matmul::MatRef::strided(bv.as_ptr(), k, n, sb[batch.len()], sb[batch.len() + 1]);
         crate::kernels::matmul::batched_sgemm(&mut out, m, n, lhs, &oa, rhs_m, &ob);
         let mut shape = batch;
         shape.extend([m, n]);
@@ -916,8 +914,4 @@ pub(crate) fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
         }
     }
     pos
-}
-
-fn ra_idx(batch: &[usize], i: usize) -> usize {
-    batch.len() + i
 }

@@ -118,7 +118,7 @@ pub fn batch_norm_eval(
     eps: f64,
 ) -> Result<Tensor> {
     const OP: &str = "batch_norm_eval";
-    let (n, c, s) = layout(OP, input.shape())?;
+    let (_, c, s) = layout(OP, input.shape())?;
     let (scale, shift) = eval_affine(OP, c, weight, bias, running_mean, running_var, eps)?;
     let x = input.f32_data(OP)?;
     let mut out = vec![0f32; x.len()];
@@ -127,7 +127,6 @@ pub fn batch_norm_eval(
         let src = &x[i * s..(i + 1) * s];
         o.iter_mut().zip(src).for_each(|(o, &v)| *o = v * scale[ci] + shift[ci]);
     });
-    let _ = n;
     Ok(Tensor::from_vec_unchecked(out, input.shape()))
 }
 
