@@ -24,7 +24,7 @@ pub fn conv2d(
     bias: Option<&[f64]>,
     p: Conv2dParams,
 ) -> (Vec<f64>, [usize; 4]) {
-    let [n, _, h, wd] = xs;
+    let [n, cin, h, wd] = xs;
     let [cout, cin_g, kh, kw] = ws;
     let g = p.groups;
     let cout_g = cout / g;
