@@ -27,9 +27,9 @@
 //! folder rules of `ImageFolder`; `Resize` (Pillow's antialiased bilinear resampling, to the
 //! bit), `CenterCrop` (its padding and rounding), `RandomResizedCrop`'s sampling algorithm,
 //! flips, `ColorJitter`'s four adjustments (Pillow's arithmetic), `ToTensor`, `Normalize`.
-//! What is not: the random stream (ChaCha8 here, see [`transforms`]) and the JPEG decoder (the
-//! `image` crate's, where PIL uses libjpeg-turbo; they may differ by a grey level or two on some
-//! pixels).
+//! What is not: the random stream (ChaCha8 here, see [`transforms`]) and the JPEG decoder
+//! (`jpeg-decoder`, where PIL uses libjpeg-turbo; they differ by a grey level or two on a few
+//! percent of pixels).
 //!
 //! Reproducibility: a sample's augmentation depends only on `(seed, epoch, sample index)`, and
 //! an epoch's order only on `(seed, epoch)`, so batches are identical for any number of worker

@@ -77,7 +77,7 @@ fn geometric_transforms_match_torchvision() {
     assert!(!jpeg_stats.is_empty());
     for (max, within) in jpeg_stats {
         // Decoder differences only (the resampling itself is exact, as the PNG cases show).
-        assert!(max <= 12 && within >= 0.97, "JPEG parity too weak: max {max}, within {within}");
+        assert!(max <= 3 && within >= 0.99, "JPEG parity too weak: max {max}, within {within}");
     }
 }
 
@@ -137,5 +137,5 @@ fn the_tutorial_eval_size_on_a_photo() {
     assert_eq!((ours.width(), ours.height()), (224, 224));
     let (max, within, _) = compare(ours.as_raw(), open("expected/china__eval256_224.png").as_raw());
     eprintln!("tutorial eval(256, 224) on china.jpg: max error {max}/255, {:.3}% within 1/255", within * 100.0);
-    assert!(within >= 0.97);
+    assert!(max <= 3 && within >= 0.99, "the issue asks 99% within 1/255 and nothing over 3/255");
 }
