@@ -428,16 +428,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
             b.set_prefix(format!("{epoch}/{epochs}"));
             b
         });
-        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+        let (mut loss_sum, mut correct, mut seen, mut skipped) = (0f64, 0usize, 0usize, 0usize);
         let lr = opt.lr();
-        for batch in train_loader.iter_epoch(epoch as u64) {
+        for (batch_index, batch) in train_loader.iter_epoch(epoch as u64).enumerate() {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
             let batch = batch.map_err(data_err)?;
-            for skipped in &batch.skipped {
-                eprintln!("warning: skipped {skipped}");
-            }
+            // The loader already warned about each one; the epoch line reports the count.
+            skipped += batch.skipped.len();
             let n = batch.labels.numel();
             opt.zero_grad();
             let logits = model.forward(&Var::constant(batch.images))?;
@@ -445,7 +444,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let l = loss.value().item()? as f64;
             if !l.is_finite() {
                 return Err(usage(format!(
-                    "the loss became {l} in epoch {epoch}; last.safetensors keeps the previous epoch"
+                    "the loss became {l} in epoch {epoch}, batch {}; last.safetensors keeps the previous epoch",
+                    batch_index + 1
                 )));
             }
             loss.backward()?;
@@ -511,6 +511,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
             row.seconds,
             row.images_per_s
         );
+        if skipped > 0 {
+            println!("epoch {epoch}: skipped {skipped} unreadable image(s) (--skip-bad-images)");
+        }
     }
     println!(
         "best validation accuracy: {:.1}% (epoch {}); chance is {:.1}%; outputs in {}",
