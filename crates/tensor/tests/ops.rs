@@ -154,6 +154,15 @@ fn matmul_large_and_errors() {
         let got = with_threads(threads, || a.matmul(&b)).unwrap();
         assert_close("matmul 130x300x70", &got.to_vec_f32().unwrap(), &want, 1e-5);
     }
+    // Large enough for the row-band split (m >= 256 per thread) under 2 and 3 threads.
+    let (m, k, n) = (800, 260, 270);
+    let a2 = randn(&[m, k], 4);
+    let b2 = randn(&[k, n], 5);
+    let want = reference::matmul(&f64s(&a2), &f64s(&b2), m, k, n);
+    for threads in [2, 3] {
+        let got = with_threads(threads, || a2.matmul(&b2)).unwrap();
+        assert_close("matmul row bands", &got.to_vec_f32().unwrap(), &want, 1e-5);
+    }
     assert!(a.matmul(&a).is_err());
     assert!(Tensor::zeros(&[3]).matmul(&Tensor::zeros(&[3, 1])).is_err());
     assert!(randn(&[2, 3, 4], 1).matmul(&randn(&[3, 4, 5], 2)).is_err(), "batch 2 vs 3");
