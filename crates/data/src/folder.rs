@@ -45,6 +45,15 @@ impl<D: Dataset + ?Sized> Dataset for Arc<D> {
     }
 }
 
+impl<D: Dataset + ?Sized> Dataset for Box<D> {
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+    fn get(&self, index: usize) -> Result<Example> {
+        (**self).get(index)
+    }
+}
+
 /// torchvision's `datasets.ImageFolder`: `root/<class>/**/<image>`.
 ///
 /// The rules are torchvision's, exactly: classes are the sorted names of `root`'s

@@ -19,8 +19,13 @@ pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// `RandomResizedCrop(size), RandomHorizontalFlip(), ToTensor(), Normalize(IMAGENET_MEAN, IMAGENET_STD)`.
 pub fn imagenet_train(size: usize) -> Result<Compose> {
+    train(size, (0.08, 1.0))
+}
+
+/// The training pipeline with the crop's area range (`RandomResizedCrop(size, scale=scale)`).
+pub fn train(size: usize, scale: (f64, f64)) -> Result<Compose> {
     Ok(Compose::default()
-        .push(RandomResizedCrop::new(size)?)
+        .push(RandomResizedCrop::new(size)?.scale(scale.0, scale.1)?)
         .push(RandomHorizontalFlip::default())
         .push(ToTensor)
         .push(Normalize::new(&IMAGENET_MEAN, &IMAGENET_STD)?))
@@ -29,11 +34,16 @@ pub fn imagenet_train(size: usize) -> Result<Compose> {
 /// `Resize(resize), CenterCrop(crop), ToTensor(), Normalize(IMAGENET_MEAN, IMAGENET_STD)`; the
 /// tutorial uses `imagenet_eval(256, 224)`.
 pub fn imagenet_eval(resize: usize, crop: usize) -> Result<Compose> {
+    eval(resize, crop, &IMAGENET_MEAN, &IMAGENET_STD)
+}
+
+/// The evaluation pipeline with its own normalisation statistics.
+pub fn eval(resize: usize, crop: usize, mean: &[f32], std: &[f32]) -> Result<Compose> {
     Ok(Compose::default()
         .push(Resize::new(resize)?)
         .push(CenterCrop::new(crop)?)
         .push(ToTensor)
-        .push(Normalize::new(&IMAGENET_MEAN, &IMAGENET_STD)?))
+        .push(Normalize::new(mean, std)?))
 }
 
 /// Applies a (deterministic) transform to one image, returning its float output: what

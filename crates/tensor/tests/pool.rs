@@ -76,7 +76,8 @@ fn pooling_rejects_bad_windows() {
     assert!(adaptive_avg_pool2d(&x, [0, 1]).is_err());
     assert!(max_pool2d(&Tensor::zeros(&[4, 4]), Pool2dParams::new(2)).is_err());
     let (y, idx) = max_pool2d(&x, Pool2dParams::new(2)).unwrap();
-    assert!(max_pool2d_backward(&y, &idx, &[1, 1, 3, 3]).is_err() || y.shape() == [1, 1, 2, 2]);
+    // Indices of a 4x4 plane do not fit a 3x3 input.
+    assert!(max_pool2d_backward(&y, &idx, &[1, 1, 3, 3]).is_err());
     let bad_idx = Tensor::from_vec_i64(vec![99; 4], &[1, 1, 2, 2]).unwrap();
     assert!(max_pool2d_backward(&y, &bad_idx, &[1, 1, 4, 4]).is_err());
 }

@@ -4,7 +4,6 @@
 
 use crate::error::{CliError, Result};
 use crate::model_io::{load_model, meta, ModelArgs};
-use data::transforms::{CenterCrop, Compose, Normalize, Resize, ToTensor};
 use std::path::{Path, PathBuf};
 
 /// Every option of `resnet predict`.
@@ -142,11 +141,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
         Some(s) => triple(s, "--std")?,
         None => meta_triple(meta::STD).unwrap_or(data::presets::IMAGENET_STD),
     };
-    let transform = Compose::default()
-        .push(Resize::new(resize).map_err(|e| usage(e.to_string()))?)
-        .push(CenterCrop::new(crop).map_err(|e| usage(e.to_string()))?)
-        .push(ToTensor)
-        .push(Normalize::new(&mean, &std).map_err(|e| usage(e.to_string()))?);
+    let transform = data::presets::eval(resize, crop, &mean, &std).map_err(|e| usage(e.to_string()))?;
     let fused = resnet::FusedResNet::new(&model)?;
     let mut failures = 0;
     for chunk in images.chunks(args.batch_size) {

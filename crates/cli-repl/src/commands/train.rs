@@ -185,17 +185,6 @@ fn data_err(e: data::DataError) -> CliError {
     usage(e.to_string())
 }
 
-/// Boxed datasets are datasets.
-struct Boxed(Box<dyn Dataset>);
-impl Dataset for Boxed {
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-    fn get(&self, index: usize) -> data::Result<data::folder::Example> {
-        self.0.get(index)
-    }
-}
-
 fn method(args: &TrainArgs) -> Result<Method> {
     Ok(match args.optimizer.to_ascii_lowercase().as_str() {
         "adam" => Method::adam(),
@@ -355,21 +344,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .seed(args.seed)
             .skip_bad_images(args.skip_bad_images)
     };
-    let train_transform = if demo {
-        // The demo's classes are shapes: a crop must keep most of the picture to show one, so the
-        // demo samples crops of 35-100% of the area instead of torchvision's 8-100%.
-        use data::transforms::{Compose, Normalize, RandomHorizontalFlip, RandomResizedCrop, ToTensor};
-        Compose::default()
-            .push(RandomResizedCrop::new(image_size).and_then(|c| c.scale(0.35, 1.0)).map_err(data_err)?)
-            .push(RandomHorizontalFlip::default())
-            .push(ToTensor)
-            .push(Normalize::new(&presets::IMAGENET_MEAN, &presets::IMAGENET_STD).map_err(data_err)?)
-    } else {
-        presets::imagenet_train(image_size).map_err(data_err)?
-    };
-    let train_loader = Loader::new(Boxed(train_ds), train_transform, loader_cfg(true)).map_err(data_err)?;
+    // The demo's classes are shapes: a crop must keep most of the picture to show one, so the
+    // demo samples crops of 35-100% of the area instead of torchvision's 8-100%.
+    let scale = if demo { (0.35, 1.0) } else { (0.08, 1.0) };
+    let train_transform = presets::train(image_size, scale).map_err(data_err)?;
+    let train_loader = Loader::new(train_ds, train_transform, loader_cfg(true)).map_err(data_err)?;
     let val_loader =
-        Loader::new(Boxed(val_ds), presets::imagenet_eval(resize, image_size).map_err(data_err)?, loader_cfg(false))
+        Loader::new(val_ds, presets::imagenet_eval(resize, image_size).map_err(data_err)?, loader_cfg(false))
             .map_err(data_err)?;
     let steps_per_epoch = train_loader.len().max(1);
     let mut opt = Optimizer::new(method(&args)?, model.trainable_parameters(), args.lr, args.weight_decay)?;

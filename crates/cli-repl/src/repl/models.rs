@@ -16,13 +16,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use tensor::{Conv2dParams, DType, FanMode, Nonlinearity, Pool2dParams, Tensor};
 
-/// Metadata keys of weight files, the ones `resnet infer` and `resnet predict` read.
-mod meta {
-    pub const ARCH: &str = "arch";
-    pub const NUM_CLASSES: &str = "num_classes";
-    pub const BASE_PLANES: &str = "base_planes";
-    pub const CLASSES: &str = "classes";
-}
+use crate::model_io::{meta, metadata_for};
 
 // ---------------------------------------------------------------------------------------------
 // Size guards
@@ -698,15 +692,10 @@ pub(crate) fn save(args: CallArgs) -> Result<Value> {
     if ext == "pth" || ext == "pt" {
         resnet::write_pth(&path, &sd)?;
     } else {
-        let mut metadata: HashMap<String, String> = HashMap::new();
-        metadata.insert("format".into(), "pt".into());
-        if let (Some(net), Some(arch)) = (m.resnet(), m.root.arch) {
-            metadata.insert(meta::ARCH.into(), arch.name().into());
-            metadata.insert(meta::NUM_CLASSES.into(), net.config.num_classes.to_string());
-            if net.config.base_planes != 64 {
-                metadata.insert(meta::BASE_PLANES.into(), net.config.base_planes.to_string());
-            }
-        }
+        let mut metadata: HashMap<String, String> = match (m.resnet(), m.root.arch) {
+            (Some(net), Some(arch)) => metadata_for(arch, &net.config, &[]),
+            _ => HashMap::from([("format".to_string(), "pt".to_string())]),
+        };
         if let Some(classes) = m.root.classes().filter(|_| m.path.is_empty()) {
             if let Ok(json) = serde_json::to_string(&classes) {
                 metadata.insert(meta::CLASSES.into(), json);

@@ -140,8 +140,17 @@ impl Unpickled {
     }
 }
 
-/// Why a pickle was refused. The caller adds the file name.
-pub(crate) type PickleError = String;
+/// What went wrong, in words; the caller adds the file name.
+pub(crate) type Msg = String;
+
+/// Why a pickle was not read.
+#[derive(Debug)]
+pub(crate) enum PickleError {
+    /// It asks for something a state dict never needs (a foreign global, object construction).
+    Refused(Msg),
+    /// It is truncated, inconsistent or uses an unsupported opcode.
+    Malformed(Msg),
+}
 
 struct Machine<'a> {
     data: &'a [u8],
@@ -149,23 +158,34 @@ struct Machine<'a> {
     objects: Vec<Obj>,
     stack: Vec<Option<Id>>, // None is a MARK
     memo: HashMap<u64, Id>,
+    /// Set where the pickle asks for something refused, so the error is classified by cause.
+    refused: bool,
     /// Turns a persistent id into an object (a storage); `None` refuses persistent ids.
-    persistent: &'a dyn Fn(&Unpickled, Id) -> Result<Obj, PickleError>,
+    persistent: &'a dyn Fn(&Unpickled, Id) -> Result<Obj, Msg>,
 }
 
 /// Runs the pickle at the start of `data`; returns the result and the bytes consumed.
 pub(crate) fn unpickle(
     data: &[u8],
-    persistent: &dyn Fn(&Unpickled, Id) -> Result<Obj, PickleError>,
+    persistent: &dyn Fn(&Unpickled, Id) -> Result<Obj, Msg>,
 ) -> Result<(Unpickled, usize), PickleError> {
-    let mut m = Machine { data, pos: 0, objects: Vec::new(), stack: Vec::new(), memo: HashMap::new(), persistent };
-    let root = m.run()?;
+    let mut m = Machine {
+        data,
+        pos: 0,
+        objects: Vec::new(),
+        stack: Vec::new(),
+        memo: HashMap::new(),
+        refused: false,
+        persistent,
+    };
+    let root =
+        m.run().map_err(|msg| if m.refused { PickleError::Refused(msg) } else { PickleError::Malformed(msg) })?;
     let consumed = m.pos;
     Ok((Unpickled { objects: m.objects, root }, consumed))
 }
 
 impl Machine<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], PickleError> {
+    fn take(&mut self, n: usize) -> Result<&[u8], Msg> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len()).ok_or_else(|| {
             format!(
                 "truncated pickle: {n} bytes needed at offset {}, {} available",
@@ -177,61 +197,61 @@ impl Machine<'_> {
         self.pos = end;
         Ok(s)
     }
-    fn u8(&mut self) -> Result<u8, PickleError> {
+    fn u8(&mut self) -> Result<u8, Msg> {
         Ok(self.take(1)?[0])
     }
-    fn u16(&mut self) -> Result<u16, PickleError> {
+    fn u16(&mut self) -> Result<u16, Msg> {
         let b = self.take(2)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
-    fn u32(&mut self) -> Result<u32, PickleError> {
+    fn u32(&mut self) -> Result<u32, Msg> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
-    fn u64(&mut self) -> Result<u64, PickleError> {
+    fn u64(&mut self) -> Result<u64, Msg> {
         let b = self.take(8)?;
         Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
     }
-    fn line(&mut self) -> Result<String, PickleError> {
+    fn line(&mut self) -> Result<String, Msg> {
         let rest = &self.data[self.pos..];
         let n = rest.iter().position(|&b| b == b'\n').ok_or("truncated pickle: unterminated text line")?;
         let s = String::from_utf8_lossy(&rest[..n]).into_owned();
         self.pos += n + 1;
         Ok(s)
     }
-    fn alloc(&mut self, o: Obj) -> Result<Id, PickleError> {
+    fn alloc(&mut self, o: Obj) -> Result<Id, Msg> {
         if self.objects.len() >= MAX_OBJECTS {
             return Err(format!("more than {MAX_OBJECTS} objects"));
         }
         self.objects.push(o);
         Ok(self.objects.len() - 1)
     }
-    fn push(&mut self, o: Obj) -> Result<(), PickleError> {
+    fn push(&mut self, o: Obj) -> Result<(), Msg> {
         let id = self.alloc(o)?;
         self.stack.push(Some(id));
         Ok(())
     }
-    fn pop(&mut self) -> Result<Id, PickleError> {
+    fn pop(&mut self) -> Result<Id, Msg> {
         match self.stack.pop() {
             Some(Some(id)) => Ok(id),
             Some(None) => Err("unexpected MARK on the stack".into()),
             None => Err("stack underflow".into()),
         }
     }
-    fn top(&self) -> Result<Id, PickleError> {
+    fn top(&self) -> Result<Id, Msg> {
         match self.stack.last() {
             Some(Some(id)) => Ok(*id),
             _ => Err("stack underflow".into()),
         }
     }
     /// The items since the last MARK (the mark is removed).
-    fn pop_mark(&mut self) -> Result<Vec<Id>, PickleError> {
+    fn pop_mark(&mut self) -> Result<Vec<Id>, Msg> {
         let at = self.stack.iter().rposition(Option::is_none).ok_or("no MARK on the stack")?;
         let items = self.stack.split_off(at + 1).into_iter().map(|x| x.expect("no marks after the last one")).collect();
         self.stack.pop();
         Ok(items)
     }
-    fn memo_put(&mut self, key: u64) -> Result<(), PickleError> {
+    fn memo_put(&mut self, key: u64) -> Result<(), Msg> {
         let id = self.top()?;
         if self.memo.len() >= MAX_OBJECTS {
             return Err("memo too large".into());
@@ -239,7 +259,7 @@ impl Machine<'_> {
         self.memo.insert(key, id);
         Ok(())
     }
-    fn memo_get(&mut self, key: u64) -> Result<(), PickleError> {
+    fn memo_get(&mut self, key: u64) -> Result<(), Msg> {
         let id = *self.memo.get(&key).ok_or_else(|| format!("memo key {key} was never stored"))?;
         self.stack.push(Some(id));
         Ok(())
@@ -253,18 +273,18 @@ impl Machine<'_> {
             Obj::BigInt(bytes.to_vec())
         }
     }
-    fn string(&mut self, n: usize) -> Result<Obj, PickleError> {
+    fn string(&mut self, n: usize) -> Result<Obj, Msg> {
         let b = self.take(n)?;
         Ok(Obj::Str(String::from_utf8(b.to_vec()).map_err(|_| "a string is not UTF-8")?))
     }
-    fn bytes(&mut self, n: usize) -> Result<Obj, PickleError> {
+    fn bytes(&mut self, n: usize) -> Result<Obj, Msg> {
         Ok(Obj::Bytes(self.take(n)?.to_vec()))
     }
-    fn len64(&mut self) -> Result<usize, PickleError> {
+    fn len64(&mut self) -> Result<usize, Msg> {
         usize::try_from(self.u64()?).map_err(|_| "length too large".to_string())
     }
 
-    fn run(&mut self) -> Result<Id, PickleError> {
+    fn run(&mut self) -> Result<Id, Msg> {
         loop {
             let op = self.u8()?;
             match op {
@@ -481,25 +501,29 @@ impl Machine<'_> {
                 }
                 b'P' => return Err("text persistent ids are not used by PyTorch files".into()),
                 0x81 | 0x92 | b'o' | b'i' => {
-                    return Err("the pickle constructs an object of an arbitrary class (NEWOBJ/OBJ/INST)".into())
+                    self.refused = true;
+                    return Err("the pickle constructs an object of an arbitrary class (NEWOBJ/OBJ/INST)".into());
                 }
                 other => return Err(format!("unsupported pickle opcode 0x{other:02x} at offset {}", self.pos - 1)),
             }
         }
     }
 
-    fn global(&mut self, module: &str, name: &str) -> Result<(), PickleError> {
+    fn global(&mut self, module: &str, name: &str) -> Result<(), Msg> {
         match allowed_global(module.trim(), name.trim()) {
             Some(g) => self.push(Obj::Global(g)),
-            None => Err(format!(
+            None => {
+                self.refused = true;
+                Err(format!(
                 "the pickle names `{}.{}`, which is not part of a tensor state dict; refusing to load it (nothing was executed)",
                 module.trim(),
                 name.trim()
-            )),
+            ))
+            }
         }
     }
 
-    fn extend_list(&mut self, list: Id, items: Vec<Id>) -> Result<(), PickleError> {
+    fn extend_list(&mut self, list: Id, items: Vec<Id>) -> Result<(), Msg> {
         match &mut self.objects[list] {
             Obj::List(l) => {
                 l.extend(items);
@@ -509,7 +533,7 @@ impl Machine<'_> {
         }
     }
 
-    fn set_items(&mut self, dict: Id, items: Vec<(Id, Id)>) -> Result<(), PickleError> {
+    fn set_items(&mut self, dict: Id, items: Vec<(Id, Id)>) -> Result<(), Msg> {
         match &mut self.objects[dict] {
             Obj::Dict(d) => {
                 d.extend(items);
@@ -519,26 +543,26 @@ impl Machine<'_> {
         }
     }
 
-    fn tuple(&self, id: Id) -> Result<Vec<Id>, PickleError> {
+    fn tuple(&self, id: Id) -> Result<Vec<Id>, Msg> {
         match &self.objects[id] {
             Obj::Tuple(t) => Ok(t.clone()),
             _ => Err("expected a tuple of arguments".into()),
         }
     }
 
-    fn uint(&self, id: Id, what: &str) -> Result<u64, PickleError> {
+    fn uint(&self, id: Id, what: &str) -> Result<u64, Msg> {
         match self.objects[id] {
             Obj::Int(v) if v >= 0 => Ok(v as u64),
             _ => Err(format!("{what} must be a non-negative integer")),
         }
     }
 
-    fn uints(&self, id: Id, what: &str) -> Result<Vec<u64>, PickleError> {
+    fn uints(&self, id: Id, what: &str) -> Result<Vec<u64>, Msg> {
         self.tuple(id)?.into_iter().map(|i| self.uint(i, what)).collect()
     }
 
     /// Applies an allowed callable, recognised by name, to its arguments.
-    fn reduce(&mut self, func: Id, args: Id, depth: usize) -> Result<Obj, PickleError> {
+    fn reduce(&mut self, func: Id, args: Id, depth: usize) -> Result<Obj, Msg> {
         if depth > MAX_DEPTH {
             return Err("nested rebuild calls too deep".into());
         }
@@ -586,6 +610,7 @@ impl Machine<'_> {
                 self.reduce(a[0], a[2], depth + 1)
             }
             Global::TensorClass | Global::ParameterClass | Global::Storage(_) => {
+                self.refused = true;
                 Err("the pickle calls a tensor or storage class directly".into())
             }
         }
@@ -594,7 +619,7 @@ impl Machine<'_> {
 
 /// The persistent-id handler for both formats: `('storage', StorageClass, key, location, numel
 /// [, view_metadata])`.
-pub(crate) fn storage_from_pid(p: &Unpickled, pid: Id) -> Result<Obj, PickleError> {
+pub(crate) fn storage_from_pid(p: &Unpickled, pid: Id) -> Result<Obj, Msg> {
     let Obj::Tuple(t) = p.get(pid) else { return Err("a persistent id that is not a tuple".into()) };
     let field = |i: usize| t.get(i).map(|&id| p.get(id));
     match field(0) {

@@ -1,7 +1,7 @@
 //! PyTorch `.pth` files: the zip container (PyTorch >= 1.6) and the legacy stream of pickles
 //! (older files such as `resnet34-333f7ec4.pth`), read through the restricted unpickler.
 
-use super::pickle::{storage_from_pid, unpickle, Id, Obj, StorageDType, TensorRef, Unpickled};
+use super::pickle::{storage_from_pid, unpickle, Id, Obj, PickleError, StorageDType, TensorRef, Unpickled};
 use crate::{ResnetError, Result};
 use std::collections::HashMap;
 use std::path::Path;
@@ -61,7 +61,7 @@ fn read_zip(bytes: &[u8], path: &Path) -> Result<Vec<(String, Tensor)>> {
         }
     }
     let (s, l) = entries[&pkl_name];
-    let (pickled, _) = unpickle(&bytes[s..s + l], &storage_from_pid).map_err(|m| refused_or_bad(path, m))?;
+    let (pickled, _) = unpickle(&bytes[s..s + l], &storage_from_pid).map_err(|e| refused_or_bad(path, e, ""))?;
     collect_tensors(&pickled, path, &|t: &TensorRef| {
         let name = format!("{prefix}data/{}", t.storage.key);
         let &(s, l) = entries
@@ -75,7 +75,7 @@ fn read_legacy(bytes: &[u8], path: &Path) -> Result<Vec<(String, Tensor)>> {
     let mut pos = 0;
     let mut next = |what: &str| -> Result<Unpickled> {
         let (p, used) =
-            unpickle(&bytes[pos..], &storage_from_pid).map_err(|m| refused_or_bad(path, format!("{what}: {m}")))?;
+            unpickle(&bytes[pos..], &storage_from_pid).map_err(|e| refused_or_bad(path, e, &format!("{what}: ")))?;
         pos += used;
         Ok(p)
     };
@@ -137,11 +137,10 @@ fn read_legacy(bytes: &[u8], path: &Path) -> Result<Vec<(String, Tensor)>> {
     })
 }
 
-fn refused_or_bad(path: &Path, msg: String) -> ResnetError {
-    if msg.contains("refusing") || msg.contains("arbitrary class") || msg.contains("calls a tensor") {
-        ResnetError::Refused { path: path.to_path_buf(), msg }
-    } else {
-        bad(path, format!("unreadable pickle: {msg}"))
+fn refused_or_bad(path: &Path, e: PickleError, what: &str) -> ResnetError {
+    match e {
+        PickleError::Refused(msg) => ResnetError::Refused { path: path.to_path_buf(), msg: format!("{what}{msg}") },
+        PickleError::Malformed(msg) => bad(path, format!("unreadable pickle: {what}{msg}")),
     }
 }
 

@@ -197,14 +197,15 @@ fn im2col(g: &ConvGeom, image: &[f32], channels: std::ops::Range<usize>, p0: usi
                             out[..a - ow0].fill(0.0);
                             out[b - ow0..].fill(0.0);
                             let seg = &mut out[a - ow0..b - ow0];
-                            // An empty run (every tap in padding) has no valid first column.
-                            let first = (a as isize * g.p.stride[1] as isize + base).max(0) as usize;
-                            if seg.is_empty() {
-                            } else if g.p.stride[1] == 1 {
-                                seg.copy_from_slice(&src[first..first + seg.len()]);
-                            } else {
-                                let s = g.p.stride[1];
-                                seg.iter_mut().enumerate().for_each(|(t, o)| *o = src[first + t * s]);
+                            // An empty run (every tap in padding) has no first input column.
+                            if !seg.is_empty() {
+                                let first = (a as isize * g.p.stride[1] as isize + base) as usize;
+                                if g.p.stride[1] == 1 {
+                                    seg.copy_from_slice(&src[first..first + seg.len()]);
+                                } else {
+                                    let s = g.p.stride[1];
+                                    seg.iter_mut().enumerate().for_each(|(t, o)| *o = src[first + t * s]);
+                                }
                             }
                         }
                     }
@@ -238,13 +239,14 @@ fn col2im(g: &ConvGeom, col: &[f32], channels: std::ops::Range<usize>, p0: usize
                         let a = lo.clamp(ow0, ow0 + run);
                         let b = hi.clamp(a, ow0 + run);
                         let seg = &src[j + a - ow0..j + b - ow0];
-                        let first = (a as isize * g.p.stride[1] as isize + base).max(0) as usize;
-                        if seg.is_empty() {
-                        } else if g.p.stride[1] == 1 {
-                            dst[first..first + seg.len()].iter_mut().zip(seg).for_each(|(d, &v)| *d += v);
-                        } else {
-                            let s = g.p.stride[1];
-                            seg.iter().enumerate().for_each(|(t, &v)| dst[first + t * s] += v);
+                        if !seg.is_empty() {
+                            let first = (a as isize * g.p.stride[1] as isize + base) as usize;
+                            if g.p.stride[1] == 1 {
+                                dst[first..first + seg.len()].iter_mut().zip(seg).for_each(|(d, &v)| *d += v);
+                            } else {
+                                let s = g.p.stride[1];
+                                seg.iter().enumerate().for_each(|(t, &v)| dst[first + t * s] += v);
+                            }
                         }
                     }
                     j += run;
