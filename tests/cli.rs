@@ -162,7 +162,7 @@ fn train_writes_every_output_resumes_and_predicts() {
         "class_indices.json",
         "best.safetensors",
         "last.safetensors",
-        "last_optimizer.safetensors",
+        "checkpoint.safetensors",
         "metrics.csv",
         "curves.png",
         "run.json",

@@ -259,3 +259,37 @@ impl<D: Dataset> Dataset for Subset<D> {
         self.dataset.get(i)
     }
 }
+
+/// Loads every sample of `dataset` on `threads` threads and returns the errors of those that
+/// cannot be read (undecodable, too large, unreadable), in index order; other errors are
+/// returned as the `Err`. A run that met one bad file calls this to name all of them at once,
+/// rather than stopping again at the next one.
+pub fn find_bad_images(dataset: &dyn Dataset, threads: usize) -> Result<Vec<(usize, DataError)>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let found = std::sync::Mutex::new(Vec::new());
+    let fatal = std::sync::Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= dataset.len() {
+                    break;
+                }
+                match dataset.get(i) {
+                    Ok(_) => {}
+                    Err(e) if e.is_bad_image() => found.lock().unwrap_or_else(|p| p.into_inner()).push((i, e)),
+                    Err(e) => {
+                        *fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = fatal.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    let mut found = found.into_inner().unwrap_or_else(|p| p.into_inner());
+    found.sort_by_key(|(i, _)| *i);
+    Ok(found)
+}

@@ -58,7 +58,7 @@ pub use class_indices::{read_class_indices, write_class_indices};
 pub use color::{adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation};
 pub use demo::{write_demo_dataset, DemoConfig, DemoDataset};
 pub use error::{DataError, Result};
-pub use folder::{Dataset, Example, ImageFolder, Subset, IMG_EXTENSIONS};
+pub use folder::{find_bad_images, Dataset, Example, ImageFolder, Subset, IMG_EXTENSIONS};
 pub use image::{FloatImage, RgbImage, DEFAULT_MAX_PIXELS};
 pub use loader::{Batch, EpochIter, Loader, LoaderConfig};
 pub use presets::{load_image_tensor, IMAGENET_MEAN, IMAGENET_STD};

@@ -118,6 +118,9 @@ pub struct Batch {
     pub indices: Vec<usize>,
     /// The samples of this batch left out because `skip_bad_images` is set (their errors).
     pub skipped: Vec<DataError>,
+    /// Where this batch stands in its epoch (`0..loader.len()`); with `skip_bad_images` a batch
+    /// whose every image is bad is left out, so positions can jump.
+    pub position: usize,
 }
 
 impl Batch {
@@ -222,6 +225,14 @@ impl Loader {
 
     /// Iterates over the batches of `epoch` (epochs are numbered by the caller, from 0).
     pub fn iter_epoch(&self, epoch: u64) -> EpochIter {
+        self.iter_epoch_from(epoch, 0)
+    }
+
+    /// Iterates over the batches of `epoch` from position `first` on, the earlier ones neither
+    /// loaded nor decoded: what resuming an interrupted epoch needs. The batches are the same
+    /// as the tail of [`Loader::iter_epoch`]'s, since every sample's randomness depends only on
+    /// `(seed, epoch, sample)`.
+    pub fn iter_epoch_from(&self, epoch: u64, first: usize) -> EpochIter {
         let ctx = Arc::new(Ctx {
             dataset: Arc::clone(&self.dataset),
             transform: Arc::clone(&self.transform),
@@ -230,16 +241,17 @@ impl Loader {
             skip_bad: self.config.skip_bad_images,
             batches: self.batch_indices(epoch),
         });
-        let workers = self.config.num_workers.min(ctx.batches.len());
+        let first = first.min(ctx.batches.len());
+        let workers = self.config.num_workers.min(ctx.batches.len() - first);
         let (pool, start_error) = if workers == 0 {
             (None, None)
         } else {
-            match Pool::start(&ctx, workers, workers * self.config.prefetch_factor) {
+            match Pool::start(&ctx, workers, workers * self.config.prefetch_factor, first) {
                 Ok(p) => (Some(p), None),
                 Err(e) => (None, Some(e)),
             }
         };
-        EpochIter { ctx, next: 0, finished: false, pool, start_error }
+        EpochIter { ctx, next: first, finished: false, pool, start_error }
     }
 }
 
@@ -306,6 +318,7 @@ impl Ctx {
             paths,
             indices: used,
             skipped,
+            position: b,
         }))
     }
 }
@@ -331,7 +344,8 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 impl Pool {
-    fn start(ctx: &Arc<Ctx>, workers: usize, window: usize) -> Result<Pool> {
+    /// Starts `workers` threads that build batches from position `first` on.
+    fn start(ctx: &Arc<Ctx>, workers: usize, window: usize, first: usize) -> Result<Pool> {
         let (task_tx, task_rx) = mpsc::channel::<usize>();
         let task_rx = Arc::new(Mutex::new(task_rx));
         let (result_tx, result_rx) = mpsc::channel();
@@ -339,7 +353,7 @@ impl Pool {
             tasks: Some(task_tx),
             results: Some(result_rx),
             pending: BTreeMap::new(),
-            dispatched: 0,
+            dispatched: first,
             window,
             total: ctx.batches.len(),
             handles: Vec::with_capacity(workers),
@@ -366,7 +380,7 @@ impl Pool {
                 }
             }
         }
-        pool.refill(0);
+        pool.refill(first);
         Ok(pool)
     }
 

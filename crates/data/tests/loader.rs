@@ -78,6 +78,37 @@ fn batches_are_identical_for_any_worker_count() {
 }
 
 #[test]
+fn an_epoch_resumed_from_a_position_yields_the_same_tail_without_loading_the_head() {
+    let cfg = LoaderConfig::new(4).shuffle(true).seed(5);
+    for workers in [0, 2] {
+        let data = synthetic(23);
+        let loaded = Arc::clone(&data.loaded);
+        let loader = Loader::new(data, presets::imagenet_train(12).unwrap(), cfg.clone().num_workers(workers)).unwrap();
+        let full = collect(&loader, 3);
+        let positions: Vec<usize> = loader.iter_epoch(3).map(|b| b.unwrap().position).collect();
+        assert_eq!(positions, (0..6).collect::<Vec<_>>());
+        for first in [0, 1, 4, 5, 6, 9] {
+            loaded.store(0, Ordering::SeqCst);
+            let tail: Vec<_> = loader
+                .iter_epoch_from(3, first)
+                .map(|b| {
+                    let b = b.unwrap();
+                    (b.position, b.images.to_vec_f32().unwrap(), b.labels.to_vec_i64().unwrap(), b.indices)
+                })
+                .collect();
+            let expected: Vec<_> = full.iter().enumerate().skip(first).collect();
+            assert_eq!(tail.len(), expected.len(), "from {first} with {workers} workers");
+            for (got, (pos, want)) in tail.iter().zip(expected) {
+                assert_eq!(got.0, pos);
+                assert_eq!((&got.1, &got.2, &got.3), (&want.0, &want.1, &want.2));
+            }
+            let head: usize = full.iter().take(first).map(|b| b.2.len()).sum();
+            assert_eq!(loaded.load(Ordering::SeqCst), 23 - head.min(23), "from {first}: only the tail is loaded");
+        }
+    }
+}
+
+#[test]
 fn lengths_drop_last_and_order_without_shuffle() {
     let t = || presets::imagenet_eval(14, 12).unwrap();
     let l = Loader::new(synthetic(10), t(), LoaderConfig::new(4)).unwrap();
@@ -236,4 +267,23 @@ fn predict_style_single_image_tensor() {
     let e =
         data::load_image_tensor(dir.path().join("a/3_bad.png"), &presets::imagenet_eval(8, 6).unwrap()).unwrap_err();
     assert!(e.to_string().contains("3_bad.png"));
+}
+
+#[test]
+fn every_bad_image_of_a_folder_is_found_in_index_order() {
+    let (dir, _) = folder_with_a_bad_image();
+    write(&dir.path().join("b/0_empty.jpg"), b"");
+    write(&dir.path().join("b/9_truncated.png"), &RgbImage::new(5, 5).to_png().unwrap()[..30]);
+    let folder = ImageFolder::new(dir.path()).unwrap();
+    for threads in [1, 3] {
+        let bad = data::find_bad_images(&folder, threads).unwrap();
+        let names: Vec<String> = bad
+            .iter()
+            .map(|(i, e)| {
+                assert!(e.is_bad_image() && e.to_string().contains(folder.samples()[*i].0.to_str().unwrap()), "{e}");
+                folder.samples()[*i].0.file_name().unwrap().to_string_lossy().into_owned()
+            })
+            .collect();
+        assert_eq!(names, ["3_bad.png", "0_empty.jpg", "9_truncated.png"], "{threads} threads");
+    }
 }

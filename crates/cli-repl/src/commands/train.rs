@@ -1,15 +1,24 @@
 //! `resnet train`: the transfer-learning tutorial's loop, complete — data, model, optimizer and
 //! schedule; per epoch a training pass and a validation pass; `best.safetensors` whenever the
-//! validation accuracy improves, `last.safetensors` with the optimizer and scheduler state every
-//! epoch (so `--resume` continues exactly), `metrics.csv`, `curves.png` and
-//! `class_indices.json`, each written atomically. Ctrl-C stops at the next batch and saves.
+//! validation accuracy improves, `last.safetensors` every epoch, `metrics.csv`, `curves.png`,
+//! `run.json` and `class_indices.json`.
+//!
+//! Crash safety rests on two rules. Every file is written atomically (a temporary file, then a
+//! rename), so each is always either its previous or its new complete version. And everything
+//! `--resume` needs — weights, optimizer state, schedule position, the settings and the metrics
+//! so far, and the position inside an unfinished epoch — lives in ONE file,
+//! `checkpoint.safetensors`, so a kill between two writes cannot leave a resumable state whose
+//! parts disagree. The other files are reports, rewritten from that state. Ctrl-C stops at the
+//! next batch and checkpoints the position inside the epoch; `--save-every N` checkpoints every
+//! N batches as well, so a killed run loses at most N batches of work.
 
 use crate::error::{CliError, Result};
 use crate::model_io::{meta, metadata_for};
 use crate::plot::{curves_png, EpochPoint};
-use data::{presets, Dataset, ImageFolder, Loader, LoaderConfig, Subset};
+use data::{presets, DataError, Dataset, ImageFolder, Loader, LoaderConfig, Subset};
 use nn::{CrossEntropyLoss, LrSchedule, Method, Module, ModuleExt, Optimizer, Scheduler, Var};
 use resnet::{Arch, ResNet};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -18,7 +27,9 @@ use std::sync::Arc;
 use std::time::Instant;
 use tensor::Tensor;
 
-/// Every option of `resnet train`.
+/// Every option of `resnet train`. The settings that shape the run (`--arch` to `--seed`) are
+/// optional so that `--resume` can tell what was given: a resumed run takes the checkpoint's
+/// settings, and a given one that differs is an error rather than a silently different run.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrainArgs {
     /// An ImageFolder with train/ and val/ sub-folders, or one folder with --val-split
@@ -28,73 +39,111 @@ pub struct TrainArgs {
     /// With --data: the share of each class held out for validation.
     #[arg(long)]
     pub val_split: Option<f64>,
-    /// Architecture (resnet18 ... wide_resnet101_2).
-    #[arg(long, default_value = "resnet18")]
-    pub arch: String,
+    /// Architecture (resnet18 ... wide_resnet101_2) [default: resnet18].
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Stem width, for reduced-width models [default: 64, torchvision's].
+    #[arg(long)]
+    pub base_planes: Option<usize>,
     /// Pretrained weights (.pth or .safetensors); a head of another class count is re-initialised.
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// Train only the head.
     #[arg(long)]
     pub freeze_backbone: bool,
-    /// Epochs.
+    /// Epochs [default: 10, or the resumed run's].
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Images per batch.
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
-    /// Learning rate.
-    #[arg(long, default_value_t = 1e-3)]
-    pub lr: f64,
-    /// adam, adamw or sgd.
-    #[arg(long, default_value = "adam")]
-    pub optimizer: String,
-    /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
-    pub momentum: f64,
-    /// Weight decay.
-    #[arg(long, default_value_t = 0.0)]
-    pub weight_decay: f64,
-    /// none, step, cosine or onecycle.
-    #[arg(long, default_value = "cosine")]
-    pub scheduler: String,
-    /// Training crop size (default: 224, or 48 on the demo dataset).
+    /// Images per batch [default: 32].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Learning rate [default: 0.001].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// adam, adamw or sgd [default: adam].
+    #[arg(long)]
+    pub optimizer: Option<String>,
+    /// SGD momentum [default: 0.9].
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// Weight decay [default: 0].
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// none, step, cosine or onecycle [default: cosine].
+    #[arg(long)]
+    pub scheduler: Option<String>,
+    /// Training crop size [default: 224, or 48 on the demo dataset].
     #[arg(long)]
     pub image_size: Option<usize>,
+    /// Seeds the model, the shuffling and the augmentation [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Loader threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
-    /// Seeds the model, the shuffling and the augmentation.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     /// Device (`cpu`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Output folder (default: runs/train, or the --resume folder).
+    /// Output folder (default: runs/train, or runs/train2, ... when that holds a run; or the
+    /// --resume folder).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Continue the run saved in this folder.
+    /// Continue the run saved in this folder (its settings are reused).
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Also checkpoint every N batches inside an epoch (0: only at the end of each epoch).
+    #[arg(long, default_value_t = 0)]
+    pub save_every: usize,
+    /// What a non-finite loss or gradient does: `stop` (naming the epoch and batch, keeping the
+    /// last checkpoint) or `skip` (that batch makes no update; the count is reported).
+    #[arg(long, default_value = "stop")]
+    pub on_nonfinite: String,
     /// Skip images that cannot be decoded (with a warning) instead of stopping.
     #[arg(long)]
     pub skip_bad_images: bool,
     /// Where the demo dataset is generated (default: runs/demo-data).
     #[arg(long)]
     pub demo_dir: Option<PathBuf>,
+    /// Fault injection for tests: make the loss of these batches NaN (`EPOCH:BATCH,...`, 1-based).
+    #[arg(long, hide = true)]
+    pub inject_nonfinite: Option<String>,
 }
 
-/// The run's settings that `--resume` restores (saved as `run.json`).
-#[derive(Debug, Clone, PartialEq)]
+/// The settings that define a run: saved in the checkpoint, restored by `--resume`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Settings {
+    data: Option<PathBuf>,
+    val_split: Option<f64>,
+    demo_dir: Option<PathBuf>,
+    arch: String,
+    base_planes: usize,
+    freeze_backbone: bool,
+    batch_size: usize,
+    lr: f64,
+    optimizer: String,
+    momentum: f64,
+    weight_decay: f64,
+    scheduler: String,
+    image_size: usize,
+    seed: u64,
+}
+
+/// Where the run stands: saved in the checkpoint (and, for people, as `run.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct RunState {
+    /// The epochs the run is planned for.
+    epochs: usize,
+    /// Completed epochs.
     epoch: usize,
     best_acc: f64,
     best_epoch: usize,
     scheduler_steps: usize,
     rows: Vec<Row>,
+    /// How far the next epoch got before the run was stopped (absent at an epoch boundary).
+    progress: Option<Progress>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct Row {
     epoch: usize,
     train_loss: f64,
@@ -106,12 +155,122 @@ struct Row {
     images_per_s: f64,
 }
 
+/// An epoch in progress: the next batch position and the sums so far.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Progress {
+    next_batch: usize,
+    loss_sum: f64,
+    correct: usize,
+    seen: usize,
+    skipped_images: usize,
+    skipped_batches: usize,
+    /// The learning rate when the epoch began (the metrics row reports it).
+    lr: f64,
+    /// Seconds spent on this epoch's training before the stop.
+    seconds: f64,
+}
+
+impl Progress {
+    fn new(lr: f64) -> Progress {
+        Progress {
+            next_batch: 0,
+            loss_sum: 0.0,
+            correct: 0,
+            seen: 0,
+            skipped_images: 0,
+            skipped_batches: 0,
+            lr,
+            seconds: 0.0,
+        }
+    }
+}
+
+/// The resume file's metadata keys and tensor-name prefixes.
+mod checkpoint {
+    pub const FILE: &str = "checkpoint.safetensors";
+    pub const SETTINGS: &str = "train_settings";
+    pub const STATE: &str = "train_state";
+    pub const MODEL: &str = "model.";
+    pub const OPTIMIZER: &str = "optimizer.";
+}
+
+/// Every file `resnet train` writes into its output folder.
+const OUTPUT_FILES: [&str; 7] = [
+    "class_indices.json",
+    checkpoint::FILE,
+    "best.safetensors",
+    "last.safetensors",
+    "metrics.csv",
+    "curves.png",
+    "run.json",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum OnNonFinite {
+    Stop,
+    Skip,
+}
+
 fn usage(msg: impl Into<String>) -> CliError {
     CliError::Usage(msg.into())
 }
 
-fn write(path: &Path, bytes: &[u8]) -> Result<()> {
-    Ok(tensor::write_atomic(path, bytes)?)
+fn data_err(e: DataError) -> CliError {
+    usage(e.to_string())
+}
+
+/// The run's settings: the given options over the resumed run's (a conflict is an error) over
+/// the defaults.
+fn resolve_settings(args: &TrainArgs, saved: Option<&Settings>) -> Result<Settings> {
+    fn pick<T: PartialEq + std::fmt::Debug + Clone>(
+        flag: &str,
+        given: Option<T>,
+        saved: Option<T>,
+        default: impl FnOnce() -> T,
+    ) -> Result<T> {
+        match (given, saved) {
+            (Some(g), Some(s)) if g != s => Err(usage(format!(
+                "--{flag} {g:?} differs from the resumed run's {s:?}; drop --{flag} to continue the run as it was \
+                 started, or start a new run in another --out"
+            ))),
+            (Some(v), _) | (None, Some(v)) => Ok(v),
+            (None, None) => Ok(default()),
+        }
+    }
+    let s = saved.cloned();
+    let data = pick("data", args.data.clone().map(Some), s.as_ref().map(|s| s.data.clone()), || None)?;
+    let demo = data.is_none();
+    Ok(Settings {
+        val_split: pick("val-split", args.val_split.map(Some), s.as_ref().map(|s| s.val_split), || None)?,
+        demo_dir: pick("demo-dir", args.demo_dir.clone().map(Some), s.as_ref().map(|s| s.demo_dir.clone()), || None)?,
+        arch: pick("arch", args.arch.clone(), s.as_ref().map(|s| s.arch.clone()), || "resnet18".into())?,
+        base_planes: pick("base-planes", args.base_planes, s.as_ref().map(|s| s.base_planes), || 64)?,
+        freeze_backbone: args.freeze_backbone || s.as_ref().is_some_and(|s| s.freeze_backbone),
+        batch_size: pick("batch-size", args.batch_size, s.as_ref().map(|s| s.batch_size), || 32)?,
+        lr: pick("lr", args.lr, s.as_ref().map(|s| s.lr), || 1e-3)?,
+        optimizer: pick("optimizer", args.optimizer.clone(), s.as_ref().map(|s| s.optimizer.clone()), || {
+            "adam".into()
+        })?,
+        momentum: pick("momentum", args.momentum, s.as_ref().map(|s| s.momentum), || 0.9)?,
+        weight_decay: pick("weight-decay", args.weight_decay, s.as_ref().map(|s| s.weight_decay), || 0.0)?,
+        scheduler: pick("scheduler", args.scheduler.clone(), s.as_ref().map(|s| s.scheduler.clone()), || {
+            "cosine".into()
+        })?,
+        image_size: pick(
+            "image-size",
+            args.image_size,
+            s.as_ref().map(|s| s.image_size),
+            || {
+                if demo {
+                    48
+                } else {
+                    224
+                }
+            },
+        )?,
+        seed: pick("seed", args.seed, s.as_ref().map(|s| s.seed), || 0)?,
+        data,
+    })
 }
 
 /// The train and validation datasets and their classes.
@@ -123,9 +282,9 @@ struct Datasets {
     demo: bool,
 }
 
-fn datasets(args: &TrainArgs) -> Result<Datasets> {
-    let Some(root) = &args.data else {
-        let dir = args.demo_dir.clone().unwrap_or_else(|| PathBuf::from("runs/demo-data"));
+fn datasets(s: &Settings) -> Result<Datasets> {
+    let Some(root) = &s.data else {
+        let dir = s.demo_dir.clone().unwrap_or_else(|| PathBuf::from("runs/demo-data"));
         let demo = data::write_demo_dataset(&dir, &demo_config()).map_err(|e| usage(format!("demo dataset: {e}")))?;
         if !demo.reused {
             println!(
@@ -142,7 +301,7 @@ fn datasets(args: &TrainArgs) -> Result<Datasets> {
     };
     let (train_dir, val_dir) = (root.join("train"), root.join("val"));
     if train_dir.is_dir() && val_dir.is_dir() {
-        if args.val_split.is_some() {
+        if s.val_split.is_some() {
             return Err(usage(format!("{} already has train/ and val/; drop --val-split", root.display())));
         }
         let train = ImageFolder::new(&train_dir).map_err(data_err)?;
@@ -158,11 +317,11 @@ fn datasets(args: &TrainArgs) -> Result<Datasets> {
         let classes = train.classes().to_vec();
         return Ok(Datasets { train: Box::new(train), val: Box::new(val), classes, demo: false });
     }
-    let fraction = args.val_split.ok_or_else(|| {
+    let fraction = s.val_split.ok_or_else(|| {
         usage(format!("{}: no train/ and val/ sub-folders; pass --val-split (e.g. 0.2) to split it", root.display()))
     })?;
     let folder = ImageFolder::new(root).map_err(data_err)?;
-    let split = data::split::split_indices(&folder.targets(), fraction, args.seed).map_err(data_err)?;
+    let split = data::split::split_indices(&folder.targets(), fraction, s.seed).map_err(data_err)?;
     if split.val.is_empty() || split.train.is_empty() {
         return Err(usage(format!(
             "{}: --val-split {fraction} leaves an empty train or validation set",
@@ -181,83 +340,44 @@ fn demo_config() -> data::DemoConfig {
     data::DemoConfig { train_per_class: 150, val_per_class: 30, width: 64, height: 64, ..data::DemoConfig::default() }
 }
 
-fn data_err(e: data::DataError) -> CliError {
-    usage(e.to_string())
-}
-
-fn method(args: &TrainArgs) -> Result<Method> {
-    Ok(match args.optimizer.to_ascii_lowercase().as_str() {
+fn method(s: &Settings) -> Result<Method> {
+    Ok(match s.optimizer.to_ascii_lowercase().as_str() {
         "adam" => Method::adam(),
         "adamw" => Method::adamw(),
-        "sgd" => Method::sgd(args.momentum),
+        "sgd" => Method::sgd(s.momentum),
         other => return Err(usage(format!("--optimizer {other}: expected adam, adamw or sgd"))),
     })
 }
 
 /// The schedule, and whether it steps per batch (one-cycle) rather than per epoch.
-fn schedule(args: &TrainArgs, epochs: usize, steps_per_epoch: usize) -> Result<(LrSchedule, bool)> {
-    Ok(match args.scheduler.to_ascii_lowercase().as_str() {
+fn schedule(s: &Settings, epochs: usize, steps_per_epoch: usize) -> Result<(LrSchedule, bool)> {
+    Ok(match s.scheduler.to_ascii_lowercase().as_str() {
         "none" => (LrSchedule::Constant, false),
         "step" => (LrSchedule::Step { step_size: (epochs / 3).max(1), gamma: 0.1 }, false),
         "cosine" => (LrSchedule::Cosine { t_max: epochs.max(1), eta_min: 0.0 }, false),
-        "onecycle" => (LrSchedule::one_cycle(args.lr, (epochs * steps_per_epoch).max(2)), true),
+        "onecycle" => (LrSchedule::one_cycle(s.lr, (epochs * steps_per_epoch).max(2)), true),
         other => return Err(usage(format!("--scheduler {other}: expected none, step, cosine or onecycle"))),
     })
 }
 
-fn state_json(s: &RunState, arch: &str) -> String {
-    let rows: Vec<serde_json::Value> = s
-        .rows
-        .iter()
-        .map(|r| {
-            serde_json::json!([
-                r.epoch,
-                r.train_loss,
-                r.train_acc,
-                r.val_loss,
-                r.val_acc,
-                r.lr,
-                r.seconds,
-                r.images_per_s
-            ])
-        })
-        .collect();
-    serde_json::json!({
-        "arch": arch, "epoch": s.epoch, "best_acc": s.best_acc, "best_epoch": s.best_epoch,
-        "scheduler_steps": s.scheduler_steps, "rows": rows,
-    })
-    .to_string()
+fn on_nonfinite(args: &TrainArgs) -> Result<OnNonFinite> {
+    match args.on_nonfinite.to_ascii_lowercase().as_str() {
+        "stop" => Ok(OnNonFinite::Stop),
+        "skip" => Ok(OnNonFinite::Skip),
+        other => Err(usage(format!("--on-nonfinite {other}: expected stop or skip"))),
+    }
 }
 
-fn parse_state(text: &str, path: &Path) -> Result<RunState> {
-    let bad = || usage(format!("{}: not a run state written by `resnet train`", path.display()));
-    let v: serde_json::Value = serde_json::from_str(text).map_err(|_| bad())?;
-    let num = |k: &str| v[k].as_f64().ok_or_else(bad);
-    let rows = v["rows"]
-        .as_array()
-        .ok_or_else(bad)?
-        .iter()
-        .map(|r| {
-            let f = |i: usize| r[i].as_f64().ok_or_else(bad);
-            Ok(Row {
-                epoch: f(0)? as usize,
-                train_loss: f(1)?,
-                train_acc: f(2)?,
-                val_loss: f(3)?,
-                val_acc: f(4)?,
-                lr: f(5)?,
-                seconds: f(6)?,
-                images_per_s: f(7)?,
-            })
+/// `--inject-nonfinite 2:3,4:1` as 1-based (epoch, batch) pairs.
+fn injected_faults(args: &TrainArgs) -> Result<Vec<(usize, usize)>> {
+    let Some(spec) = &args.inject_nonfinite else { return Ok(Vec::new()) };
+    spec.split(',')
+        .map(|item| {
+            item.split_once(':')
+                .and_then(|(e, b)| Some((e.trim().parse().ok()?, b.trim().parse().ok()?)))
+                .ok_or_else(|| usage(format!("--inject-nonfinite {spec}: expected EPOCH:BATCH,...")))
         })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(RunState {
-        epoch: num("epoch")? as usize,
-        best_acc: num("best_acc")?,
-        best_epoch: num("best_epoch")? as usize,
-        scheduler_steps: num("scheduler_steps")? as usize,
-        rows,
-    })
+        .collect()
 }
 
 fn metrics_csv(rows: &[Row]) -> String {
@@ -271,16 +391,54 @@ fn metrics_csv(rows: &[Row]) -> String {
     s
 }
 
-/// Mean loss and accuracy of the model over a loader, in eval mode without recording.
-fn evaluate(model: &ResNet, loader: &Loader, stop: &AtomicBool) -> Result<(f64, f64)> {
+/// A data error during training. A bad image without `--skip-bad-images` stops the run; before
+/// it does, every image of both sets is tried so that the message names each bad file at once.
+fn data_failure(e: DataError, train: &Loader, val: &Loader, workers: usize) -> CliError {
+    if !e.is_bad_image() {
+        return data_err(e);
+    }
+    eprintln!("{e}\nlooking for other unreadable images ...");
+    let mut bad = Vec::new();
+    for loader in [train, val] {
+        match data::find_bad_images(loader.dataset(), workers.max(1)) {
+            Ok(found) => bad.extend(found.into_iter().map(|(_, e)| e)),
+            Err(other) => return data_err(other),
+        }
+    }
+    if bad.is_empty() {
+        // It could be read on the second try (a file being written, say): name the first error.
+        bad.push(e);
+    }
+    const SHOWN: usize = 50;
+    let mut msg = format!("{} unreadable image(s); training stopped:\n", bad.len());
+    for b in bad.iter().take(SHOWN) {
+        msg += &format!("  {b}\n");
+    }
+    if bad.len() > SHOWN {
+        msg += &format!("  ... and {} more\n", bad.len() - SHOWN);
+    }
+    msg += "fix or remove them, or pass --skip-bad-images to train on the rest";
+    usage(msg)
+}
+
+/// Mean loss and accuracy of the model over a loader, in eval mode without recording; `None`
+/// when Ctrl-C stopped it. Returns the images skipped as unreadable too.
+fn evaluate(
+    model: &ResNet,
+    loader: &Loader,
+    stop: &AtomicBool,
+    train: &Loader,
+    workers: usize,
+) -> Result<Option<(f64, f64, usize)>> {
     model.eval();
     let _guard = nn::no_grad();
-    let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+    let (mut loss_sum, mut correct, mut seen, mut skipped) = (0f64, 0usize, 0usize, 0usize);
     for batch in loader.iter_epoch(0) {
         if stop.load(Ordering::Relaxed) {
-            break;
+            return Ok(None);
         }
-        let batch = batch.map_err(data_err)?;
+        let batch = batch.map_err(|e| data_failure(e, train, loader, workers))?;
+        skipped += batch.skipped.len();
         let logits = model.forward(&Var::constant(batch.images))?;
         let loss =
             CrossEntropyLoss { reduction: nn::Reduction::Sum, label_smoothing: 0.0 }.forward(&logits, &batch.labels)?;
@@ -288,25 +446,193 @@ fn evaluate(model: &ResNet, loader: &Loader, stop: &AtomicBool) -> Result<(f64, 
         correct += (nn::accuracy(&logits.value(), &batch.labels)? * batch.labels.numel() as f64).round() as usize;
         seen += batch.labels.numel();
     }
-    Ok((loss_sum / seen.max(1) as f64, correct as f64 / seen.max(1) as f64))
+    Ok(Some((loss_sum / seen.max(1) as f64, correct as f64 / seen.max(1) as f64, skipped)))
+}
+
+/// Whether every gradient of the trainable parameters is finite.
+fn gradients_finite(params: &[Var]) -> Result<bool> {
+    for p in params {
+        if let Some(g) = p.grad() {
+            if !g.f32_data("gradient check")?.iter().all(|v| v.is_finite()) {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// The default output folder: `runs/train`, or the first of `runs/train2`, `runs/train3`, ...
+/// that holds no run, so that running the main job twice keeps the first run's results.
+fn default_out() -> PathBuf {
+    let base = PathBuf::from("runs");
+    (1..)
+        .map(|i| if i == 1 { base.join("train") } else { base.join(format!("train{i}")) })
+        .find(|d| !d.join(checkpoint::FILE).exists())
+        .expect("an unbounded range")
+}
+
+/// Removes the temporary files that a killed run may have left beside our outputs (a write
+/// is a temporary file renamed over its target; a kill before the rename leaves it behind).
+fn remove_stale_temporaries(out: &Path) {
+    let Ok(entries) = std::fs::read_dir(out) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = OUTPUT_FILES.iter().any(|f| name.starts_with(&format!(".{f}.")) && name.ends_with(".tmp"));
+        if ours {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// What `--resume` reads back: the settings, the run state, the model and optimizer tensors.
+struct Checkpoint {
+    settings: Settings,
+    state: RunState,
+    model: Vec<(String, Tensor)>,
+    optimizer: Vec<(String, Tensor)>,
+}
+
+fn read_checkpoint(dir: &Path) -> Result<Checkpoint> {
+    let path = dir.join(checkpoint::FILE);
+    if !path.is_file() {
+        return Err(usage(format!(
+            "{}: no {} to resume from (is it the --out folder of a `resnet train` run?)",
+            dir.display(),
+            checkpoint::FILE
+        )));
+    }
+    let sd = resnet::read_weights(&path)?;
+    let bad = |what: &str| usage(format!("{}: {what} is missing or unreadable", path.display()));
+    let settings: Settings = sd
+        .metadata
+        .get(checkpoint::SETTINGS)
+        .and_then(|s| serde_json::from_str(s).ok())
+        .ok_or_else(|| bad("the run's settings"))?;
+    let state: RunState = sd
+        .metadata
+        .get(checkpoint::STATE)
+        .and_then(|s| serde_json::from_str(s).ok())
+        .ok_or_else(|| bad("the run's state"))?;
+    let (mut model, mut optimizer) = (Vec::new(), Vec::new());
+    for (k, t) in sd.entries {
+        if let Some(rest) = k.strip_prefix(checkpoint::MODEL) {
+            model.push((rest.to_string(), t));
+        } else if let Some(rest) = k.strip_prefix(checkpoint::OPTIMIZER) {
+            optimizer.push((rest.to_string(), t));
+        }
+    }
+    Ok(Checkpoint { settings, state, model, optimizer })
+}
+
+/// Everything one run needs while it trains.
+struct Trainer<'a> {
+    out: PathBuf,
+    arch: Arch,
+    settings: Settings,
+    model: ResNet,
+    opt: Optimizer,
+    metadata: HashMap<String, String>,
+    state: RunState,
+    args: &'a TrainArgs,
+}
+
+impl Trainer<'_> {
+    /// Writes `checkpoint.safetensors`: the one file `--resume` reads.
+    fn save_checkpoint(&self) -> Result<()> {
+        let mut entries: Vec<(String, Tensor)> =
+            self.model.state_dict().into_iter().map(|(k, t)| (format!("{}{k}", checkpoint::MODEL), t)).collect();
+        entries.extend(self.opt.state_dict().into_iter().map(|(k, t)| (format!("{}{k}", checkpoint::OPTIMIZER), t)));
+        let mut meta = self.metadata.clone();
+        meta.insert(checkpoint::SETTINGS.into(), serde_json::to_string(&self.settings).expect("settings serialise"));
+        meta.insert(checkpoint::STATE.into(), serde_json::to_string(&self.state).expect("state serialises"));
+        resnet::write_safetensors(self.out.join(checkpoint::FILE), &entries, &meta)
+            .map_err(|e| self.save_failed(checkpoint::FILE, e.into()))
+    }
+
+    /// The end-of-epoch writes: the best weights when they improved, then the checkpoint, then
+    /// the reports. A failure names the file; every file keeps its previous version.
+    fn save_epoch(&self, improved: bool) -> Result<()> {
+        if improved {
+            resnet::write_safetensors(self.out.join("best.safetensors"), &self.model.state_dict(), &self.metadata)
+                .map_err(|e| self.save_failed("best.safetensors", e.into()))?;
+        }
+        self.save_checkpoint()?;
+        resnet::write_safetensors(self.out.join("last.safetensors"), &self.model.state_dict(), &self.metadata)
+            .map_err(|e| self.save_failed("last.safetensors", e.into()))?;
+        self.write_report("metrics.csv", metrics_csv(&self.state.rows).into_bytes())?;
+        let points: Vec<EpochPoint> = self
+            .state
+            .rows
+            .iter()
+            .map(|r| EpochPoint {
+                epoch: r.epoch,
+                train_loss: r.train_loss,
+                train_acc: r.train_acc,
+                val_loss: r.val_loss,
+                val_acc: r.val_acc,
+            })
+            .collect();
+        let png = curves_png(&points).map_err(|e| usage(format!("drawing curves.png: {e}")))?;
+        self.write_report("curves.png", png)?;
+        let summary = serde_json::json!({ "arch": self.arch.name(), "settings": self.settings, "state": self.state });
+        self.write_report("run.json", serde_json::to_string_pretty(&summary).expect("serialises").into_bytes())
+    }
+
+    fn write_report(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        tensor::write_atomic(&self.out.join(name), &bytes).map_err(|e| self.save_failed(name, e.into()))
+    }
+
+    fn save_failed(&self, name: &str, e: CliError) -> CliError {
+        usage(format!(
+            "saving {} failed: {e}\nits previous version is intact; the run can continue from the last saved \
+             checkpoint with --resume {}",
+            self.out.join(name).display(),
+            self.out.display()
+        ))
+    }
 }
 
 /// Runs `resnet train`.
 pub fn run(args: TrainArgs) -> Result<()> {
     tensor::Device::parse(&args.device)?;
-    if args.batch_size == 0 {
+    let policy = on_nonfinite(&args)?;
+    let faults = injected_faults(&args)?;
+    let resumed = match &args.resume {
+        Some(dir) => {
+            if args.weights.is_some() {
+                return Err(usage("--weights starts a run; a resumed run continues from its checkpoint's weights"));
+            }
+            Some(read_checkpoint(dir)?)
+        }
+        None => None,
+    };
+    let settings = resolve_settings(&args, resumed.as_ref().map(|c| &c.settings))?;
+    if settings.batch_size == 0 {
         return Err(usage("--batch-size must be positive"));
     }
-    let out = args.out.clone().or_else(|| args.resume.clone()).unwrap_or_else(|| PathBuf::from("runs/train"));
-    std::fs::create_dir_all(&out).map_err(|source| CliError::Io { path: out.clone(), source })?;
-    let Datasets { train: train_ds, val: val_ds, classes, demo } = datasets(&args)?;
-    let epochs = args.epochs.unwrap_or(10);
-    let image_size = args.image_size.unwrap_or(if demo { 48 } else { 224 });
-    if image_size < 8 {
+    if settings.image_size < 8 {
         return Err(usage("--image-size must be at least 8"));
     }
-    let arch = Arch::from_name(&args.arch)?;
-    let mut model = arch.build(classes.len(), args.seed)?;
+    let out = match (&args.out, &args.resume) {
+        (Some(o), _) => o.clone(),
+        (None, Some(r)) => r.clone(),
+        (None, None) => default_out(),
+    };
+    if resumed.is_none() && out.join(checkpoint::FILE).exists() {
+        return Err(usage(format!(
+            "{} already holds a run; continue it with --resume {}, or choose another --out",
+            out.display(),
+            out.display()
+        )));
+    }
+    std::fs::create_dir_all(&out).map_err(|source| CliError::Io { path: out.clone(), source })?;
+    remove_stale_temporaries(&out);
+    let Datasets { train: train_ds, val: val_ds, classes, demo } = datasets(&settings)?;
+    let image_size = settings.image_size;
+    let arch = Arch::from_name(&settings.arch)?;
+    let mut config = arch.config(classes.len());
+    config.base_planes = settings.base_planes;
+    let mut model = config.build(resnet::Init::Torchvision(settings.seed))?;
     if let Some(w) = &args.weights {
         let sd = resnet::read_weights(w)?;
         if sd.num_classes().is_some_and(|n| n != classes.len()) {
@@ -320,10 +646,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         let report = resnet::load_pretrained(&model, &sd)
             .map_err(|e| usage(format!("{}: the weights do not fit {arch}: {e}", w.display())))?;
         if !report.mismatched.is_empty() || !report.missing.is_empty() {
-            model.reset_head(classes.len(), args.seed)?;
+            model.reset_head(classes.len(), settings.seed)?;
         }
     }
-    if args.freeze_backbone {
+    if settings.freeze_backbone {
         model.freeze_backbone();
     }
     let resize = image_size * 256 / 224;
@@ -335,13 +661,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
         (meta::STD, serde_json::to_string(&presets::IMAGENET_STD).expect("floats serialise")),
     ];
     let metadata: HashMap<String, String> = metadata_for(arch, &model.config, &eval_meta);
-    data::write_class_indices(out.join("class_indices.json"), &classes).map_err(data_err)?;
+    // Written first, so that a folder that cannot be written to fails before any training.
+    data::write_class_indices(out.join("class_indices.json"), &classes)
+        .map_err(|e| usage(format!("{e}\nnothing was trained; choose a writable --out")))?;
 
     let loader_cfg = |shuffle: bool| {
-        LoaderConfig::new(args.batch_size)
+        LoaderConfig::new(settings.batch_size)
             .shuffle(shuffle)
             .num_workers(args.workers)
-            .seed(args.seed)
+            .seed(settings.seed)
             .skip_bad_images(args.skip_bad_images)
     };
     // The demo's classes are shapes: a crop must keep most of the picture to show one, so the
@@ -353,24 +681,35 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Loader::new(val_ds, presets::imagenet_eval(resize, image_size).map_err(data_err)?, loader_cfg(false))
             .map_err(data_err)?;
     let steps_per_epoch = train_loader.len().max(1);
-    let mut opt = Optimizer::new(method(&args)?, model.trainable_parameters(), args.lr, args.weight_decay)?;
-    let (sched_kind, per_batch) = schedule(&args, epochs, steps_per_epoch)?;
+    let params = model.trainable_parameters();
+    let mut opt = Optimizer::new(method(&settings)?, params.clone(), settings.lr, settings.weight_decay)?;
+    let epochs = args.epochs.or(resumed.as_ref().map(|c| c.state.epochs)).unwrap_or(10);
+    let (sched_kind, per_batch) = schedule(&settings, epochs, steps_per_epoch)?;
     let mut sched = Scheduler::new(sched_kind, &mut opt)?;
-    let mut state = RunState { epoch: 0, best_acc: -1.0, best_epoch: 0, scheduler_steps: 0, rows: Vec::new() };
-
-    if let Some(dir) = &args.resume {
-        let state_path = dir.join("run.json");
-        let text =
-            std::fs::read_to_string(&state_path).map_err(|source| CliError::Io { path: state_path.clone(), source })?;
-        state = parse_state(&text, &state_path)?;
-        resnet::load_strict(&model, &resnet::read_weights(dir.join("last.safetensors"))?)?;
-        let opt_state = resnet::read_weights(dir.join("last_optimizer.safetensors"))?;
-        opt.load_state_dict(&opt_state.entries)?;
+    let mut state = RunState {
+        epochs,
+        epoch: 0,
+        best_acc: -1.0,
+        best_epoch: 0,
+        scheduler_steps: 0,
+        rows: Vec::new(),
+        progress: None,
+    };
+    if let Some(ck) = resumed {
+        let dir = args.resume.as_deref().unwrap_or(&out);
+        model.load_state_dict(&ck.model, true).map_err(|e| {
+            usage(format!("{}: the checkpoint's weights do not fit {arch}: {e}", dir.join(checkpoint::FILE).display()))
+        })?;
+        opt.load_state_dict(&ck.optimizer)?;
+        state = ck.state;
+        state.epochs = epochs;
         sched.set_steps(state.scheduler_steps, &mut opt);
+        let within = state.progress.map(|p| format!(", batch {} of epoch {}", p.next_batch, state.epoch + 1));
         println!(
-            "resuming {} after epoch {} (best validation accuracy {:.1}%)",
+            "resuming {} after epoch {}{} (best validation accuracy {:.1}%)",
             dir.display(),
             state.epoch,
+            within.unwrap_or_default(),
             100.0 * state.best_acc.max(0.0)
         );
     }
@@ -382,7 +721,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
-        // A second Ctrl-C while saving falls through to the default handler's exit.
+        // A second Ctrl-C while saving falls through to an immediate exit: every file is
+        // written atomically, so even that leaves each one complete.
         let _ = ctrlc::set_handler(move || {
             if stop.swap(true, Ordering::Relaxed) {
                 std::process::exit(130);
@@ -395,11 +735,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
         train_loader.num_samples(),
         classes.len(),
         val_loader.num_samples(),
-        args.batch_size
+        settings.batch_size
     );
-    for epoch in state.epoch + 1..=epochs {
-        model.train();
+    let mut t = Trainer { out, arch, settings, model, opt, metadata, state, args: &args };
+    for epoch in t.state.epoch + 1..=epochs {
+        t.model.train();
+        let mut p = t.state.progress.take().unwrap_or_else(|| Progress::new(t.opt.lr()));
         let started = Instant::now();
+        let seconds_before = p.seconds;
         let bar = terminal.then(|| {
             let b = indicatif::ProgressBar::new(steps_per_epoch as u64);
             b.set_style(
@@ -407,81 +750,118 @@ pub fn run(args: TrainArgs) -> Result<()> {
                     .expect("a valid template"),
             );
             b.set_prefix(format!("{epoch}/{epochs}"));
+            b.set_position(p.next_batch as u64);
             b
         });
-        let (mut loss_sum, mut correct, mut seen, mut skipped) = (0f64, 0usize, 0usize, 0usize);
-        let lr = opt.lr();
-        for (batch_index, batch) in train_loader.iter_epoch(epoch as u64).enumerate() {
+        let mut interrupted = false;
+        for batch in train_loader.iter_epoch_from(epoch as u64, p.next_batch) {
             if stop.load(Ordering::Relaxed) {
+                interrupted = true;
                 break;
             }
-            let batch = batch.map_err(data_err)?;
+            let batch = batch.map_err(|e| data_failure(e, &train_loader, &val_loader, t.args.workers))?;
             // The loader already warned about each one; the epoch line reports the count.
-            skipped += batch.skipped.len();
+            p.skipped_images += batch.skipped.len();
             let n = batch.labels.numel();
-            opt.zero_grad();
-            let logits = model.forward(&Var::constant(batch.images))?;
+            t.opt.zero_grad();
+            let logits = t.model.forward(&Var::constant(batch.images))?;
             let loss = CrossEntropyLoss::default().forward(&logits, &batch.labels)?;
-            let l = loss.value().item()? as f64;
-            if !l.is_finite() {
-                return Err(usage(format!(
-                    "the loss became {l} in epoch {epoch}, batch {}; last.safetensors keeps the previous epoch",
-                    batch_index + 1
-                )));
+            let mut l = loss.value().item()? as f64;
+            if faults.contains(&(epoch, batch.position + 1)) {
+                l = f64::NAN;
             }
-            loss.backward()?;
-            opt.step()?;
+            let fault = if !l.is_finite() {
+                Some(format!("the loss became {l}"))
+            } else {
+                loss.backward()?;
+                (!gradients_finite(&params)?).then(|| "a gradient became non-finite".to_string())
+            };
+            match (fault, policy) {
+                (Some(what), OnNonFinite::Stop) => {
+                    if let Some(b) = &bar {
+                        b.abandon();
+                    }
+                    let kept = if t.out.join(checkpoint::FILE).exists() {
+                        format!("{} keeps the last good state", t.out.join(checkpoint::FILE).display())
+                    } else {
+                        "no checkpoint had been written yet".to_string()
+                    };
+                    return Err(usage(format!(
+                        "{what} in epoch {epoch}, batch {}; training stopped ({kept}). Lower --lr, or pass \
+                         --on-nonfinite skip to skip such batches",
+                        batch.position + 1
+                    )));
+                }
+                (Some(what), OnNonFinite::Skip) => {
+                    eprintln!("warning: {what} in epoch {epoch}, batch {}: no update from it", batch.position + 1);
+                    p.skipped_batches += 1;
+                }
+                (None, _) => {
+                    t.opt.step()?;
+                    p.loss_sum += l * n as f64;
+                    p.correct += (nn::accuracy(&logits.value(), &batch.labels)? * n as f64).round() as usize;
+                    p.seen += n;
+                }
+            }
             if per_batch {
-                sched.step(&mut opt);
+                sched.step(&mut t.opt);
             }
-            loss_sum += l * n as f64;
-            correct += (nn::accuracy(&logits.value(), &batch.labels)? * n as f64).round() as usize;
-            seen += n;
+            p.next_batch = batch.position + 1;
             if let Some(b) = &bar {
-                b.inc(1);
+                b.set_position(p.next_batch as u64);
                 b.set_message(format!(
                     "loss {:.4} {:.1} img/s",
-                    loss_sum / seen as f64,
-                    seen as f64 / started.elapsed().as_secs_f64()
+                    p.loss_sum / p.seen.max(1) as f64,
+                    p.seen as f64 / (seconds_before + started.elapsed().as_secs_f64()).max(1e-9)
                 ));
+            }
+            if t.args.save_every > 0 && p.next_batch % t.args.save_every == 0 && p.next_batch < steps_per_epoch {
+                t.state.scheduler_steps = sched.steps();
+                t.state.progress = Some(Progress { seconds: seconds_before + started.elapsed().as_secs_f64(), ..p });
+                t.save_checkpoint()?;
+                t.state.progress = None;
             }
         }
         if let Some(b) = bar {
             b.finish_and_clear();
         }
-        if stop.load(Ordering::Relaxed) {
-            save_last(&out, &model, &opt, &metadata, &state, arch)?;
+        p.seconds = seconds_before + started.elapsed().as_secs_f64();
+        let evaluated =
+            if interrupted { None } else { evaluate(&t.model, &val_loader, &stop, &train_loader, t.args.workers)? };
+        let Some((val_loss, val_acc, val_skipped)) = evaluated else {
+            t.state.scheduler_steps = sched.steps();
+            t.state.progress = Some(p);
+            t.save_checkpoint()?;
             println!(
-                "interrupted in epoch {epoch}: saved {} (resume with --resume {})",
-                out.join("last.safetensors").display(),
-                out.display()
+                "interrupted in epoch {epoch} after batch {}: saved {} (continue with --resume {})",
+                p.next_batch,
+                t.out.join(checkpoint::FILE).display(),
+                t.out.display()
             );
             return Ok(());
-        }
-        let train_seconds = started.elapsed().as_secs_f64();
-        let (val_loss, val_acc) = evaluate(&model, &val_loader, &stop)?;
+        };
         if !per_batch {
-            sched.step(&mut opt);
+            sched.step(&mut t.opt);
         }
         let row = Row {
             epoch,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_acc: correct as f64 / seen.max(1) as f64,
+            train_loss: p.loss_sum / p.seen.max(1) as f64,
+            train_acc: p.correct as f64 / p.seen.max(1) as f64,
             val_loss,
             val_acc,
-            lr,
-            seconds: started.elapsed().as_secs_f64(),
-            images_per_s: seen as f64 / train_seconds.max(1e-9),
+            lr: p.lr,
+            seconds: seconds_before + started.elapsed().as_secs_f64(),
+            images_per_s: p.seen as f64 / p.seconds.max(1e-9),
         };
-        state.rows.push(row);
-        state.epoch = epoch;
-        state.scheduler_steps = sched.steps();
-        if val_acc > state.best_acc {
-            state.best_acc = val_acc;
-            state.best_epoch = epoch;
-            resnet::write_safetensors(out.join("best.safetensors"), &model.state_dict(), &metadata)?;
+        t.state.rows.push(row);
+        t.state.epoch = epoch;
+        t.state.scheduler_steps = sched.steps();
+        let improved = val_acc > t.state.best_acc;
+        if improved {
+            t.state.best_acc = val_acc;
+            t.state.best_epoch = epoch;
         }
-        save_last(&out, &model, &opt, &metadata, &state, arch)?;
+        t.save_epoch(improved)?;
         println!(
             "epoch {epoch}/{epochs}  train loss {:.4} acc {:.1}%  val loss {:.4} acc {:.1}%  lr {:.2e}  {:.1}s  {:.1} img/s",
             row.train_loss,
@@ -492,47 +872,23 @@ pub fn run(args: TrainArgs) -> Result<()> {
             row.seconds,
             row.images_per_s
         );
-        if skipped > 0 {
-            println!("epoch {epoch}: skipped {skipped} unreadable image(s) (--skip-bad-images)");
+        if p.skipped_images + val_skipped > 0 {
+            println!(
+                "epoch {epoch}: skipped {} unreadable image(s) ({} in training, {val_skipped} in validation)",
+                p.skipped_images + val_skipped,
+                p.skipped_images
+            );
+        }
+        if p.skipped_batches > 0 {
+            println!("epoch {epoch}: skipped {} batch(es) with a non-finite loss or gradient", p.skipped_batches);
         }
     }
     println!(
         "best validation accuracy: {:.1}% (epoch {}); chance is {:.1}%; outputs in {}",
-        100.0 * state.best_acc,
-        state.best_epoch,
+        100.0 * t.state.best_acc,
+        t.state.best_epoch,
         100.0 / classes.len() as f64,
-        out.display()
+        t.out.display()
     );
     Ok(())
-}
-
-/// Everything `--resume` needs, each file written atomically: the weights, the optimizer's
-/// state, the run state (epoch, best accuracy, schedule position, metrics), and the reports.
-fn save_last(
-    out: &Path,
-    model: &ResNet,
-    opt: &Optimizer,
-    metadata: &HashMap<String, String>,
-    state: &RunState,
-    arch: Arch,
-) -> Result<()> {
-    resnet::write_safetensors(out.join("last.safetensors"), &model.state_dict(), metadata)?;
-    let opt_state: Vec<(String, Tensor)> = opt.state_dict();
-    resnet::write_safetensors(out.join("last_optimizer.safetensors"), &opt_state, &HashMap::new())?;
-    write(&out.join("metrics.csv"), metrics_csv(&state.rows).as_bytes())?;
-    let points: Vec<EpochPoint> = state
-        .rows
-        .iter()
-        .map(|r| EpochPoint {
-            epoch: r.epoch,
-            train_loss: r.train_loss,
-            train_acc: r.train_acc,
-            val_loss: r.val_loss,
-            val_acc: r.val_acc,
-        })
-        .collect();
-    let png = curves_png(&points).map_err(|e| usage(format!("drawing curves.png: {e}")))?;
-    write(&out.join("curves.png"), &png)?;
-    // The run state last: it names the epoch that the files above belong to.
-    write(&out.join("run.json"), state_json(state, arch.name()).as_bytes())
 }
