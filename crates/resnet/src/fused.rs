@@ -6,14 +6,10 @@
 use crate::model::{Block, ResNet};
 use crate::Result;
 use nn::{BatchNorm2d, Conv2d};
-use tensor::{Conv2dParams, Tensor};
+use tensor::{PreparedConv, Tensor};
 
-/// A conv with its BN folded in.
-struct FusedConv {
-    weight: Tensor,
-    bias: Tensor,
-    params: Conv2dParams,
-}
+/// A conv with its BN folded in (and, for 3x3 convs, its Winograd transform kept after first use).
+struct FusedConv(PreparedConv);
 
 impl FusedConv {
     fn new(conv: &Conv2d, bn: &BatchNorm2d) -> Result<FusedConv> {
@@ -35,11 +31,11 @@ impl FusedConv {
             &var,
             bn.eps,
         )?;
-        Ok(FusedConv { weight, bias, params: conv.params })
+        Ok(FusedConv(PreparedConv::new(weight, Some(bias), conv.params)?))
     }
 
     fn run(&self, x: &Tensor, residual: Option<&Tensor>, relu: bool) -> Result<Tensor> {
-        Ok(tensor::conv2d_fused(x, &self.weight, Some(&self.bias), self.params, residual, relu)?)
+        Ok(self.0.forward(x, residual, relu)?)
     }
 }
 

@@ -35,6 +35,21 @@ fn every_architecture_matches_torchvision_from_safetensors() {
     }
 }
 
+/// A 128x128 input gives the first stages enough 4x4 output tiles for the Winograd path of the
+/// 3x3 convs (fixture: `gen_resnet_fixtures.py --larger-input`), in the plain eval forward and
+/// in the fused one (with its cached transformed weights, used twice).
+#[test]
+fn winograd_convs_match_torchvision_inside_a_model() {
+    let x = npy("larger_input");
+    let want = npy("resnet18_larger_logits");
+    let model = load("resnet18", "resnet18.safetensors");
+    assert_close("resnet18 128x128 logits", &logits(&model, &x), &want, 1e-4);
+    let fused = FusedResNet::new(&model).unwrap();
+    for run in 0..2 {
+        assert_close(&format!("resnet18 128x128 fused, run {run}"), &fused.forward(&x).unwrap(), &want, 1e-4);
+    }
+}
+
 #[test]
 fn pth_zip_legacy_and_wrapped_checkpoints_load() {
     let x = npy("input");

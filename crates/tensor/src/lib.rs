@@ -47,7 +47,7 @@ pub use kernels::batch_norm::{
 };
 pub use kernels::conv::{
     conv2d, conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight, conv2d_fused, conv2d_macs,
-    conv2d_output_shape, Conv2dParams,
+    conv2d_output_shape, Conv2dParams, PreparedConv,
 };
 pub use kernels::pool::{
     adaptive_avg_pool2d, adaptive_avg_pool2d_backward, avg_pool2d, avg_pool2d_backward, max_pool2d,

@@ -42,10 +42,9 @@ pub fn read_npy_bytes(bytes: &[u8], path: &Path) -> Result<Tensor> {
         other => return Err(npy_err(path, format!("bad fortran_order {other}"))),
     };
     let shape = parse_shape(shape_s).ok_or_else(|| npy_err(path, format!("bad shape {shape_s}")))?;
-    let numel = shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| npy_err(path, format!("shape {shape:?} overflows")))?;
+    // Also refuses shapes such as (0, 2**63) that hold nothing but no array can take.
+    let numel = crate::shape::checked_numel("read_npy", &shape)
+        .map_err(|_| npy_err(path, format!("shape {shape:?} overflows")))?;
     let (item, kind) = match descr {
         "<f4" => (4, 'f'),
         "<f8" => (8, 'f'),

@@ -29,13 +29,19 @@ pub fn check_dim(op: &'static str, dim: usize, rank: usize) -> Result<()> {
     }
 }
 
-/// The number of elements of a shape, or an error when it overflows `usize`.
+/// The number of elements of a shape, or an error when it overflows `usize` — or when the
+/// product of its non-zero dimensions exceeds `isize::MAX`, which ndarray refuses even for an
+/// empty array (a shape such as `[0, 2^63]` holds no elements but is not a valid array shape).
 pub fn checked_numel(op: &'static str, shape: &[usize]) -> Result<usize> {
-    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| TensorError::InvalidShape {
-        op,
-        shape: shape.to_vec(),
-        msg: "the number of elements overflows".into(),
-    })
+    let overflow =
+        || TensorError::InvalidShape { op, shape: shape.to_vec(), msg: "the number of elements overflows".into() };
+    let nonzero = shape
+        .iter()
+        .filter(|&&d| d != 0)
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= isize::MAX as usize)
+        .ok_or_else(overflow)?;
+    Ok(if shape.contains(&0) { 0 } else { nonzero })
 }
 
 #[cfg(test)]

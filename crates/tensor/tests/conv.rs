@@ -139,3 +139,89 @@ fn bad_shapes_are_errors_naming_the_shapes() {
     assert!(conv2d(&Tensor::zeros(&[4, 5, 5]), &Tensor::zeros(&[2, 4, 1, 1]), None, Conv2dParams::new()).is_err());
     assert!(conv2d(&x.to_dtype(tensor::DType::I64), &Tensor::zeros(&[2, 4, 1, 1]), None, Conv2dParams::new()).is_err());
 }
+
+/// Stride-1 3x3 convolutions with enough 4x4 output tiles take the Winograd F(4x4, 3x3) path:
+/// random sizes (edges that cut tiles, padding 0-2, channel counts that are not multiples of
+/// anything), the fused epilogue, 1 and 3 threads, against the f64 oracle.
+fn winograd_case() -> impl Strategy<Value = (usize, usize, usize, usize, usize, usize, bool, u64)> {
+    (1usize..=3, 1usize..=40, 1usize..=40, 10usize..=30, 10usize..=30, 0usize..=2, any::<bool>(), any::<u64>())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn winograd_forward_matches_reference((n, cin, cout, h, w, pad, fused, seed) in winograd_case()) {
+        let x = randn(&[n, cin, h, w], seed);
+        let wt = randn(&[cout, cin, 3, 3], seed + 1);
+        let b = randn(&[cout], seed + 2);
+        let p = Conv2dParams::new().padding(pad);
+        let (want, shape) = reference::conv2d(&f64s(&x), [n, cin, h, w], &f64s(&wt), [cout, cin, 3, 3], Some(&f64s(&b)), p);
+        let residual = randn(&shape, seed + 3);
+        let want: Vec<f64> = if fused {
+            want.iter().zip(f64s(&residual)).map(|(&y, r)| (y + r).max(0.0)).collect()
+        } else {
+            want
+        };
+        for threads in [1, 3] {
+            let got = with_threads(threads, || {
+                if fused {
+                    tensor::conv2d_fused(&x, &wt, Some(&b), p, Some(&residual), true)
+                } else {
+                    conv2d(&x, &wt, Some(&b), p)
+                }
+            })
+            .unwrap();
+            assert_eq!(got.shape(), &shape);
+            assert_close(&format!("{n}x{cin}x{h}x{w} -> {cout}, pad {pad} ({threads} threads)"), &got.to_vec_f32().unwrap(), &want, 1e-5);
+        }
+    }
+}
+
+/// `dx[n, ci, y, x] = sum over co, ki, kj of dy[n, co, y - ki + pad, x - kj + pad] w[co, ci, ki, kj]`
+/// for a stride-1 3x3 conv, by direct loops in f64.
+fn grad_input_3x3(dy: &[f64], w: &[f64], [n, cin, h, wd]: [usize; 4], cout: usize, pad: usize) -> Vec<f64> {
+    let (oh, ow) = (h + 2 * pad - 2, wd + 2 * pad - 2);
+    let mut dx = vec![0f64; n * cin * h * wd];
+    for b in 0..n {
+        for ci in 0..cin {
+            for y in 0..h {
+                for x in 0..wd {
+                    let mut acc = 0f64;
+                    for co in 0..cout {
+                        for ki in 0..3 {
+                            for kj in 0..3 {
+                                let (oy, ox) = ((y + pad) as isize - ki as isize, (x + pad) as isize - kj as isize);
+                                if oy >= 0 && ox >= 0 && (oy as usize) < oh && (ox as usize) < ow {
+                                    acc += dy[((b * cout + co) * oh + oy as usize) * ow + ox as usize]
+                                        * w[((co * cin + ci) * 3 + ki) * 3 + kj];
+                                }
+                            }
+                        }
+                    }
+                    dx[((b * cin + ci) * h + y) * wd + x] = acc;
+                }
+            }
+        }
+    }
+    dx
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// The input gradient of a stride-1 3x3 conv is computed as a Winograd conv of the output
+    /// gradient with the flipped kernel.
+    #[test]
+    fn winograd_grad_input_matches_direct_loops((n, cin, cout, h, w, pad, _fused, seed) in winograd_case()) {
+        let wt = randn(&[cout, cin, 3, 3], seed + 1);
+        let (oh, ow) = (h + 2 * pad - 2, w + 2 * pad - 2);
+        let dy = randn(&[n, cout, oh, ow], seed + 4);
+        let want = grad_input_3x3(&f64s(&dy), &f64s(&wt), [n, cin, h, w], cout, pad);
+        for threads in [1, 3] {
+            let got = with_threads(threads, || conv2d_backward_input(&dy, &wt, &[n, cin, h, w], Conv2dParams::new().padding(pad)))
+                .unwrap();
+            assert_close(&format!("{n}x{cin}x{h}x{w} <- {cout}, pad {pad} ({threads} threads)"), &got.to_vec_f32().unwrap(), &want, 1e-5);
+        }
+    }
+}

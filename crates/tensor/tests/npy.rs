@@ -92,3 +92,18 @@ fn broken_files_are_errors_naming_the_file() {
     let e = read_npy("/nonexistent/x.npy").unwrap_err().to_string();
     assert!(e.contains("/nonexistent/x.npy"), "{e}");
 }
+
+/// A shape with a zero holds no elements, but no array can take `(0, 2**62, 2**62)`: ndarray
+/// refuses a product of the other dimensions above `isize::MAX`. It used to be accepted by the
+/// element count (zero) and then panic building the array; it is an error now, in `.npy` files
+/// and in `Tensor::from_vec` (which the weight readers use).
+#[test]
+fn empty_shapes_no_array_can_take_are_errors() {
+    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (0, 4611686018427387904, 4611686018427387904), }\n";
+    let e = read_npy_bytes(&with_header(header, b""), "z.npy".as_ref()).unwrap_err().to_string();
+    assert!(e.contains("z.npy") && e.contains("overflows"), "{e}");
+    assert!(Tensor::from_vec(vec![], &[0, 1 << 62, 1 << 62]).is_err());
+    assert!(Tensor::from_vec_i64(vec![], &[1 << 63, 0]).is_err());
+    assert!(Tensor::from_vec(vec![], &[0, 1 << 40]).unwrap().shape() == [0, 1 << 40]);
+    assert!(Tensor::zeros(&[0, 3]).reshape(&[0, usize::MAX]).is_err());
+}

@@ -81,3 +81,23 @@ fn pooling_rejects_bad_windows() {
     let bad_idx = Tensor::from_vec_i64(vec![99; 4], &[1, 1, 2, 2]).unwrap();
     assert!(max_pool2d_backward(&y, &bad_idx, &[1, 1, 4, 4]).is_err());
 }
+
+#[test]
+fn max_pool_propagates_nan_with_the_first_nan_index_as_pytorch_does() {
+    let nan = f32::NAN;
+    #[rustfmt::skip]
+    let x = Tensor::from_vec(vec![
+        1.0, 5.0, 2.0, nan,
+        3.0, 4.0, nan, nan,
+        7.0, 7.0, -1.0, -2.0,
+        0.0, 7.0, -3.0, -0.5,
+    ], &[1, 1, 4, 4]).unwrap();
+    let p = tensor::Pool2dParams { kernel: [2, 2], stride: [2, 2], padding: [0, 0], ceil_mode: false };
+    let (y, i) = tensor::max_pool2d(&x, p).unwrap();
+    let y = y.to_vec_f32().unwrap();
+    assert_eq!(y[0], 5.0);
+    assert!(y[1].is_nan());
+    assert_eq!(&y[2..], &[7.0, -0.5]);
+    // The NaN window reports its first NaN (row-major); ties keep the first maximum.
+    assert_eq!(i.to_vec_i64().unwrap(), vec![1, 3, 8, 15]);
+}

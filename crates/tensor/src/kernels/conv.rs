@@ -17,6 +17,7 @@ use crate::error::{bad_shape, invalid, mismatch, Result};
 use crate::Tensor;
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::sync::OnceLock;
 
 /// Most floats one im2col tile holds (2 MiB).
 const COL_BUDGET: usize = 1 << 19;
@@ -123,7 +124,7 @@ impl ConvGeom {
     fn out_hw(&self) -> usize {
         self.oh * self.ow
     }
-    fn in_hw(&self) -> usize {
+    pub(crate) fn in_hw(&self) -> usize {
         self.h * self.w
     }
     pub(crate) fn out_shape(&self) -> [usize; 4] {
@@ -267,7 +268,23 @@ pub(crate) struct Epilogue<'a> {
     pub relu: bool,
 }
 
-pub(crate) fn forward_slices(g: &ConvGeom, x: &[f32], w: &[f32], epi: Epilogue<'_>, out: &mut [f32]) {
+/// The forward pass into `out`. Stride-1 3x3 convs with enough output take the Winograd path,
+/// with the weights' transform from `winograd_cache` when the caller keeps one.
+fn forward_slices(
+    g: &ConvGeom,
+    x: &[f32],
+    w: &[f32],
+    epi: Epilogue<'_>,
+    out: &mut [f32],
+    winograd_cache: Option<&OnceLock<Vec<f32>>>,
+) {
+    if super::winograd::suits(g) {
+        let transform = || super::winograd::transform_weights(w, g.cout, g.cin);
+        return match winograd_cache {
+            Some(cache) => super::winograd::forward(g, x, cache.get_or_init(transform), epi, out),
+            None => super::winograd::forward(g, x, &transform(), epi, out),
+        };
+    }
     let (ohw, k, tile, tiles) = (g.out_hw(), g.k(), g.tile(), g.tiles());
     let items = g.n * tiles;
     let par = parallelism(items);
@@ -343,6 +360,18 @@ pub fn conv2d_fused(
     residual: Option<&Tensor>,
     relu: bool,
 ) -> Result<Tensor> {
+    fused(input, weight, bias, p, residual, relu, None)
+}
+
+fn fused(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    p: Conv2dParams,
+    residual: Option<&Tensor>,
+    relu: bool,
+    winograd_cache: Option<&OnceLock<Vec<f32>>>,
+) -> Result<Tensor> {
     const OP: &str = "conv2d";
     let g = ConvGeom::new(OP, input.shape(), weight.shape(), p)?;
     check_bias(OP, bias, g.cout)?;
@@ -357,8 +386,53 @@ pub fn conv2d_fused(
     let r = residual.map(|r| r.f32_data(OP)).transpose()?;
     let mut out = vec![0f32; g.out_shape().iter().product()];
     let epi = Epilogue { bias: b.as_deref(), residual: r.as_deref(), relu };
-    forward_slices(&g, &x, &w, epi, &mut out);
+    forward_slices(&g, &x, &w, epi, &mut out, winograd_cache);
     Ok(Tensor::from_vec_unchecked(out, &g.out_shape()))
+}
+
+/// A convolution whose weights are fixed (inference): whatever it derives from them — the
+/// Winograd transform of a 3x3 kernel — is computed on first use and kept, not redone per call.
+#[derive(Debug)]
+pub struct PreparedConv {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    params: Conv2dParams,
+    winograd: OnceLock<Vec<f32>>,
+}
+
+impl PreparedConv {
+    /// Wraps `weight` `[cout, cin / groups, kh, kw]` and an optional bias `[cout]`.
+    pub fn new(weight: Tensor, bias: Option<Tensor>, params: Conv2dParams) -> Result<PreparedConv> {
+        const OP: &str = "PreparedConv";
+        if weight.rank() != 4 {
+            return Err(bad_shape(OP, weight.shape(), "the weight must be 4-D [out, in / groups, kh, kw]"));
+        }
+        check_bias(OP, bias.as_ref(), weight.shape()[0])?;
+        let weight = weight.contiguous();
+        Ok(PreparedConv { weight, bias, params, winograd: OnceLock::new() })
+    }
+
+    /// The weight.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// [`conv2d_fused`] with these weights.
+    pub fn forward(&self, input: &Tensor, residual: Option<&Tensor>, relu: bool) -> Result<Tensor> {
+        fused(input, &self.weight, self.bias.as_ref(), self.params, residual, relu, Some(&self.winograd))
+    }
+}
+
+/// For a stride-1, undilated, ungrouped 3x3 conv with padding of at most 2: the conv that maps
+/// its output gradient to its input gradient.
+fn transposed_3x3(g: &ConvGeom) -> Option<ConvGeom> {
+    let plain = g.kh == 3 && g.kw == 3 && g.p.stride == [1, 1] && g.p.dilation == [1, 1] && g.p.groups == 1;
+    if !plain || g.p.padding[0] > 2 || g.p.padding[1] > 2 {
+        return None;
+    }
+    let p = Conv2dParams { padding: [2 - g.p.padding[0], 2 - g.p.padding[1]], ..g.p };
+    let t = ConvGeom::new("conv2d_backward_input", &[g.n, g.cout, g.oh, g.ow], &[g.cin, g.cout, 3, 3], p).ok()?;
+    (t.oh == g.h && t.ow == g.w).then_some(t)
 }
 
 /// Gradient of [`conv2d`] with respect to its input, for an input of `input_shape`.
@@ -378,6 +452,25 @@ pub fn conv2d_backward_input(
     let (ohw, k, in_hw) = (g.out_hw(), g.k(), g.in_hw());
     let mut dx = vec![0f32; g.n * g.cin * in_hw];
     let image_len = g.cin * in_hw;
+
+    // A stride-1 3x3 conv's input gradient is itself such a conv: of the output gradient with
+    // the kernel flipped and its channels swapped, padded by 2 - padding. That one can take
+    // the Winograd path.
+    if let Some(t) = transposed_3x3(&g) {
+        if super::winograd::suits(&t) {
+            let mut flipped = vec![0f32; w.len()];
+            for co in 0..g.cout {
+                for ci in 0..g.cin {
+                    for tap in 0..9 {
+                        flipped[(ci * g.cout + co) * 9 + tap] = w[(co * g.cin + ci) * 9 + 8 - tap];
+                    }
+                }
+            }
+            let u = super::winograd::transform_weights(&flipped, t.cout, t.cin);
+            super::winograd::forward(&t, &dy, &u, Epilogue::default(), &mut dx);
+            return Ok(Tensor::from_vec_unchecked(dx, input_shape));
+        }
+    }
 
     if g.pointwise() {
         // dx[n, g] = W_g^T dy[n, g], one GEMM per (image, tile, group), disjoint outputs.

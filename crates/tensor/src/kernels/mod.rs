@@ -6,3 +6,4 @@ pub mod conv;
 pub(crate) mod matmul;
 pub mod pool;
 mod small_gemm;
+pub(crate) mod winograd;

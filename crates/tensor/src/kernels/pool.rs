@@ -96,21 +96,29 @@ pub fn max_pool2d(input: &Tensor, p: Pool2dParams) -> Result<(Tensor, Tensor)> {
                 let w0 = (ow * p.stride[1]) as isize - p.padding[1] as isize;
                 let w1 = (w0 + p.kernel[1] as isize).min(g.w as isize) as usize;
                 let w0 = w0.max(0) as usize;
+                // Branch-free selects in the common case; a NaN (which PyTorch propagates,
+                // with the index of the first one) is looked for only when there is one.
                 let mut best = f32::NEG_INFINITY;
                 let mut best_i = h0 * g.w + w0;
+                let mut nan = false;
                 for ih in h0..h1 {
-                    for iw in w0..w1 {
-                        let v = plane[ih * g.w + iw];
-                        if v > best || v.is_nan() {
-                            best = v;
-                            best_i = ih * g.w + iw;
-                            if v.is_nan() {
-                                break;
+                    let row = &plane[ih * g.w..ih * g.w + w1];
+                    for (iw, &v) in row.iter().enumerate().skip(w0) {
+                        let greater = v > best;
+                        best = if greater { v } else { best };
+                        best_i = if greater { ih * g.w + iw } else { best_i };
+                        nan |= v.is_nan();
+                    }
+                }
+                if nan {
+                    'find: for ih in h0..h1 {
+                        for iw in w0..w1 {
+                            if plane[ih * g.w + iw].is_nan() {
+                                best = f32::NAN;
+                                best_i = ih * g.w + iw;
+                                break 'find;
                             }
                         }
-                    }
-                    if best.is_nan() {
-                        break;
                     }
                 }
                 o[oh * g.ow + ow] = best;

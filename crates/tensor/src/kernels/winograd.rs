@@ -1,0 +1,396 @@
+//! Winograd's minimal filtering F(4x4, 3x3) for stride-1, undilated, ungrouped 3x3 convolutions
+//! (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2015).
+//!
+//! Each 4x4 block of output is computed from a 6x6 patch of input: the patch is transformed
+//! (`V = Bᵀ d B`), the 3x3 kernel likewise once (`U = G g Gᵀ`), the 36 transformed positions are
+//! multiplied independently — summed over input channels, that is 36 GEMMs
+//! `M[ξ] = U[ξ] (cout x cin) · V[ξ] (cin x tiles)` — and the product is transformed back
+//! (`Y = Aᵀ M A`). That is 36 multiplies per 16 outputs instead of 144: a quarter of direct
+//! convolution's arithmetic, at the price of transforms and somewhat larger rounding error
+//! (measured against the f64 reference in `tests/conv.rs`, and within the ResNet parity
+//! tolerances).
+//!
+//! Tiles of all images are cut into chunks; one chunk's transformed input and products stay
+//! within a few MiB, and chunks are shared out across threads.
+
+use super::conv::{ConvGeom, Epilogue};
+use super::matmul::{parallelism, product, MatRef, SyncPtr};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Positions of a transformed tile.
+const T: usize = 36;
+/// Most floats one chunk's transformed input (or output) holds (4 MiB).
+const CHUNK_BUDGET: usize = 1 << 20;
+/// Fewer tiles than this in all: the 36 products would be matrix-vector shaped, and streaming
+/// the transformed weights (4x the size of the kernel) would cost more than it saves.
+const MIN_TILES: usize = 32;
+
+/// Whether the convolution is one Winograd computes (and is worth it for).
+pub(crate) fn suits(g: &ConvGeom) -> bool {
+    std::env::var_os("WINOGRAD_OFF").is_none()
+        && g.kh == 3
+        && g.kw == 3
+        && g.p.stride == [1, 1]
+        && g.p.dilation == [1, 1]
+        && g.p.groups == 1
+        && g.n * g.oh.div_ceil(4) * g.ow.div_ceil(4) >= MIN_TILES
+}
+
+/// `U = G g Gᵀ` for every (output, input) channel pair: `[36][cout][cin]`, computed in f64.
+pub(crate) fn transform_weights(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+    const G: [[f64; 3]; 6] = [
+        [0.25, 0.0, 0.0],
+        [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+        [0.0, 0.0, 1.0],
+    ];
+    let mut u = vec![0f32; T * cout * cin];
+    let plane = cout * cin;
+    let ptr = SyncPtr(u.as_mut_ptr());
+    // Parallel over output channels. Each builds its 36 rows of `cin` values locally and then
+    // writes them as 36 contiguous runs (not 36 scattered floats per input channel).
+    (0..cout).into_par_iter().for_each_init(Vec::new, |local: &mut Vec<f32>, co| {
+        local.resize(T * cin, 0.0);
+        for ci in 0..cin {
+            let k = &w[(co * cin + ci) * 9..(co * cin + ci + 1) * 9];
+            // tmp = G g (6x3), then U = tmp Gᵀ (6x6).
+            let mut tmp = [[0f64; 3]; 6];
+            for (i, row) in G.iter().enumerate() {
+                for j in 0..3 {
+                    tmp[i][j] = row[0] * k[j] as f64 + row[1] * k[3 + j] as f64 + row[2] * k[6 + j] as f64;
+                }
+            }
+            for (i, t) in tmp.iter().enumerate() {
+                for (j, grow) in G.iter().enumerate() {
+                    local[(i * 6 + j) * cin + ci] = (t[0] * grow[0] + t[1] * grow[1] + t[2] * grow[2]) as f32;
+                }
+            }
+        }
+        for xi in 0..T {
+            // SAFETY: row `co` of every position's plane is written by this iteration only.
+            unsafe {
+                std::ptr::copy_nonoverlapping(local[xi * cin..].as_ptr(), ptr.get().add(xi * plane + co * cin), cin)
+            };
+        }
+    });
+    u
+}
+
+/// `Bᵀ d` for one column of six values (and, applied to rows, `(Bᵀ d) B`).
+#[inline(always)]
+fn input_1d(d: [f32; 6]) -> [f32; 6] {
+    [
+        4.0 * d[0] - 5.0 * d[2] + d[4],
+        -4.0 * (d[1] + d[2]) + d[3] + d[4],
+        4.0 * (d[1] - d[2]) - d[3] + d[4],
+        2.0 * (d[3] - d[1]) - d[2] + d[4],
+        2.0 * (d[1] - d[3]) - d[2] + d[4],
+        4.0 * d[1] - 5.0 * d[3] + d[5],
+    ]
+}
+
+/// `Aᵀ m` for one column of six values.
+#[inline(always)]
+fn output_1d(m: [f32; 6]) -> [f32; 4] {
+    let (a, b) = (m[1] + m[2], m[1] - m[2]);
+    let (c, d) = (m[3] + m[4], m[3] - m[4]);
+    [m[0] + a + c, b + 2.0 * d, a + 4.0 * c, b + 8.0 * d + m[5]]
+}
+
+/// Where the tiles are: per image `th x tw` tiles of 4x4 outputs.
+#[derive(Clone, Copy)]
+struct Tiling {
+    tw: usize,
+    per_image: usize,
+    total: usize,
+    chunk: usize,
+}
+
+impl Tiling {
+    fn new(g: &ConvGeom) -> Tiling {
+        let (th, tw) = (g.oh.div_ceil(4), g.ow.div_ceil(4));
+        let per_image = th * tw;
+        let total = g.n * per_image;
+        let by_budget = (CHUNK_BUDGET / (T * g.cin.max(g.cout))).max(8);
+        // At least two chunks per thread, so that small inputs still keep every core busy.
+        let chunks = total.div_ceil(by_budget).max(2 * rayon::current_num_threads()).min(total);
+        Tiling { tw, per_image, total, chunk: total.div_ceil(chunks) }
+    }
+
+    /// (image, tile row, tile column) of global tile `t`.
+    fn locate(&self, t: usize) -> (usize, usize, usize) {
+        let (ni, r) = (t / self.per_image, t % self.per_image);
+        (ni, r / self.tw, r % self.tw)
+    }
+}
+
+/// Floats between two transformed positions' planes of `channels x len` values. Padded by one
+/// cache line so that the 36 planes, read and written together by the transforms, do not fall
+/// into the same cache sets when the plane size is a multiple of 4 KiB.
+fn plane_stride(channels: usize, len: usize) -> usize {
+    (channels * len).div_ceil(16) * 16 + 16
+}
+
+/// Tiles transformed together, one per SIMD lane.
+const L: usize = 8;
+type Lanes = [f32; L];
+
+/// [`input_1d`] on eight tiles at once (vectorised by the compiler).
+#[inline(always)]
+fn input_lanes(d: [&Lanes; 6]) -> [Lanes; 6] {
+    let mut o = [[0f32; L]; 6];
+    for k in 0..L {
+        let t = input_1d([d[0][k], d[1][k], d[2][k], d[3][k], d[4][k], d[5][k]]);
+        for i in 0..6 {
+            o[i][k] = t[i];
+        }
+    }
+    o
+}
+
+/// [`output_1d`] on eight tiles at once.
+#[inline(always)]
+fn output_lanes(m: [&Lanes; 6]) -> [Lanes; 4] {
+    let mut o = [[0f32; L]; 4];
+    for k in 0..L {
+        let t = output_1d([m[0][k], m[1][k], m[2][k], m[3][k], m[4][k], m[5][k]]);
+        for i in 0..4 {
+            o[i][k] = t[i];
+        }
+    }
+    o
+}
+
+/// Where one tile reads its input patch: the image, the patch's top-left corner (negative in
+/// the padding), and whether the whole patch lies inside the image.
+#[derive(Clone, Copy, Default)]
+struct Patch {
+    image: usize,
+    row: isize,
+    col: isize,
+    inside: bool,
+}
+
+fn patch(g: &ConvGeom, tl: &Tiling, t: usize) -> Patch {
+    let (image, ty, tx) = tl.locate(t);
+    let row = (ty * 4) as isize - g.p.padding[0] as isize;
+    let col = (tx * 4) as isize - g.p.padding[1] as isize;
+    let inside = row >= 0 && col >= 0 && row + 6 <= g.h as isize && col + 6 <= g.w as isize;
+    Patch { image, row, col, inside }
+}
+
+/// Fills `v` (`[36][cin][len]`) with the transformed input patches of tiles `t0..t0 + len`.
+#[inline(always)]
+fn transform_input_impl(g: &ConvGeom, tl: &Tiling, x: &[f32], t0: usize, len: usize, v: &mut [f32]) {
+    let (h, w) = (g.h as isize, g.w as isize);
+    let stride_xi = plane_stride(g.cin, len);
+    for l0 in (0..len).step_by(L) {
+        let lanes = L.min(len - l0);
+        let mut patches = [Patch::default(); L];
+        for (k, p) in patches.iter_mut().enumerate().take(lanes) {
+            *p = patch(g, tl, t0 + l0 + k);
+        }
+        for c in 0..g.cin {
+            // d[i][j][lane]: the 6x6 patch of each tile.
+            let mut d = [[[0f32; L]; 6]; 6];
+            for (k, p) in patches.iter().enumerate().take(lanes) {
+                let plane = &x[(p.image * g.cin + c) * g.in_hw()..(p.image * g.cin + c + 1) * g.in_hw()];
+                if p.inside {
+                    for (i, row) in d.iter_mut().enumerate() {
+                        let s = (p.row as usize + i) * g.w + p.col as usize;
+                        for (j, e) in plane[s..s + 6].iter().enumerate() {
+                            row[j][k] = *e;
+                        }
+                    }
+                } else {
+                    for (i, row) in d.iter_mut().enumerate() {
+                        let r = p.row + i as isize;
+                        if r < 0 || r >= h {
+                            continue;
+                        }
+                        for (j, e) in row.iter_mut().enumerate() {
+                            let col = p.col + j as isize;
+                            if col >= 0 && col < w {
+                                e[k] = plane[r as usize * g.w + col as usize];
+                            }
+                        }
+                    }
+                }
+            }
+            // Columns first (Bᵀ d), then rows ((Bᵀ d) B).
+            let mut cols = [[[0f32; L]; 6]; 6];
+            for j in 0..6 {
+                let t = input_lanes([&d[0][j], &d[1][j], &d[2][j], &d[3][j], &d[4][j], &d[5][j]]);
+                for i in 0..6 {
+                    cols[i][j] = t[i];
+                }
+            }
+            let base = c * len + l0;
+            for (i, row) in cols.iter().enumerate() {
+                let t = input_lanes([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
+                for (j, val) in t.iter().enumerate() {
+                    let at = (i * 6 + j) * stride_xi + base;
+                    v[at..at + lanes].copy_from_slice(&val[..lanes]);
+                }
+            }
+        }
+    }
+}
+
+/// Writes the outputs of tiles `t0..t0 + len` from their products `m` (`[36][cout][len]`),
+/// clipped to the image, with the epilogue applied.
+///
+/// # Safety
+/// `out` must point at the whole output, and no other thread may write these tiles.
+#[inline(always)]
+unsafe fn transform_output_impl(
+    g: &ConvGeom,
+    tl: &Tiling,
+    m: &[f32],
+    t0: usize,
+    len: usize,
+    epi: Epilogue<'_>,
+    out: SyncPtr,
+) {
+    let stride_xi = plane_stride(g.cout, len);
+    let ohw = g.oh * g.ow;
+    for l0 in (0..len).step_by(L) {
+        let lanes = L.min(len - l0);
+        let mut tiles = [(0usize, 0usize, 0usize); L];
+        for (k, t) in tiles.iter_mut().enumerate().take(lanes) {
+            *t = tl.locate(t0 + l0 + k);
+        }
+        for co in 0..g.cout {
+            let bias = epi.bias.map_or(0.0, |b| b[co]);
+            let mut mm = [[0f32; L]; T];
+            for (xi, lanes_xi) in mm.iter_mut().enumerate() {
+                let at = xi * stride_xi + co * len + l0;
+                lanes_xi[..lanes].copy_from_slice(&m[at..at + lanes]);
+            }
+            // rows[i][j] = (m A)[i][j], then column j of Aᵀ (m A) is column j of the block.
+            let mut rows = [[[0f32; L]; 4]; 6];
+            for (i, row) in rows.iter_mut().enumerate() {
+                let r = &mm[i * 6..i * 6 + 6];
+                *row = output_lanes([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]);
+            }
+            let mut block = [[[0f32; L]; 4]; 4];
+            for j in 0..4 {
+                let y = output_lanes([&rows[0][j], &rows[1][j], &rows[2][j], &rows[3][j], &rows[4][j], &rows[5][j]]);
+                for i in 0..4 {
+                    for k in 0..L {
+                        block[i][j][k] = y[i][k] + bias;
+                    }
+                }
+            }
+            for (k, &(ni, ty, tx)) in tiles.iter().enumerate().take(lanes) {
+                let plane = (ni * g.cout + co) * ohw;
+                for (i, brow) in block.iter().enumerate() {
+                    let oy = ty * 4 + i;
+                    if oy >= g.oh {
+                        break;
+                    }
+                    for (j, val) in brow.iter().enumerate() {
+                        let ox = tx * 4 + j;
+                        if ox >= g.ow {
+                            break;
+                        }
+                        let at = plane + oy * g.ow + ox;
+                        let mut o = val[k];
+                        if let Some(r) = epi.residual {
+                            o += r[at];
+                        }
+                        if epi.relu {
+                            o = o.max(0.0);
+                        }
+                        // SAFETY: this tile's outputs belong to this call (the caller's contract).
+                        unsafe { *out.get().add(at) = o };
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn transform_input(g: &ConvGeom, tl: &Tiling, x: &[f32], t0: usize, len: usize, v: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            #[target_feature(enable = "avx2")]
+            unsafe fn fast(g: &ConvGeom, tl: &Tiling, x: &[f32], t0: usize, len: usize, v: &mut [f32]) {
+                transform_input_impl(g, tl, x, t0, len, v)
+            }
+            // SAFETY: the CPU has AVX2.
+            return unsafe { fast(g, tl, x, t0, len, v) };
+        }
+    }
+    transform_input_impl(g, tl, x, t0, len, v)
+}
+
+/// # Safety
+/// As for [`transform_output_impl`].
+unsafe fn transform_output(
+    g: &ConvGeom,
+    tl: &Tiling,
+    m: &[f32],
+    t0: usize,
+    len: usize,
+    epi: Epilogue<'_>,
+    out: SyncPtr,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            #[target_feature(enable = "avx2")]
+            unsafe fn fast(
+                g: &ConvGeom,
+                tl: &Tiling,
+                m: &[f32],
+                t0: usize,
+                len: usize,
+                epi: Epilogue<'_>,
+                out: SyncPtr,
+            ) {
+                transform_output_impl(g, tl, m, t0, len, epi, out)
+            }
+            // SAFETY: the CPU has AVX2; the rest is the caller's contract.
+            return unsafe { fast(g, tl, m, t0, len, epi, out) };
+        }
+    }
+    // SAFETY: the caller's contract.
+    unsafe { transform_output_impl(g, tl, m, t0, len, epi, out) }
+}
+
+/// The convolution of `x` with weights already transformed by [`transform_weights`].
+pub(crate) fn forward(g: &ConvGeom, x: &[f32], u: &[f32], epi: Epilogue<'_>, out: &mut [f32]) {
+    let tl = Tiling::new(g);
+    let items = tl.total.div_ceil(tl.chunk);
+    let par = parallelism(items);
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let run_item = |item: usize, bufs: &mut (Vec<f32>, Vec<f32>)| {
+        let t0 = item * tl.chunk;
+        let len = tl.chunk.min(tl.total - t0);
+        let (v, m) = bufs;
+        let (sv, sm) = (plane_stride(g.cin, len), plane_stride(g.cout, len));
+        v.resize(T * sv, 0.0);
+        m.resize(T * sm, 0.0);
+        transform_input(g, &tl, x, t0, len, v);
+        for xi in 0..T {
+            let lhs = MatRef::of(u, xi * g.cout * g.cin, g.cout, g.cin, g.cin, 1);
+            let rhs = MatRef::of(v, xi * sv, g.cin, len, len, 1);
+            let dst = m[xi * sm..].as_mut_ptr();
+            // SAFETY: `m` holds `cout x len` floats from this offset; nothing else writes it.
+            unsafe { product(dst, len as isize, lhs, rhs, false, par, false) };
+        }
+        // SAFETY: the item's tiles are its own.
+        unsafe { transform_output(g, &tl, m, t0, len, epi, out_ptr) };
+    };
+    if matches!(par, Parallelism::None) {
+        (0..items).into_par_iter().for_each_init(|| (Vec::new(), Vec::new()), |b, item| run_item(item, b));
+    } else {
+        let mut bufs = (Vec::new(), Vec::new());
+        (0..items).for_each(|item| run_item(item, &mut bufs));
+    }
+}
