@@ -38,7 +38,9 @@ mod zoo;
 pub use fused::FusedResNet;
 pub use model::{BasicBlock, Block, BlockKind, Bottleneck, Downsample, Init, ResNet, ResNetConfig, Stage};
 pub use nn;
-pub use weights::{load_pretrained, load_strict, read_weights, write_pth, write_safetensors, StateDict};
+pub use weights::{
+    load_pretrained, load_strict, read_weights, read_weights_bytes, write_pth, write_safetensors, StateDict,
+};
 pub use zoo::*;
 
 use std::path::PathBuf;

@@ -59,18 +59,34 @@ fn strip_module_prefix(entries: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> 
 }
 
 /// Reads a `.pth` (zip or legacy) or `.safetensors` file, chosen by its content.
+///
+/// The file may come from anyone: a pickle that names anything but the handful of globals a
+/// state dict uses is refused ([`ResnetError::Refused`]) before anything runs, and every size,
+/// shape, stride and offset it claims is checked against the data actually present before
+/// memory is allocated for it ([`ResnetError::Format`]).
 pub fn read_weights(path: impl AsRef<Path>) -> Result<StateDict> {
     let path = path.as_ref();
     let map = map_file(path)?;
-    let bytes: &[u8] = &map;
+    read_weights_bytes(&map, path)
+}
+
+/// As [`read_weights`], from the file's bytes (`path` only names it in errors).
+pub fn read_weights_bytes(bytes: &[u8], path: &Path) -> Result<StateDict> {
     // safetensors: an 8-byte header length, then the JSON header. A header length can start
     // with byte 0x80 too, so the JSON brace decides before the pickle's PROTO opcode does.
     let sd = if bytes.get(8) == Some(&b'{') && !bytes.starts_with(b"PK\x03\x04") {
         read_safetensors_bytes(bytes, path)?
     } else {
-        StateDict { entries: pth::read_pth_bytes(bytes, path)?, metadata: HashMap::new() }
+        read_pth_bytes(bytes, path)?
     };
     Ok(StateDict { entries: strip_module_prefix(sd.entries), metadata: sd.metadata })
+}
+
+/// Reads a PyTorch `.pth` image (zip, PyTorch >= 1.6, or the legacy stream of pickles) through
+/// the restricted unpickler; `path` only names it in errors. The state dict is the root dict or
+/// the dict under `state_dict` / `model` of a checkpoint; non-tensor entries are skipped.
+pub fn read_pth_bytes(bytes: &[u8], path: &Path) -> Result<StateDict> {
+    Ok(StateDict { entries: pth::read_pth_bytes(bytes, path)?, metadata: HashMap::new() })
 }
 
 /// Parses a safetensors image.

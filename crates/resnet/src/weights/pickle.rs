@@ -4,7 +4,10 @@
 //! storage) is reproduced here.
 //!
 //! Resources are bounded: lengths are checked against the remaining input before anything is
-//! allocated, and the memo, the object count and the nesting depth have limits.
+//! allocated; every object, memo entry and copied argument is charged to a memory budget
+//! ([`MAX_HEAP`]), so no sequence of opcodes can make a small pickle allocate without bound;
+//! nothing large is copied per opcode (so time stays linear in the input); and tensor ranks,
+//! storage keys and the nesting of rebuild calls have limits.
 
 use std::collections::HashMap;
 
@@ -12,8 +15,17 @@ use std::collections::HashMap;
 /// items are set, as pickle does).
 pub(crate) type Id = usize;
 
-const MAX_OBJECTS: usize = 50_000_000;
+/// The most memory the machine may account for (objects, their contents, memo and stack
+/// entries). A state dict of thousands of tensors needs a few megabytes.
+pub(crate) const MAX_HEAP: usize = 256 << 20;
+/// Deepest nesting of `_rebuild_from_type_v2` calls.
 const MAX_DEPTH: usize = 256;
+/// Most dimensions of a tensor.
+pub(crate) const MAX_RANK: usize = 64;
+/// Longest storage key (PyTorch's are decimal numbers).
+const MAX_KEY: usize = 1024;
+/// Accounted size of a stack, memo or id slot.
+const SLOT: usize = 16;
 
 /// Element types of PyTorch storages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,20 +43,37 @@ pub(crate) enum StorageDType {
 }
 
 impl StorageDType {
+    const ALL: [StorageDType; 10] = [
+        StorageDType::F32,
+        StorageDType::F64,
+        StorageDType::F16,
+        StorageDType::BF16,
+        StorageDType::I64,
+        StorageDType::I32,
+        StorageDType::I16,
+        StorageDType::I8,
+        StorageDType::U8,
+        StorageDType::Bool,
+    ];
+
     fn from_class(name: &str) -> Option<StorageDType> {
-        Some(match name {
-            "FloatStorage" => StorageDType::F32,
-            "DoubleStorage" => StorageDType::F64,
-            "HalfStorage" => StorageDType::F16,
-            "BFloat16Storage" => StorageDType::BF16,
-            "LongStorage" => StorageDType::I64,
-            "IntStorage" => StorageDType::I32,
-            "ShortStorage" => StorageDType::I16,
-            "CharStorage" => StorageDType::I8,
-            "ByteStorage" => StorageDType::U8,
-            "BoolStorage" => StorageDType::Bool,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|d| d.class_name() == name)
+    }
+
+    /// PyTorch's name of the storage class.
+    pub(crate) fn class_name(self) -> &'static str {
+        match self {
+            StorageDType::F32 => "FloatStorage",
+            StorageDType::F64 => "DoubleStorage",
+            StorageDType::F16 => "HalfStorage",
+            StorageDType::BF16 => "BFloat16Storage",
+            StorageDType::I64 => "LongStorage",
+            StorageDType::I32 => "IntStorage",
+            StorageDType::I16 => "ShortStorage",
+            StorageDType::I8 => "CharStorage",
+            StorageDType::U8 => "ByteStorage",
+            StorageDType::Bool => "BoolStorage",
+        }
     }
 
     pub(crate) fn size(self) -> usize {
@@ -124,8 +153,26 @@ pub(crate) enum Obj {
     List(Vec<Id>),
     Dict(Vec<(Id, Id)>),
     Global(Global),
-    Storage(StorageRef),
-    Tensor(TensorRef),
+    Storage(Box<StorageRef>),
+    Tensor(Box<TensorRef>),
+}
+
+impl Obj {
+    /// Accounted memory of an object: its slot plus what it owns.
+    fn heap_size(&self) -> usize {
+        std::mem::size_of::<Obj>()
+            + match self {
+                Obj::BigInt(b) | Obj::Bytes(b) => b.len(),
+                Obj::Str(s) => s.len(),
+                Obj::Tuple(v) | Obj::List(v) => v.len() * SLOT,
+                Obj::Dict(v) => v.len() * 2 * SLOT,
+                Obj::Storage(s) => std::mem::size_of::<StorageRef>() + s.key.len(),
+                Obj::Tensor(t) => {
+                    std::mem::size_of::<TensorRef>() + t.storage.key.len() + (t.size.len() + t.stride.len()) * 8
+                }
+                Obj::None | Obj::Bool(_) | Obj::Int(_) | Obj::Float(_) | Obj::Global(_) => 0,
+            }
+    }
 }
 
 /// The parsed pickle: its objects and the root.
@@ -158,6 +205,8 @@ struct Machine<'a> {
     objects: Vec<Obj>,
     stack: Vec<Option<Id>>, // None is a MARK
     memo: HashMap<u64, Id>,
+    /// Memory accounted so far (see [`MAX_HEAP`]).
+    heap: usize,
     /// Set where the pickle asks for something refused, so the error is classified by cause.
     refused: bool,
     /// Turns a persistent id into an object (a storage); `None` refuses persistent ids.
@@ -175,6 +224,7 @@ pub(crate) fn unpickle(
         objects: Vec::new(),
         stack: Vec::new(),
         memo: HashMap::new(),
+        heap: 0,
         refused: false,
         persistent,
     };
@@ -219,16 +269,34 @@ impl Machine<'_> {
         self.pos += n + 1;
         Ok(s)
     }
-    fn alloc(&mut self, o: Obj) -> Result<Id, Msg> {
-        if self.objects.len() >= MAX_OBJECTS {
-            return Err(format!("more than {MAX_OBJECTS} objects"));
+    /// Accounts for `bytes` more memory, failing past [`MAX_HEAP`].
+    fn charge(&mut self, bytes: usize) -> Result<(), Msg> {
+        self.heap = self.heap.saturating_add(bytes);
+        if self.heap > MAX_HEAP {
+            self.refused = true;
+            return Err(format!(
+                "the pickle needs more than {} MiB of objects to unpickle (a state dict needs a few); refusing it",
+                MAX_HEAP >> 20
+            ));
         }
+        Ok(())
+    }
+    /// Charges `n` elements of `size` bytes before they are allocated or copied.
+    fn charge_items(&mut self, n: usize, size: usize) -> Result<(), Msg> {
+        self.charge(n.saturating_mul(size))
+    }
+    fn alloc(&mut self, o: Obj) -> Result<Id, Msg> {
+        self.charge(o.heap_size())?;
         self.objects.push(o);
         Ok(self.objects.len() - 1)
     }
     fn push(&mut self, o: Obj) -> Result<(), Msg> {
         let id = self.alloc(o)?;
-        self.stack.push(Some(id));
+        self.push_id(Some(id))
+    }
+    fn push_id(&mut self, id: Option<Id>) -> Result<(), Msg> {
+        self.charge(SLOT)?;
+        self.stack.push(id);
         Ok(())
     }
     fn pop(&mut self) -> Result<Id, Msg> {
@@ -253,16 +321,13 @@ impl Machine<'_> {
     }
     fn memo_put(&mut self, key: u64) -> Result<(), Msg> {
         let id = self.top()?;
-        if self.memo.len() >= MAX_OBJECTS {
-            return Err("memo too large".into());
-        }
+        self.charge(2 * SLOT)?;
         self.memo.insert(key, id);
         Ok(())
     }
     fn memo_get(&mut self, key: u64) -> Result<(), Msg> {
         let id = *self.memo.get(&key).ok_or_else(|| format!("memo key {key} was never stored"))?;
-        self.stack.push(Some(id));
-        Ok(())
+        self.push_id(Some(id))
     }
     fn int_from_le(bytes: &[u8]) -> Obj {
         if bytes.len() <= 8 {
@@ -275,7 +340,7 @@ impl Machine<'_> {
     }
     fn string(&mut self, n: usize) -> Result<Obj, Msg> {
         let b = self.take(n)?;
-        Ok(Obj::Str(String::from_utf8(b.to_vec()).map_err(|_| "a string is not UTF-8")?))
+        Ok(Obj::Str(std::str::from_utf8(b).map_err(|_| "a string is not UTF-8")?.to_string()))
     }
     fn bytes(&mut self, n: usize) -> Result<Obj, Msg> {
         Ok(Obj::Bytes(self.take(n)?.to_vec()))
@@ -298,7 +363,7 @@ impl Machine<'_> {
                     self.u64()?; // FRAME: a length hint only
                 }
                 b'.' => return self.pop(),
-                b'(' => self.stack.push(None),
+                b'(' => self.push_id(None)?,
                 b')' => self.push(Obj::Tuple(vec![]))?,
                 b']' => self.push(Obj::List(vec![]))?,
                 b'}' => self.push(Obj::Dict(vec![]))?,
@@ -464,10 +529,11 @@ impl Machine<'_> {
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
-                    match (self.objects[module].clone(), self.objects[name].clone()) {
-                        (Obj::Str(m), Obj::Str(n)) => self.global(&m, &n)?,
+                    let g = match (&self.objects[module], &self.objects[name]) {
+                        (Obj::Str(m), Obj::Str(n)) => self.resolve_global(m, n),
                         _ => return Err("STACK_GLOBAL needs two strings".into()),
-                    }
+                    };
+                    self.push_global(g)?;
                 }
                 b'R' => {
                     let args = self.pop()?;
@@ -497,12 +563,17 @@ impl Machine<'_> {
                 }
                 b'2' => {
                     let id = self.top()?;
-                    self.stack.push(Some(id));
+                    self.push_id(Some(id))?;
                 }
                 b'P' => return Err("text persistent ids are not used by PyTorch files".into()),
                 0x81 | 0x92 | b'o' | b'i' => {
                     self.refused = true;
                     return Err("the pickle constructs an object of an arbitrary class (NEWOBJ/OBJ/INST)".into());
+                }
+                0x82..=0x84 => {
+                    // EXT1/2/4 name a callable through copyreg's extension registry.
+                    self.refused = true;
+                    return Err("the pickle names a global through copyreg's extension registry (EXT)".into());
                 }
                 other => return Err(format!("unsupported pickle opcode 0x{other:02x} at offset {}", self.pos - 1)),
             }
@@ -510,20 +581,41 @@ impl Machine<'_> {
     }
 
     fn global(&mut self, module: &str, name: &str) -> Result<(), Msg> {
-        match allowed_global(module.trim(), name.trim()) {
-            Some(g) => self.push(Obj::Global(g)),
-            None => {
-                self.refused = true;
-                Err(format!(
+        let g = self.resolve_global(module, name);
+        self.push_global(g)
+    }
+
+    /// An allowed global, or the refusal naming it.
+    fn resolve_global(&self, module: &str, name: &str) -> Result<Global, Msg> {
+        let (module, name) = (module.trim(), name.trim());
+        allowed_global(module, name).ok_or_else(|| {
+            let shown = |s: &str| -> String {
+                let mut t: String = s.chars().take(200).flat_map(char::escape_debug).collect();
+                if s.chars().count() > 200 {
+                    t.push_str("...");
+                }
+                t
+            };
+            format!(
                 "the pickle names `{}.{}`, which is not part of a tensor state dict; refusing to load it (nothing was executed)",
-                module.trim(),
-                name.trim()
-            ))
+                shown(module),
+                shown(name)
+            )
+        })
+    }
+
+    fn push_global(&mut self, g: Result<Global, Msg>) -> Result<(), Msg> {
+        match g {
+            Ok(g) => self.push(Obj::Global(g)),
+            Err(msg) => {
+                self.refused = true;
+                Err(msg)
             }
         }
     }
 
     fn extend_list(&mut self, list: Id, items: Vec<Id>) -> Result<(), Msg> {
+        self.charge_items(items.len(), SLOT)?;
         match &mut self.objects[list] {
             Obj::List(l) => {
                 l.extend(items);
@@ -534,6 +626,7 @@ impl Machine<'_> {
     }
 
     fn set_items(&mut self, dict: Id, items: Vec<(Id, Id)>) -> Result<(), Msg> {
+        self.charge_items(items.len(), 2 * SLOT)?;
         match &mut self.objects[dict] {
             Obj::Dict(d) => {
                 d.extend(items);
@@ -543,22 +636,30 @@ impl Machine<'_> {
         }
     }
 
-    fn tuple(&self, id: Id) -> Result<Vec<Id>, Msg> {
+    /// The items of a tuple, borrowed (arguments are never copied wholesale: a memoized tuple
+    /// can be passed to any number of calls).
+    fn tuple(&self, id: Id) -> Result<&[Id], Msg> {
         match &self.objects[id] {
-            Obj::Tuple(t) => Ok(t.clone()),
-            _ => Err("expected a tuple of arguments".into()),
+            Obj::Tuple(t) => Ok(t),
+            other => Err(format!("expected a tuple of arguments, got {}", kind(other))),
         }
     }
 
     fn uint(&self, id: Id, what: &str) -> Result<u64, Msg> {
         match self.objects[id] {
             Obj::Int(v) if v >= 0 => Ok(v as u64),
-            _ => Err(format!("{what} must be a non-negative integer")),
+            Obj::Int(v) => Err(format!("{what} must be a non-negative integer, got {v}")),
+            ref other => Err(format!("{what} must be a non-negative integer, got {}", kind(other))),
         }
     }
 
+    /// A size or stride tuple, at most [`MAX_RANK`] long.
     fn uints(&self, id: Id, what: &str) -> Result<Vec<u64>, Msg> {
-        self.tuple(id)?.into_iter().map(|i| self.uint(i, what)).collect()
+        let items = self.tuple(id)?;
+        if items.len() > MAX_RANK {
+            return Err(format!("{what} has {} dimensions; at most {MAX_RANK} are supported", items.len()));
+        }
+        items.iter().map(|&i| self.uint(i, what)).collect()
     }
 
     /// Applies an allowed callable, recognised by name, to its arguments.
@@ -566,10 +667,12 @@ impl Machine<'_> {
         if depth > MAX_DEPTH {
             return Err("nested rebuild calls too deep".into());
         }
-        let Obj::Global(g) = self.objects[func].clone() else {
-            return Err("REDUCE of something that is not an allowed global".into());
+        let g = match self.objects[func] {
+            Obj::Global(g) => g,
+            ref other => return Err(format!("REDUCE calls {}, which is not an allowed global", kind(other))),
         };
-        let a = self.tuple(args)?;
+        // No allowed callable takes more than six arguments: only those are looked at.
+        let a: Vec<Id> = self.tuple(args)?.iter().take(8).copied().collect();
         match g {
             Global::OrderedDict => {
                 if !a.is_empty() {
@@ -581,21 +684,23 @@ impl Machine<'_> {
                 if a.len() < 4 {
                     return Err("_rebuild_tensor with too few arguments".into());
                 }
-                let Obj::Storage(storage) = self.objects[a[0]].clone() else {
-                    return Err("_rebuild_tensor of something that is not a storage".into());
+                let storage = match &self.objects[a[0]] {
+                    Obj::Storage(s) => (**s).clone(),
+                    other => return Err(format!("_rebuild_tensor of {}, not a storage", kind(other))),
                 };
-                let offset = self.uint(a[1], "storage offset")?;
+                let offset = self.uint(a[1], "a storage offset")?;
                 let size = self.uints(a[2], "a size")?;
                 let stride = self.uints(a[3], "a stride")?;
                 if size.len() != stride.len() {
                     return Err(format!("size {size:?} and stride {stride:?} differ in length"));
                 }
-                Ok(Obj::Tensor(TensorRef { storage, offset, size, stride }))
+                Ok(Obj::Tensor(Box::new(TensorRef { storage, offset, size, stride })))
             }
             Global::RebuildParameter | Global::RebuildParameterWithState => {
                 match a.first().map(|&i| &self.objects[i]) {
                     Some(Obj::Tensor(t)) => Ok(Obj::Tensor(t.clone())),
-                    _ => Err("_rebuild_parameter of something that is not a tensor".into()),
+                    Some(other) => Err(format!("_rebuild_parameter of {}, not a tensor", kind(other))),
+                    None => Err("_rebuild_parameter without arguments".into()),
                 }
             }
             Global::RebuildFromTypeV2 => {
@@ -631,7 +736,8 @@ pub(crate) fn storage_from_pid(p: &Unpickled, pid: Id) -> Result<Obj, Msg> {
         _ => return Err("a storage of an unknown type".into()),
     };
     let key = match field(2) {
-        Some(Obj::Str(s)) => s.clone(),
+        Some(Obj::Str(s)) if s.len() <= MAX_KEY => s.clone(),
+        Some(Obj::Str(s)) => return Err(format!("a storage key of {} bytes (at most {MAX_KEY})", s.len())),
         Some(Obj::Int(i)) => i.to_string(),
         _ => return Err("a storage without a key".into()),
     };
@@ -648,5 +754,24 @@ pub(crate) fn storage_from_pid(p: &Unpickled, pid: Id) -> Result<Obj, Msg> {
         },
         _ => return Err("bad storage view metadata".into()),
     };
-    Ok(Obj::Storage(StorageRef { dtype, key, numel, view_offset }))
+    Ok(Obj::Storage(Box::new(StorageRef { dtype, key, numel, view_offset })))
+}
+
+/// What an object is, in words, for messages.
+fn kind(o: &Obj) -> &'static str {
+    match o {
+        Obj::None => "None",
+        Obj::Bool(_) => "a bool",
+        Obj::Int(_) => "an integer",
+        Obj::BigInt(_) => "an integer beyond 64 bits",
+        Obj::Float(_) => "a float",
+        Obj::Str(_) => "a string",
+        Obj::Bytes(_) => "bytes",
+        Obj::Tuple(_) => "a tuple",
+        Obj::List(_) => "a list",
+        Obj::Dict(_) => "a dict",
+        Obj::Global(_) => "a global",
+        Obj::Storage(_) => "a storage",
+        Obj::Tensor(_) => "a tensor",
+    }
 }

@@ -3,13 +3,18 @@
 
 use super::pickle::{storage_from_pid, unpickle, Id, Obj, PickleError, StorageDType, TensorRef, Unpickled};
 use crate::{ResnetError, Result};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use tensor::Tensor;
 
 /// The magic number opening a legacy file (`torch.serialization.MAGIC_NUMBER`).
 const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
 const LEGACY_PROTOCOL: i64 = 1001;
+/// The most the tensors of a file may copy out of its storages, as a multiple of their size
+/// (shared storages are legitimate, e.g. tied weights, but not thousands of copies).
+const MAX_COPIES: u64 = 4;
+/// Elements that may be copied regardless of [`MAX_COPIES`].
+const COPY_SLACK: u64 = 1 << 20;
 
 fn bad(path: &Path, msg: impl Into<String>) -> ResnetError {
     ResnetError::Format { path: path.to_path_buf(), msg: msg.into() }
@@ -37,6 +42,9 @@ fn read_zip(bytes: &[u8], path: &Path) -> Result<Vec<(String, Tensor)>> {
         let name = f.name().to_string();
         if f.compression() != zip::CompressionMethod::Stored {
             return Err(bad(path, format!("zip entry {name} is compressed; PyTorch stores entries uncompressed")));
+        }
+        if f.encrypted() {
+            return Err(bad(path, format!("zip entry {name} is encrypted; PyTorch never encrypts entries")));
         }
         let start = f
             .data_start()
@@ -108,7 +116,7 @@ fn read_legacy(bytes: &[u8], path: &Path) -> Result<Vec<(String, Tensor)>> {
     let mut dtypes: HashMap<String, StorageDType> = HashMap::new();
     for o in &main.objects {
         if let Obj::Storage(s) = o {
-            dtypes.insert(s.key.clone(), s.dtype);
+            check_dtype(&mut dtypes, &s.key, s.dtype).map_err(|m| bad(path, m))?;
         }
     }
     let mut storages: HashMap<String, (usize, usize)> = HashMap::new();
@@ -121,13 +129,22 @@ fn read_legacy(bytes: &[u8], path: &Path) -> Result<Vec<(String, Tensor)>> {
             dtypes.get(&key).ok_or_else(|| bad(path, format!("storage {key} is not used by any tensor")))?.size();
         let header = bytes.get(pos..pos + 8).ok_or_else(|| bad(path, format!("truncated before storage {key}")))?;
         let count = u64::from_le_bytes(header.try_into().expect("8 bytes"));
+        let start = pos + 8;
         let len = count
             .checked_mul(elem as u64)
             .and_then(|l| usize::try_from(l).ok())
-            .filter(|&l| pos + 8 + l <= bytes.len())
-            .ok_or_else(|| bad(path, format!("storage {key} claims {count} elements, more than the file holds")))?;
-        storages.insert(key, (pos + 8, len));
-        pos += 8 + len;
+            .filter(|&l| l <= bytes.len() - start)
+            .ok_or_else(|| {
+                bad(
+                    path,
+                    format!(
+                        "storage {key} claims {count} elements of {elem} bytes, more than the {} bytes left in the file",
+                        bytes.len() - start
+                    ),
+                )
+            })?;
+        storages.insert(key, (start, len));
+        pos = start + len;
     }
     collect_tensors(&main, path, &|t: &TensorRef| {
         let &(s, l) = storages
@@ -168,9 +185,41 @@ fn collect_tensors<'b>(
         .map(|(_, v)| *v);
     let dict = entries(wrapped.unwrap_or(p.root)).expect("checked above");
     let mut out = Vec::new();
+    let mut dtypes: HashMap<String, StorageDType> = HashMap::new();
+    let mut keys: HashSet<&str> = HashSet::new();
+    // Elements of the distinct storages referenced, and of the views copied out of them.
+    let (mut stored, mut copied) = (0u64, 0u64);
     for &(k, v) in dict {
         let Obj::Tensor(t) = p.get(v) else { continue };
-        let key = key_of(k).ok_or_else(|| bad(path, "a state-dict key is not a string"))?.to_string();
+        let key = key_of(k).ok_or_else(|| bad(path, "a state-dict key is not a string"))?;
+        if !keys.insert(key) {
+            return Err(bad(path, format!("the state dict sets {key} twice")));
+        }
+        let key = key.to_string();
+        if !dtypes.contains_key(&t.storage.key) {
+            stored = stored.saturating_add(t.storage.numel);
+        }
+        check_dtype(&mut dtypes, &t.storage.key, t.storage.dtype)
+            .map_err(|m| bad(path, format!("tensor {key}: {m}")))?;
+        // Views may share a storage (tied weights), but a file whose tensors would copy its
+        // data out many times over is a decompression bomb built from shared storages.
+        let numel = t
+            .size
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| bad(path, format!("tensor {key}: the element count of size {:?} overflows", t.size)))?;
+        // (A view larger than its storage is refused by `materialize`, before any copy.)
+        if numel <= t.storage.numel {
+            copied = copied.saturating_add(numel);
+        }
+        if copied > MAX_COPIES.saturating_mul(stored).saturating_add(COPY_SLACK) {
+            return Err(bad(
+                path,
+                format!(
+                    "at tensor {key}, the views would copy out {copied} elements from storages of {stored}: more than {MAX_COPIES} times the data; refusing (shared-storage bomb)"
+                ),
+            ));
+        }
         let tensor = materialize(t, data_of(t)?).map_err(|m| bad(path, format!("tensor {key}: {m}")))?;
         out.push((key, tensor));
     }
@@ -178,6 +227,25 @@ fn collect_tensors<'b>(
         return Err(bad(path, "the dict holds no tensors"));
     }
     Ok(out)
+}
+
+/// Records the element type a storage is used with; one storage read as two types is refused
+/// (PyTorch never writes that: a storage has one type).
+fn check_dtype(
+    seen: &mut HashMap<String, StorageDType>,
+    key: &str,
+    dtype: StorageDType,
+) -> std::result::Result<(), String> {
+    match seen.get(key) {
+        Some(&d) if d != dtype => {
+            Err(format!("storage {key} is used both as a {} and as a {}", d.class_name(), dtype.class_name()))
+        }
+        Some(_) => Ok(()),
+        None => {
+            seen.insert(key.to_string(), dtype);
+            Ok(())
+        }
+    }
 }
 
 /// Copies a strided view of raw storage bytes into a tensor (floats to f32, integers to i64).
@@ -227,7 +295,8 @@ fn materialize(t: &TensorRef, data: &[u8]) -> std::result::Result<Tensor, String
             if d > 1 && s != expected {
                 ok = false;
             }
-            expected *= d;
+            // Saturating: an empty view may have huge dimensions beside its zero.
+            expected = expected.saturating_mul(d);
         }
         ok
     };
