@@ -5,7 +5,7 @@ use super::builtins::usage;
 use super::error::{type_err, value_err, ReplError, Result};
 use super::suggest::suggest;
 use super::value::{ModuleRef, Value};
-use super::{MAX_ELEMENTS, MAX_HYPER};
+use super::{limits, MAX_HYPER};
 use tensor::Tensor;
 
 /// The evaluated arguments of a call.
@@ -299,7 +299,7 @@ pub(crate) fn int_list(func: &str, what: &str, values: Vec<Value>) -> Result<Vec
 }
 
 /// A shape from `*size` arguments (`randn(2, 3)`, `randn((2, 3))`, `randn(x.shape)`), refusing
-/// negative sizes and anything above [`MAX_ELEMENTS`] elements.
+/// negative sizes and anything above the session's element limit.
 pub(crate) fn shape_arg(func: &str, values: Vec<Value>) -> Result<Vec<usize>> {
     let dims = int_list(func, "sizes", values)?;
     let shape = dims
@@ -312,14 +312,14 @@ pub(crate) fn shape_arg(func: &str, values: Vec<Value>) -> Result<Vec<usize>> {
     Ok(shape)
 }
 
-/// Refuses shapes of more than [`MAX_ELEMENTS`] elements (or whose size overflows).
+/// Refuses shapes of more elements than the session's limit (or whose size overflows).
 pub(crate) fn check_numel(func: &str, shape: &[usize]) -> Result<usize> {
     let n = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
     match n {
-        Some(n) if n <= MAX_ELEMENTS => Ok(n),
+        Some(n) if n <= limits().max_elements => Ok(n),
         _ => Err(ReplError::Limit(format!(
             "{func}(): a tensor of shape {shape:?} has more than {} elements, the limit of this REPL",
-            super::builtins::thousands(MAX_ELEMENTS)
+            super::builtins::thousands(limits().max_elements)
         ))),
     }
 }

@@ -4,7 +4,7 @@
 use super::args::{bind, bind_varargs, shape_arg, CallArgs};
 use super::error::{type_err, value_err, ReplError, Result};
 use super::value::{f32_to_f64, Value};
-use super::{models, ops, Session, MAX_ELEMENTS};
+use super::{limits, models, ops, Session};
 use resnet::Arch;
 use tensor::{DType, Rng, Tensor};
 
@@ -516,10 +516,10 @@ fn arange(args: CallArgs) -> Result<Value> {
         return Err(value_err(format!("arange(): cannot step from {start} to {end} by {step}")));
     }
     let n = ((end - start) / step).ceil().max(0.0);
-    if n > MAX_ELEMENTS as f64 {
+    if n > limits().max_elements as f64 {
         return Err(ReplError::Limit(format!(
             "arange(): {n} elements is above this REPL's limit of {}",
-            thousands(MAX_ELEMENTS)
+            thousands(limits().max_elements)
         )));
     }
     let n = n as usize;

@@ -36,15 +36,16 @@ mod value;
 pub use terminal::{run_lines, run_repl};
 
 use error::ReplError;
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 use tensor::{Rng, Tensor};
 use value::Value;
 
 /// Largest tensor the REPL creates or lets a forward produce, in elements (1 GiB of f32).
-pub(crate) const MAX_ELEMENTS: usize = 1 << 28;
+const MAX_ELEMENTS: usize = 1 << 28;
 /// Largest model or layer the REPL builds, in parameters.
-pub(crate) const MAX_PARAMS: usize = 1 << 28;
+const MAX_PARAMS: usize = 1 << 28;
 /// Largest channel count of a layer.
 pub(crate) const MAX_CHANNELS: usize = 1 << 20;
 /// Largest kernel size, stride, padding or dilation.
@@ -59,6 +60,74 @@ pub(crate) const MAX_LIST_DEPTH: usize = 64;
 pub(crate) const MAX_SEQUENCE: usize = 1 << 24;
 /// Longest input accepted, in bytes (including continuation lines).
 const MAX_INPUT: usize = 1 << 20;
+
+/// What a session may build and touch. [`Limits::DEFAULT`] is the interactive REPL's;
+/// [`Limits::SANDBOX`] is for input nobody vouches for (the fuzzer): small tensors and models, a
+/// bound on the arithmetic of each forward, and no file access at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest tensor created or produced by a forward, in elements.
+    pub max_elements: usize,
+    /// Largest model or layer built, in parameters.
+    pub max_params: usize,
+    /// Most multiply-adds one forward may take (torchinfo's count, found by shape inference
+    /// before anything runs).
+    pub max_mult_adds: u64,
+    /// Whether the functions that read or write files (`load`, `save`, `image`, `weights=`,
+    /// a `classes=` file) are available.
+    pub files: bool,
+}
+
+impl Limits {
+    /// The interactive REPL's: tensors up to 1 GiB, any forward, files allowed.
+    pub const DEFAULT: Limits =
+        Limits { max_elements: MAX_ELEMENTS, max_params: MAX_PARAMS, max_mult_adds: u64::MAX, files: true };
+    /// For untrusted input: every line finishes in well under a second and touches no file.
+    pub const SANDBOX: Limits =
+        Limits { max_elements: 1 << 16, max_params: 1 << 16, max_mult_adds: 1 << 26, files: false };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::DEFAULT
+    }
+}
+
+thread_local! {
+    /// The limits of the session executing on this thread (set for the duration of
+    /// [`Session::execute`], so the checks deep in the evaluator need no session handle).
+    static ACTIVE: Cell<Limits> = const { Cell::new(Limits::DEFAULT) };
+}
+
+/// The limits in force.
+pub(crate) fn limits() -> Limits {
+    ACTIVE.with(Cell::get)
+}
+
+/// Puts a session's limits in force until dropped (restoring the previous ones, also when a
+/// panic unwinds).
+struct ActiveLimits(Limits);
+
+impl ActiveLimits {
+    fn enter(l: Limits) -> ActiveLimits {
+        ActiveLimits(ACTIVE.with(|a| a.replace(l)))
+    }
+}
+
+impl Drop for ActiveLimits {
+    fn drop(&mut self) {
+        ACTIVE.with(|a| a.set(self.0));
+    }
+}
+
+/// Refuses `func` when the session may not touch files.
+pub(crate) fn check_file_access(func: &str) -> Result<(), ReplError> {
+    if limits().files {
+        Ok(())
+    } else {
+        Err(ReplError::Limit(format!("{func}(): this session is sandboxed and has no file access")))
+    }
+}
 
 /// What executing a line produced.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,6 +189,7 @@ pub struct Session {
     /// What `print` wrote while the current statement ran.
     pub(crate) printed: Vec<String>,
     pending: String,
+    limits: Limits,
 }
 
 impl Default for Session {
@@ -131,7 +201,22 @@ impl Default for Session {
 impl Session {
     /// A new session: no variables, the generator seeded with 0 (`manual_seed` reseeds it).
     pub fn new() -> Session {
-        Session { vars: BTreeMap::new(), rng: Rng::seed(0), printed: Vec::new(), pending: String::new() }
+        Session::with_limits(Limits::DEFAULT)
+    }
+
+    /// A new session under `limits` (see [`Limits::SANDBOX`] for untrusted input).
+    pub fn with_limits(limits: Limits) -> Session {
+        Session { vars: BTreeMap::new(), rng: Rng::seed(0), printed: Vec::new(), pending: String::new(), limits }
+    }
+
+    /// A session for input nobody vouches for: [`Limits::SANDBOX`].
+    pub fn sandboxed() -> Session {
+        Session::with_limits(Limits::SANDBOX)
+    }
+
+    /// The session's limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// Executes one line of input. Open brackets or a trailing `\` make it
@@ -159,6 +244,7 @@ impl Session {
             self.pending = src;
             return Output::Incomplete;
         }
+        let _active = ActiveLimits::enter(self.limits);
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(&lexed.tokens)));
         run.unwrap_or_else(|payload| {
             let msg = payload
@@ -242,7 +328,7 @@ impl Session {
             "quit" | "q" | "exit" => Output::Quit,
             "vars" => Output::Text(self.vars_listing()),
             "reset" => {
-                *self = Session::new();
+                *self = Session::with_limits(self.limits);
                 Output::Text("all variables removed; the generator is reseeded with 0".into())
             }
             _ => Output::error(

@@ -6,7 +6,7 @@ use super::builtins::{thousands, usage};
 use super::error::{type_err, value_err, ReplError, Result};
 use super::ops::topk;
 use super::value::{ModuleRef, Prediction, RootModule, Value};
-use super::{Session, MAX_CHANNELS, MAX_ELEMENTS, MAX_MODULE_DEPTH, MAX_PARAMS};
+use super::{check_file_access, limits, Session, MAX_CHANNELS, MAX_MODULE_DEPTH};
 use nn::{
     AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, Dropout, Flatten, Linear, MaxPool2d, Module,
     ModuleExt, Sequential, Var,
@@ -23,10 +23,10 @@ use crate::model_io::{meta, metadata_for};
 // ---------------------------------------------------------------------------------------------
 
 fn check_params(func: &str, count: u128) -> Result<()> {
-    if count > MAX_PARAMS as u128 {
+    if count > limits().max_params as u128 {
         return Err(ReplError::Limit(format!(
             "{func}(): the model would have about {count} parameters, above this REPL's limit of {}",
-            thousands(MAX_PARAMS)
+            thousands(limits().max_params)
         )));
     }
     Ok(())
@@ -95,15 +95,23 @@ fn check_forward(label: &str, module: &dyn Module, input: &[usize]) -> Result<()
         let hint = if input.len() == 3 { "; a single image needs a batch dimension: x.unsqueeze(0)" } else { "" };
         return Err(ReplError::Value(format!("{label}: the input of shape {input:?} fails{at}: {e}{hint}")));
     }
+    let mult_adds = rec.rows.iter().fold(0u64, |a, r| a.saturating_add(r.macs));
+    if mult_adds > limits().max_mult_adds {
+        return Err(ReplError::Limit(format!(
+            "forward: {label} would take {} multiply-adds for an input of shape {input:?}, above this session's limit of {}",
+            nn::thousands(mult_adds),
+            nn::thousands(limits().max_mult_adds)
+        )));
+    }
     for r in &rec.rows {
         let n = r.output_shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        if n.is_none_or(|n| n > MAX_ELEMENTS) {
+        if n.is_none_or(|n| n > limits().max_elements) {
             return Err(ReplError::Limit(format!(
                 "forward: the output of {} ({}) would be {:?}, more than {} elements, the limit of this REPL",
                 if r.name.is_empty() { "the model".to_string() } else { format!("`{}`", r.name) },
                 r.type_name,
                 r.output_shape,
-                thousands(MAX_ELEMENTS)
+                thousands(limits().max_elements)
             )));
         }
     }
@@ -150,6 +158,7 @@ pub(crate) fn zoo(s: &mut Session, name: &'static str, arch: Arch, mut args: Cal
     }
     let weights = b.opt_str("weights")?;
     if let Some(w) = &weights {
+        check_file_access(name)?;
         if !Path::new(w).exists() && !w.contains(['/', '\\', '.']) {
             return Err(value_err(format!(
                 "{name}(): weights=\"{w}\" is not a file; this REPL downloads nothing, so weights= takes the path of a .pth or .safetensors file"
@@ -506,8 +515,8 @@ pub(crate) fn adaptive_pool(args: CallArgs) -> Result<Value> {
 pub(crate) fn linear(s: &mut Session, args: CallArgs) -> Result<Value> {
     let func = "Linear";
     let mut b = bind(func, &["in_features", "out_features", "bias"], 2, args)?;
-    let cin = b.positive("in_features", MAX_PARAMS)?;
-    let cout = b.positive("out_features", MAX_PARAMS)?;
+    let cin = b.positive("in_features", limits().max_params)?;
+    let cout = b.positive("out_features", limits().max_params)?;
     let bias = b.bool_or("bias", true)?;
     check_params(func, cin as u128 * cout as u128)?;
     Ok(Value::Module(ModuleRef::other(Linear::new(cin, cout, bias, &mut s.rng)?)))
@@ -672,6 +681,7 @@ pub(crate) fn load(args: CallArgs) -> Result<Value> {
     let m = b.module("model")?;
     let path = b.str("path")?;
     let strict = b.bool_or("strict", true)?;
+    check_file_access("load")?;
     let sd = resnet::read_weights(&path)?;
     let msg = load_into(&m, &sd, strict)?;
     if m.path.is_empty() {
@@ -687,6 +697,7 @@ pub(crate) fn save(args: CallArgs) -> Result<Value> {
     let mut b = bind("save", &["model", "path"], 2, args)?;
     let m = b.module("model")?;
     let path = b.str("path")?;
+    check_file_access("save")?;
     let sd = m.get()?.state_dict();
     let ext = Path::new(&path).extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     if ext == "pth" || ext == "pt" {
@@ -710,6 +721,7 @@ pub(crate) fn save(args: CallArgs) -> Result<Value> {
 pub(crate) fn image(args: CallArgs) -> Result<Value> {
     let mut b = bind("image", &["path", "size", "resize"], 1, args)?;
     let path = b.str("path")?;
+    check_file_access("image")?;
     let size = b.positive_or("size", 224, 8192)?;
     let resize = b.positive_or("resize", size * 256 / 224, 8192)?;
     let transform = data::presets::imagenet_eval(resize, size)?;
@@ -739,7 +751,10 @@ pub(crate) fn predict(args: CallArgs) -> Result<Value> {
                 })
                 .collect::<Result<Vec<_>>>()?,
         ),
-        Some(Value::Str(path)) => Some(data::read_class_indices(&path)?),
+        Some(Value::Str(path)) => {
+            check_file_access("predict")?;
+            Some(data::read_class_indices(&path)?)
+        }
         Some(other) => {
             return Err(type_err(format!(
                 "predict(): `classes` must be a list of names or a class_indices.json path, got {}",

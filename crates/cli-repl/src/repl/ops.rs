@@ -7,7 +7,7 @@ use super::error::{type_err, value_err, ReplError, Result};
 use super::parser::BinOp;
 use super::suggest::suggest;
 use super::value::{f32_to_f64, ModuleRef, Value};
-use super::{models, MAX_ELEMENTS, MAX_SEQUENCE};
+use super::{limits, models, MAX_SEQUENCE};
 use tensor::{broadcast_shapes, BinaryOp, DType, Tensor};
 
 /// Tensor properties (no call needed).
@@ -453,10 +453,10 @@ pub(crate) fn cat(func: &'static str, list: &[Value], dim: i64) -> Result<Value>
         return Err(value_err(format!("{func}(): expected a non-empty list of tensors")));
     };
     let total = tensors.iter().try_fold(0usize, |acc, t| acc.checked_add(t.numel()));
-    if total.is_none_or(|n| n > MAX_ELEMENTS) {
+    if total.is_none_or(|n| n > limits().max_elements) {
         return Err(ReplError::Limit(format!(
             "{func}(): the result would have more than {} elements",
-            thousands(MAX_ELEMENTS)
+            thousands(limits().max_elements)
         )));
     }
     let out = if func == "stack" {
