@@ -9,6 +9,10 @@
 //! ```
 //! `torch_cases.py` beside this crate is PyTorch's side, with the same names and output.
 
+// The same allocator as the `resnet` binary, so the cases measure what users run.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod data_cases;
 mod model_cases;
 

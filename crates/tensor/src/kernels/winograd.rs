@@ -26,27 +26,95 @@ const CHUNK_BUDGET: usize = 1 << 20;
 /// the transformed weights (4x the size of the kernel) would cost more than it saves.
 const MIN_TILES: usize = 32;
 
-/// Whether the convolution is one Winograd computes (and is worth it for).
+/// Whether the convolution is one Winograd computes, and is worth it for: enough tiles that
+/// the 36 products are real matrix products, and a fill of the 4x4 tiles high enough that their
+/// arithmetic (36 per tile, per channel pair) stays well under direct convolution's (9 per
+/// output): small feature maps waste most of each tile.
 pub(crate) fn suits(g: &ConvGeom) -> bool {
-    std::env::var_os("WINOGRAD_OFF").is_none()
-        && g.kh == 3
-        && g.kw == 3
-        && g.p.stride == [1, 1]
-        && g.p.dilation == [1, 1]
-        && g.p.groups == 1
-        && g.n * g.oh.div_ceil(4) * g.ow.div_ceil(4) >= MIN_TILES
+    let plain = g.kh == 3 && g.kw == 3 && g.p.stride == [1, 1] && g.p.dilation == [1, 1] && g.p.groups == 1;
+    let tiles = g.n * g.oh.div_ceil(4) * g.ow.div_ceil(4);
+    let outputs = g.n * g.oh * g.ow;
+    std::env::var_os("WINOGRAD_OFF").is_none() && plain && tiles >= MIN_TILES && 36 * tiles * 10 <= 9 * outputs * 6
 }
 
-/// `U = G g Gᵀ` for every (output, input) channel pair: `[36][cout][cin]`, computed in f64.
+/// `G g` for one column of three kernel taps (and, applied to rows, `(G g) Gᵀ`).
+#[inline(always)]
+fn kernel_1d(k: [f32; 3]) -> [f32; 6] {
+    let (a, b, c) = (k[0], k[1], k[2]);
+    let (sum, odd) = (a + c, b);
+    [
+        0.25 * a,
+        -(sum + odd) / 6.0,
+        -(sum - odd) / 6.0,
+        (a + 2.0 * b + 4.0 * c) / 24.0,
+        (a - 2.0 * b + 4.0 * c) / 24.0,
+        c,
+    ]
+}
+
+/// [`kernel_1d`] on eight kernels at once.
+#[inline(always)]
+fn kernel_lanes(k: [&Lanes; 3]) -> [Lanes; 6] {
+    let mut o = [[0f32; L]; 6];
+    for l in 0..L {
+        let t = kernel_1d([k[0][l], k[1][l], k[2][l]]);
+        for i in 0..6 {
+            o[i][l] = t[i];
+        }
+    }
+    o
+}
+
+/// The transform of output channel `co`'s kernels into `local` (`[36][cin]`).
+#[inline(always)]
+fn transform_kernels_impl(w: &[f32], co: usize, cin: usize, local: &mut [f32]) {
+    for c0 in (0..cin).step_by(L) {
+        let lanes = L.min(cin - c0);
+        // g[r][c][lane]: tap (r, c) of input channel c0 + lane.
+        let mut g = [[[0f32; L]; 3]; 3];
+        for l in 0..lanes {
+            let k = &w[(co * cin + c0 + l) * 9..(co * cin + c0 + l + 1) * 9];
+            for r in 0..3 {
+                for c in 0..3 {
+                    g[r][c][l] = k[r * 3 + c];
+                }
+            }
+        }
+        // Columns first (G g, 6x3), then rows ((G g) Gᵀ, 6x6).
+        let mut cols = [[[0f32; L]; 3]; 6];
+        for c in 0..3 {
+            let t = kernel_lanes([&g[0][c], &g[1][c], &g[2][c]]);
+            for i in 0..6 {
+                cols[i][c] = t[i];
+            }
+        }
+        for (i, row) in cols.iter().enumerate() {
+            let t = kernel_lanes([&row[0], &row[1], &row[2]]);
+            for (j, val) in t.iter().enumerate() {
+                let at = (i * 6 + j) * cin + c0;
+                local[at..at + lanes].copy_from_slice(&val[..lanes]);
+            }
+        }
+    }
+}
+
+fn transform_kernels(w: &[f32], co: usize, cin: usize, local: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            #[target_feature(enable = "avx2")]
+            unsafe fn fast(w: &[f32], co: usize, cin: usize, local: &mut [f32]) {
+                transform_kernels_impl(w, co, cin, local)
+            }
+            // SAFETY: the CPU has AVX2.
+            return unsafe { fast(w, co, cin, local) };
+        }
+    }
+    transform_kernels_impl(w, co, cin, local)
+}
+
+/// `U = G g Gᵀ` for every (output, input) channel pair: `[36][cout][cin]`.
 pub(crate) fn transform_weights(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
-    const G: [[f64; 3]; 6] = [
-        [0.25, 0.0, 0.0],
-        [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
-        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
-        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
-        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
-        [0.0, 0.0, 1.0],
-    ];
     let mut u = vec![0f32; T * cout * cin];
     let plane = cout * cin;
     let ptr = SyncPtr(u.as_mut_ptr());
@@ -54,21 +122,7 @@ pub(crate) fn transform_weights(w: &[f32], cout: usize, cin: usize) -> Vec<f32> 
     // writes them as 36 contiguous runs (not 36 scattered floats per input channel).
     (0..cout).into_par_iter().for_each_init(Vec::new, |local: &mut Vec<f32>, co| {
         local.resize(T * cin, 0.0);
-        for ci in 0..cin {
-            let k = &w[(co * cin + ci) * 9..(co * cin + ci + 1) * 9];
-            // tmp = G g (6x3), then U = tmp Gᵀ (6x6).
-            let mut tmp = [[0f64; 3]; 6];
-            for (i, row) in G.iter().enumerate() {
-                for j in 0..3 {
-                    tmp[i][j] = row[0] * k[j] as f64 + row[1] * k[3 + j] as f64 + row[2] * k[6 + j] as f64;
-                }
-            }
-            for (i, t) in tmp.iter().enumerate() {
-                for (j, grow) in G.iter().enumerate() {
-                    local[(i * 6 + j) * cin + ci] = (t[0] * grow[0] + t[1] * grow[1] + t[2] * grow[2]) as f32;
-                }
-            }
-        }
+        transform_kernels(w, co, cin, local);
         for xi in 0..T {
             // SAFETY: row `co` of every position's plane is written by this iteration only.
             unsafe {
