@@ -225,3 +225,43 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Batches of small images are computed in blocks of whole images (one GEMM over all their
+    /// columns): the forward pass against the oracle, and both gradients against the same
+    /// computation done one image at a time (the path the finite-difference tests check).
+    #[test]
+    fn batches_of_small_images_match_per_image_results(
+        (n, groups, cin_g, cout_g) in (4usize..=12, 1usize..=2, 1usize..=5, 1usize..=5),
+        (h, w, k, stride, pad) in (2usize..=9, 2usize..=9, 1usize..=3, 1usize..=2, 0usize..=1),
+        seed in any::<u64>(),
+    ) {
+        prop_assume!(h + 2 * pad >= k && w + 2 * pad >= k);
+        let xs = [n, groups * cin_g, h, w];
+        let ws = [groups * cout_g, cin_g, k, k];
+        let p = Conv2dParams::new().stride(stride).padding(pad).groups(groups);
+        let x = randn(&xs, seed);
+        let wt = randn(&ws, seed + 1);
+        let want = reference::conv2d(&f64s(&x), xs, &f64s(&wt), ws, None, p).0;
+        for threads in [1, 2] {
+            let y = with_threads(threads, || conv2d(&x, &wt, None, p)).unwrap();
+            assert_close(&format!("{xs:?} {ws:?} {p:?} forward"), &y.to_vec_f32().unwrap(), &want, 1e-5);
+            let dy = randn(y.shape(), seed + 2);
+            let dx = with_threads(threads, || conv2d_backward_input(&dy, &wt, &xs, p)).unwrap();
+            let dw = with_threads(threads, || conv2d_backward_weight(&x, &dy, &ws, p)).unwrap();
+            let (mut dx_one, mut dw_sum) = (Vec::new(), vec![0f64; dw.numel()]);
+            for i in 0..n {
+                let xi = x.narrow(0, i, 1).unwrap().contiguous();
+                let dyi = dy.narrow(0, i, 1).unwrap().contiguous();
+                let one = [1, xs[1], h, w];
+                dx_one.extend(f64s(&conv2d_backward_input(&dyi, &wt, &one, p).unwrap()));
+                let dwi = f64s(&conv2d_backward_weight(&xi, &dyi, &ws, p).unwrap());
+                dw_sum.iter_mut().zip(dwi).for_each(|(a, b)| *a += b);
+            }
+            assert_close(&format!("{xs:?} {ws:?} {p:?} grad input"), &dx.to_vec_f32().unwrap(), &dx_one, 1e-5);
+            assert_close(&format!("{xs:?} {ws:?} {p:?} grad weight"), &dw.to_vec_f32().unwrap(), &dw_sum, 1e-5);
+        }
+    }
+}

@@ -21,6 +21,8 @@ use std::sync::OnceLock;
 
 /// Most floats one im2col tile holds (2 MiB).
 const COL_BUDGET: usize = 1 << 19;
+/// Below this many output positions per image, work items take several whole images.
+const SMALL_OUTPUT: usize = 256;
 /// Below this many output channels per group, grouped convs use the small-product kernels.
 const SMALL_GROUP: usize = 32;
 
@@ -146,6 +148,20 @@ impl ConvGeom {
     fn tiles(&self) -> usize {
         self.out_hw().div_ceil(self.tile())
     }
+    /// Whole images per work item when one image's output is small (late stages, small
+    /// pictures): their columns side by side make GEMMs wide enough to run at speed, where one
+    /// image's few columns would not. 1 means one image per item, cut into tiles.
+    fn images_per_block(&self) -> usize {
+        let ohw = self.out_hw().max(1);
+        if ohw >= SMALL_OUTPUT || self.n == 1 {
+            return 1;
+        }
+        let rows = (self.cin * self.kh * self.kw).max(1);
+        let by_budget = ((COL_BUDGET / rows).max(SMALL_OUTPUT) / ohw).max(1);
+        // Leave at least two items per thread when the batch allows it.
+        let for_threads = (self.n / (2 * rayon::current_num_threads())).max(1);
+        by_budget.min(for_threads).min(self.n)
+    }
     /// Multiply-accumulates of the forward pass.
     pub(crate) fn macs(&self) -> usize {
         self.n * self.cout * self.out_hw() * self.k()
@@ -171,16 +187,24 @@ impl ConvGeom {
     }
 }
 
-/// Fills `col` (row-major, `channels * kh * kw` rows of `p1 - p0` columns) with the input taps
-/// of output positions `p0..p1` for the given channels of one image.
-fn im2col(g: &ConvGeom, image: &[f32], channels: std::ops::Range<usize>, p0: usize, p1: usize, col: &mut [f32]) {
+/// Fills `col` (row-major, `channels * kh * kw` rows of `p1 - p0` columns, rows `ld` apart)
+/// with the input taps of output positions `p0..p1` for the given channels of one image.
+fn im2col(
+    g: &ConvGeom,
+    image: &[f32],
+    channels: std::ops::Range<usize>,
+    p0: usize,
+    p1: usize,
+    col: &mut [f32],
+    ld: usize,
+) {
     let len = p1 - p0;
     let mut row = 0;
     for c in channels {
         let plane = &image[c * g.in_hw()..(c + 1) * g.in_hw()];
         for ki in 0..g.kh {
             for kj in 0..g.kw {
-                let dst = &mut col[row * len..(row + 1) * len];
+                let dst = &mut col[row * ld..row * ld + len];
                 let (lo, hi, base) = g.valid_cols(kj);
                 let mut j = 0;
                 let mut p = p0;
@@ -220,7 +244,15 @@ fn im2col(g: &ConvGeom, image: &[f32], channels: std::ops::Range<usize>, p0: usi
 }
 
 /// The adjoint of [`im2col`]: adds each column entry back into the input position it came from.
-fn col2im(g: &ConvGeom, col: &[f32], channels: std::ops::Range<usize>, p0: usize, p1: usize, image: &mut [f32]) {
+fn col2im(
+    g: &ConvGeom,
+    col: &[f32],
+    ld: usize,
+    channels: std::ops::Range<usize>,
+    p0: usize,
+    p1: usize,
+    image: &mut [f32],
+) {
     let len = p1 - p0;
     let mut row = 0;
     let in_hw = g.in_hw();
@@ -228,7 +260,7 @@ fn col2im(g: &ConvGeom, col: &[f32], channels: std::ops::Range<usize>, p0: usize
         let plane = &mut image[c * in_hw..(c + 1) * in_hw];
         for ki in 0..g.kh {
             for kj in 0..g.kw {
-                let src = &col[row * len..(row + 1) * len];
+                let src = &col[row * ld..row * ld + len];
                 let (lo, hi, base) = g.valid_cols(kj);
                 let mut j = 0;
                 let mut p = p0;
@@ -259,6 +291,50 @@ fn col2im(g: &ConvGeom, col: &[f32], channels: std::ops::Range<usize>, p0: usize
     }
 }
 
+/// The input columns of images `i0..i0 + nb` side by side, `nb * ohw` columns per row: for a
+/// pointwise conv the images' channels, otherwise their im2col taps.
+fn gather_block(g: &ConvGeom, x: &[f32], i0: usize, nb: usize, col: &mut Vec<f32>) {
+    let (ohw, in_len) = (g.out_hw(), g.cin * g.in_hw());
+    let cols = nb * ohw;
+    col.resize(g.cin * g.kh * g.kw * cols, 0.0);
+    for b in 0..nb {
+        let image = &x[(i0 + b) * in_len..(i0 + b + 1) * in_len];
+        if g.pointwise() {
+            for c in 0..g.cin {
+                col[c * cols + b * ohw..c * cols + (b + 1) * ohw].copy_from_slice(&image[c * ohw..(c + 1) * ohw]);
+            }
+        } else {
+            im2col(g, image, 0..g.cin, 0, ohw, &mut col[b * ohw..], cols);
+        }
+    }
+}
+
+/// Planes `[channels, hw]` of images `i0..i0 + nb` of `src` (`[n, channels, hw]`) side by
+/// side: `dst` is `[channels, nb * hw]`.
+fn gather_planes(src: &[f32], channels: usize, hw: usize, i0: usize, nb: usize, dst: &mut Vec<f32>) {
+    let cols = nb * hw;
+    dst.resize(channels * cols, 0.0);
+    for b in 0..nb {
+        for c in 0..channels {
+            let from = ((i0 + b) * channels + c) * hw;
+            dst[c * cols + b * hw..c * cols + (b + 1) * hw].copy_from_slice(&src[from..from + hw]);
+        }
+    }
+}
+
+/// Bias, residual and ReLU on one output row that starts at `start` in the output (channel `c`).
+fn apply_epilogue(epi: &Epilogue<'_>, row: &mut [f32], start: usize, c: usize) {
+    let (b, len) = (epi.bias.map_or(0.0, |b| b[c]), row.len());
+    match epi.residual {
+        Some(r) => row.iter_mut().zip(&r[start..start + len]).for_each(|(o, &r)| *o += b + r),
+        None if b != 0.0 => row.iter_mut().for_each(|o| *o += b),
+        None => {}
+    }
+    if epi.relu {
+        row.iter_mut().for_each(|o| *o = o.max(0.0));
+    }
+}
+
 /// What the forward pass applies to each output tile after the GEMM.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Epilogue<'a> {
@@ -285,6 +361,10 @@ fn forward_slices(
             None => super::winograd::forward(g, x, &transform(), epi, out),
         };
     }
+    let nb = g.images_per_block();
+    if nb > 1 {
+        return forward_blocks(g, x, w, epi, out, nb);
+    }
     let (ohw, k, tile, tiles) = (g.out_hw(), g.k(), g.tile(), g.tiles());
     let items = g.n * tiles;
     let par = parallelism(items);
@@ -297,7 +377,7 @@ fn forward_slices(
         let image = &x[ni * g.cin * g.in_hw()..(ni + 1) * g.cin * g.in_hw()];
         if !g.pointwise() {
             col.resize(rows_all * len, 0.0);
-            im2col(g, image, 0..g.cin, p0, p1, col);
+            im2col(g, image, 0..g.cin, p0, p1, col, len);
         }
         let out_base = ni * g.cout * ohw;
         for gi in 0..g.p.groups {
@@ -316,15 +396,7 @@ fn forward_slices(
                 let start = out_base + c * ohw + p0;
                 // SAFETY: the same disjoint block as the GEMM above.
                 let row = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(start), len) };
-                let b = epi.bias.map_or(0.0, |b| b[c]);
-                match epi.residual {
-                    Some(r) => row.iter_mut().zip(&r[start..start + len]).for_each(|(o, &r)| *o += b + r),
-                    None if b != 0.0 => row.iter_mut().for_each(|o| *o += b),
-                    None => {}
-                }
-                if epi.relu {
-                    row.iter_mut().for_each(|o| *o = o.max(0.0));
-                }
+                apply_epilogue(&epi, row, start, c);
             }
         }
     };
@@ -333,6 +405,45 @@ fn forward_slices(
     } else {
         let mut col = Vec::new();
         (0..items).for_each(|item| run_item(item, &mut col));
+    }
+}
+
+/// The forward pass with work items of `nb` whole images: one GEMM per group over all their
+/// columns into a scratch block, then each image's rows copied out with the epilogue.
+fn forward_blocks(g: &ConvGeom, x: &[f32], w: &[f32], epi: Epilogue<'_>, out: &mut [f32], nb: usize) {
+    let (ohw, k) = (g.out_hw(), g.k());
+    let items = g.n.div_ceil(nb);
+    let par = parallelism(items);
+    let run_item = |(item, out_block): (usize, &mut [f32]), bufs: &mut (Vec<f32>, Vec<f32>)| {
+        let (col, tmp) = bufs;
+        let (i0, count) = (item * nb, out_block.len() / (g.cout * ohw));
+        let cols = count * ohw;
+        gather_block(g, x, i0, count, col);
+        tmp.resize(g.cout * cols, 0.0);
+        for gi in 0..g.p.groups {
+            let lhs = MatRef::of(w, gi * g.cout_g * k, g.cout_g, k, k, 1);
+            let rhs = MatRef::of(col, gi * k * cols, k, cols, cols, 1);
+            let dst = tmp[gi * g.cout_g * cols..].as_mut_ptr();
+            // SAFETY: group gi's rows of this item's own scratch block.
+            unsafe { product(dst, cols as isize, lhs, rhs, false, par, g.small()) };
+        }
+        for b in 0..count {
+            for c in 0..g.cout {
+                let at = (b * g.cout + c) * ohw;
+                let row = &mut out_block[at..at + ohw];
+                row.copy_from_slice(&tmp[c * cols + b * ohw..c * cols + (b + 1) * ohw]);
+                apply_epilogue(&epi, row, (i0 * g.cout) * ohw + at, c);
+            }
+        }
+    };
+    let block_len = nb * g.cout * ohw;
+    if matches!(par, Parallelism::None) {
+        out.par_chunks_mut(block_len)
+            .enumerate()
+            .for_each_init(|| (Vec::new(), Vec::new()), |bufs, item| run_item(item, bufs));
+    } else {
+        let mut bufs = (Vec::new(), Vec::new());
+        out.chunks_mut(block_len).enumerate().for_each(|item| run_item(item, &mut bufs));
     }
 }
 
@@ -423,6 +534,47 @@ impl PreparedConv {
     }
 }
 
+/// The input gradient with work items of `nb` whole images: their output gradients side by
+/// side, one GEMM per group (`W_gᵀ dy`), then each image's columns scattered back (col2im).
+fn backward_input_blocks(g: &ConvGeom, dy: &[f32], w: &[f32], dx: &mut [f32], nb: usize) {
+    let (ohw, k, in_hw) = (g.out_hw(), g.k(), g.in_hw());
+    let items = g.n.div_ceil(nb);
+    let par = parallelism(items);
+    let image_len = g.cin * in_hw;
+    let run_item = |(item, dx_block): (usize, &mut [f32]), bufs: &mut (Vec<f32>, Vec<f32>)| {
+        let (dys, col) = bufs;
+        let (i0, count) = (item * nb, dx_block.len() / image_len);
+        let cols = count * ohw;
+        gather_planes(dy, g.cout, ohw, i0, count, dys);
+        col.resize(g.cin * g.kh * g.kw * cols, 0.0);
+        for gi in 0..g.p.groups {
+            let lhs = MatRef::of(w, gi * g.cout_g * k, k, g.cout_g, 1, k);
+            let rhs = MatRef::of(dys, gi * g.cout_g * cols, g.cout_g, cols, cols, 1);
+            let dst = col[gi * k * cols..].as_mut_ptr();
+            // SAFETY: group gi's rows of this item's own scratch block.
+            unsafe { product(dst, cols as isize, lhs, rhs, false, par, g.small()) };
+        }
+        for (b, dx_img) in dx_block.chunks_mut(image_len).enumerate() {
+            if g.pointwise() {
+                for c in 0..g.cin {
+                    dx_img[c * in_hw..(c + 1) * in_hw]
+                        .copy_from_slice(&col[c * cols + b * ohw..c * cols + (b + 1) * ohw]);
+                }
+            } else {
+                col2im(g, &col[b * ohw..], cols, 0..g.cin, 0, ohw, dx_img);
+            }
+        }
+    };
+    if matches!(par, Parallelism::None) {
+        dx.par_chunks_mut(nb * image_len)
+            .enumerate()
+            .for_each_init(|| (Vec::new(), Vec::new()), |bufs, item| run_item(item, bufs));
+    } else {
+        let mut bufs = (Vec::new(), Vec::new());
+        dx.chunks_mut(nb * image_len).enumerate().for_each(|item| run_item(item, &mut bufs));
+    }
+}
+
 /// For a stride-1, undilated, ungrouped 3x3 conv with padding of at most 2: the conv that maps
 /// its output gradient to its input gradient.
 fn transposed_3x3(g: &ConvGeom) -> Option<ConvGeom> {
@@ -472,6 +624,11 @@ pub fn conv2d_backward_input(
         }
     }
 
+    let nb = g.images_per_block();
+    if nb > 1 {
+        backward_input_blocks(&g, &dy, &w, &mut dx, nb);
+        return Ok(Tensor::from_vec_unchecked(dx, input_shape));
+    }
     if g.pointwise() {
         // dx[n, g] = W_g^T dy[n, g], one GEMM per (image, tile, group), disjoint outputs.
         let (tile, tiles) = (g.tile(), g.tiles());
@@ -512,7 +669,7 @@ pub fn conv2d_backward_input(
                     // SAFETY: dst is this group's k x len block of the thread's own buffer.
                     unsafe { product(dst, len as isize, lhs, rhs, false, par, g.small()) };
                 }
-                col2im(&g, col, 0..g.cin, p0, p1, dx_img);
+                col2im(&g, col, len, 0..g.cin, p0, p1, dx_img);
             }
         };
         if matches!(par, Parallelism::None) {
@@ -540,20 +697,37 @@ pub fn conv2d_backward_weight(
     let x = input.f32_data(OP)?;
     let dy = grad_output.f32_data(OP)?;
     let (ohw, k, in_hw) = (g.out_hw(), g.k(), g.in_hw());
+    let nb = g.images_per_block();
+    // Items: (image, tile) pairs, or blocks of `nb` whole images when outputs are small.
     let (tile, tiles) = (g.tile(), g.tiles());
-    let items = g.n * tiles;
+    let items = if nb > 1 { g.n.div_ceil(nb) } else { g.n * tiles };
     let par = parallelism(items);
     let wlen = g.cout * k;
     let rows_all = g.cin * g.kh * g.kw;
-    // dW_g += dy[n, g][:, tile] * col_g[tile]^T, accumulated into `acc`.
-    let run = |item: usize, col: &mut Vec<f32>, acc: &mut [f32]| {
+    // dW_g += dy[items' columns] * col_g[items' columns]^T, accumulated into `acc`.
+    let run = |item: usize, bufs: &mut (Vec<f32>, Vec<f32>), acc: &mut [f32]| {
+        let (col, dys) = bufs;
+        if nb > 1 {
+            let (i0, count) = (item * nb, nb.min(g.n - item * nb));
+            let cols = count * ohw;
+            gather_block(&g, &x, i0, count, col);
+            gather_planes(&dy, g.cout, ohw, i0, count, dys);
+            for gi in 0..g.p.groups {
+                let lhs = MatRef::of(dys, gi * g.cout_g * cols, g.cout_g, cols, cols, 1);
+                let rhs = MatRef::of(col, gi * k * cols, cols, k, 1, cols);
+                let dst = acc[gi * g.cout_g * k..].as_mut_ptr();
+                // SAFETY: dst is group gi's block of this worker's own accumulator.
+                unsafe { product(dst, k as isize, lhs, rhs, true, par, g.small()) };
+            }
+            return;
+        }
         let (ni, ti) = (item / tiles, item % tiles);
         let (p0, p1) = (ti * tile, ((ti + 1) * tile).min(ohw));
         let len = p1 - p0;
         let image = &x[ni * g.cin * in_hw..(ni + 1) * g.cin * in_hw];
         if !g.pointwise() {
             col.resize(rows_all * len, 0.0);
-            im2col(&g, image, 0..g.cin, p0, p1, col);
+            im2col(&g, image, 0..g.cin, p0, p1, col, len);
         }
         for gi in 0..g.p.groups {
             let lhs = MatRef::of(&dy, (ni * g.cout + gi * g.cout_g) * ohw + p0, g.cout_g, len, ohw, 1);
@@ -567,30 +741,26 @@ pub fn conv2d_backward_weight(
             unsafe { product(dst, k as isize, lhs, rhs, true, par, g.small()) };
         }
     };
-    let dw = if matches!(par, Parallelism::None) {
-        (0..items)
-            .into_par_iter()
-            .fold(
-                || (Vec::new(), vec![0f32; wlen]),
-                |(mut col, mut acc), item| {
-                    run(item, &mut col, &mut acc);
-                    (col, acc)
-                },
-            )
-            .map(|(_, acc)| acc)
-            .reduce(
-                || vec![0f32; wlen],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                    a
-                },
-            )
-    } else {
-        let mut acc = vec![0f32; wlen];
-        let mut col = Vec::new();
-        (0..items).for_each(|item| run(item, &mut col, &mut acc));
-        acc
-    };
+    // Each thread sums a fixed, contiguous range of items, and the partial sums are added in
+    // range order: the result does not depend on which thread ran what (rayon's `fold` splits
+    // by work stealing, which made the sum's rounding vary from run to run).
+    let parts = if matches!(par, Parallelism::None) { rayon::current_num_threads().min(items).max(1) } else { 1 };
+    let partials: Vec<Vec<f32>> = (0..parts)
+        .into_par_iter()
+        .map(|part| {
+            let mut acc = vec![0f32; wlen];
+            let mut bufs = (Vec::new(), Vec::new());
+            for item in part * items / parts..(part + 1) * items / parts {
+                run(item, &mut bufs, &mut acc);
+            }
+            acc
+        })
+        .collect();
+    let mut partials = partials.into_iter();
+    let mut dw = partials.next().unwrap_or_else(|| vec![0f32; wlen]);
+    for p in partials {
+        dw.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+    }
     Ok(Tensor::from_vec_unchecked(dw, weight_shape))
 }
 
