@@ -25,6 +25,22 @@ fn channel_vec(op: &'static str, t: Option<&Tensor>, c: usize, default: f32) -> 
     }
 }
 
+/// The sum of `f(i)` for `i` in `0..len` in f64, with eight independent accumulators: as
+/// accurate as one running sum, without one long chain of dependent additions (so it
+/// vectorises), and in a fixed order (so it is deterministic).
+#[inline(always)]
+fn sum_f64(len: usize, f: impl Fn(usize) -> f64) -> f64 {
+    let mut acc = [0f64; 8];
+    let full = len / 8 * 8;
+    for i in (0..full).step_by(8) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(i + l);
+        }
+    }
+    let tail: f64 = (full..len).map(&f).sum();
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
 /// Runs `f(channel, values of that channel in sample n)` for every sample, channels in parallel.
 fn per_channel<T: Send>(
     c: usize,
@@ -69,9 +85,22 @@ pub fn batch_norm_train(
     let beta = channel_vec(OP, bias, c, 0.0)?;
     let x = input.f32_data(OP)?;
     let stats = per_channel(c, s, |_, range| {
-        let sum: f64 = (0..n).map(|ni| x[range(ni)].iter().map(|&v| v as f64).sum::<f64>()).sum();
+        let sum: f64 = (0..n)
+            .map(|ni| {
+                let v = &x[range(ni)];
+                sum_f64(v.len(), |i| v[i] as f64)
+            })
+            .sum();
         let mean = sum / count as f64;
-        let sq: f64 = (0..n).map(|ni| x[range(ni)].iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>()).sum();
+        let sq: f64 = (0..n)
+            .map(|ni| {
+                let v = &x[range(ni)];
+                sum_f64(v.len(), |i| {
+                    let d = v[i] as f64 - mean;
+                    d * d
+                })
+            })
+            .sum();
         (mean, sq / count as f64)
     });
     let mut out = vec![0f32; x.len()];
@@ -189,13 +218,11 @@ pub fn batch_norm_train_backward(
     let ptr = SyncPtr(dx.as_mut_ptr());
     let sums = per_channel(c, s, |ci, range| {
         let (mu, is) = (mean[ci] as f64, invstd[ci] as f64);
-        let mut sum_dy = 0f64;
-        let mut sum_dy_xhat = 0f64;
+        let (mut sum_dy, mut sum_dy_xhat) = (0f64, 0f64);
         for ni in 0..n {
-            for (&g, &v) in dy[range(ni)].iter().zip(&x[range(ni)]) {
-                sum_dy += g as f64;
-                sum_dy_xhat += g as f64 * (v as f64 - mu) * is;
-            }
+            let (g, v) = (&dy[range(ni)], &x[range(ni)]);
+            sum_dy += sum_f64(g.len(), |i| g[i] as f64);
+            sum_dy_xhat += sum_f64(g.len(), |i| g[i] as f64 * (v[i] as f64 - mu)) * is;
         }
         let k = gamma[ci] as f64 * is;
         let a = (sum_dy / m) as f32;

@@ -92,7 +92,7 @@ fn transform_kernels_impl(w: &[f32], co: usize, cin: usize, local: &mut [f32]) {
             let t = kernel_lanes([&row[0], &row[1], &row[2]]);
             for (j, val) in t.iter().enumerate() {
                 let at = (i * 6 + j) * cin + c0;
-                local[at..at + lanes].copy_from_slice(&val[..lanes]);
+                put_lanes(&mut local[at..], val, lanes);
             }
         }
     }
@@ -192,6 +192,17 @@ fn plane_stride(channels: usize, len: usize) -> usize {
 const L: usize = 8;
 type Lanes = [f32; L];
 
+/// Copies the first `lanes` values; a whole group of eight compiles to one vector move rather
+/// than a call to `memcpy`.
+#[inline(always)]
+fn put_lanes(dst: &mut [f32], src: &Lanes, lanes: usize) {
+    if lanes == L {
+        dst[..L].copy_from_slice(src);
+    } else {
+        dst[..lanes].copy_from_slice(&src[..lanes]);
+    }
+}
+
 /// [`input_1d`] on eight tiles at once (vectorised by the compiler).
 #[inline(always)]
 fn input_lanes(d: [&Lanes; 6]) -> [Lanes; 6] {
@@ -247,9 +258,15 @@ fn transform_input_impl(g: &ConvGeom, tl: &Tiling, x: &[f32], t0: usize, len: us
         for (k, p) in patches.iter_mut().enumerate().take(lanes) {
             *p = patch(g, tl, t0 + l0 + k);
         }
+        // Eight whole patches inside the image overwrite every entry of `d`; otherwise the
+        // entries in the padding (and of absent lanes) must read as zeros.
+        let dense = lanes == L && patches.iter().all(|p| p.inside);
+        // d[i][j][lane]: the 6x6 patch of each tile.
+        let mut d = [[[0f32; L]; 6]; 6];
         for c in 0..g.cin {
-            // d[i][j][lane]: the 6x6 patch of each tile.
-            let mut d = [[[0f32; L]; 6]; 6];
+            if !dense && c > 0 {
+                d = [[[0f32; L]; 6]; 6];
+            }
             for (k, p) in patches.iter().enumerate().take(lanes) {
                 let plane = &x[(p.image * g.cin + c) * g.in_hw()..(p.image * g.cin + c + 1) * g.in_hw()];
                 if p.inside {
@@ -287,7 +304,7 @@ fn transform_input_impl(g: &ConvGeom, tl: &Tiling, x: &[f32], t0: usize, len: us
                 let t = input_lanes([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
                 for (j, val) in t.iter().enumerate() {
                     let at = (i * 6 + j) * stride_xi + base;
-                    v[at..at + lanes].copy_from_slice(&val[..lanes]);
+                    put_lanes(&mut v[at..], val, lanes);
                 }
             }
         }
@@ -317,12 +334,17 @@ unsafe fn transform_output_impl(
         for (k, t) in tiles.iter_mut().enumerate().take(lanes) {
             *t = tl.locate(t0 + l0 + k);
         }
+        // Lanes past `lanes` keep stale values; their results are never written out.
+        let mut mm = [[0f32; L]; T];
         for co in 0..g.cout {
             let bias = epi.bias.map_or(0.0, |b| b[co]);
-            let mut mm = [[0f32; L]; T];
             for (xi, lanes_xi) in mm.iter_mut().enumerate() {
                 let at = xi * stride_xi + co * len + l0;
-                lanes_xi[..lanes].copy_from_slice(&m[at..at + lanes]);
+                if lanes == L {
+                    lanes_xi.copy_from_slice(&m[at..at + L]);
+                } else {
+                    lanes_xi[..lanes].copy_from_slice(&m[at..at + lanes]);
+                }
             }
             // rows[i][j] = (m A)[i][j], then column j of Aᵀ (m A) is column j of the block.
             let mut rows = [[[0f32; L]; 4]; 6];
