@@ -557,6 +557,12 @@ impl Trainer<'_> {
                 .map_err(|e| self.save_failed("best.safetensors", e.into()))?;
         }
         self.save_checkpoint()?;
+        self.write_reports()
+    }
+
+    /// The files rewritten from the checkpoint's state: the last weights and the reports. A
+    /// resumed run writes them first, in case a kill came between the checkpoint and them.
+    fn write_reports(&self) -> Result<()> {
         resnet::write_safetensors(self.out.join("last.safetensors"), &self.model.state_dict(), &self.metadata)
             .map_err(|e| self.save_failed("last.safetensors", e.into()))?;
         self.write_report("metrics.csv", metrics_csv(&self.state.rows).into_bytes())?;
@@ -713,10 +719,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
             100.0 * state.best_acc.max(0.0)
         );
     }
-    if state.epoch >= epochs {
-        println!("the run already has {} epochs; nothing to do (raise --epochs to continue)", state.epoch);
-        return Ok(());
-    }
 
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -729,15 +731,23 @@ pub fn run(args: TrainArgs) -> Result<()> {
             }
         });
     }
+    let mut t = Trainer { out, arch, settings, model, opt, metadata, state, args: &args };
+    if t.state.epoch > 0 && t.state.progress.is_none() {
+        t.write_reports()?;
+    }
+    if t.state.epoch >= epochs {
+        println!("the run already has {} epochs; nothing to do (raise --epochs to continue)", t.state.epoch);
+        return Ok(());
+    }
     let terminal = std::io::stderr().is_terminal();
     println!(
-        "training {arch} on {} images of {} classes ({} for validation), {epochs} epochs, batch {}, {image_size}px",
+        "training {} on {} images of {} classes ({} for validation), {epochs} epochs, batch {}, {image_size}px",
+        t.arch,
         train_loader.num_samples(),
         classes.len(),
         val_loader.num_samples(),
-        settings.batch_size
+        t.settings.batch_size
     );
-    let mut t = Trainer { out, arch, settings, model, opt, metadata, state, args: &args };
     for epoch in t.state.epoch + 1..=epochs {
         t.model.train();
         let mut p = t.state.progress.take().unwrap_or_else(|| Progress::new(t.opt.lr()));
