@@ -561,7 +561,7 @@ impl Trainer<'_> {
     }
 
     /// The files rewritten from the checkpoint's state: the last weights and the reports. A
-    /// resumed run writes them first, in case a kill came between the checkpoint and them.
+    /// resumed run rewrites them first when a kill came between the checkpoint and them.
     fn write_reports(&self) -> Result<()> {
         resnet::write_safetensors(self.out.join("last.safetensors"), &self.model.state_dict(), &self.metadata)
             .map_err(|e| self.save_failed("last.safetensors", e.into()))?;
@@ -580,8 +580,20 @@ impl Trainer<'_> {
             .collect();
         let png = curves_png(&points).map_err(|e| usage(format!("drawing curves.png: {e}")))?;
         self.write_report("curves.png", png)?;
+        // Last: it names the state the files above belong to.
+        self.write_report("run.json", self.summary().into_bytes())
+    }
+
+    /// `run.json`: the settings and state, for people.
+    fn summary(&self) -> String {
         let summary = serde_json::json!({ "arch": self.arch.name(), "settings": self.settings, "state": self.state });
-        self.write_report("run.json", serde_json::to_string_pretty(&summary).expect("serialises").into_bytes())
+        serde_json::to_string_pretty(&summary).expect("serialises")
+    }
+
+    /// Whether the reports belong to the checkpoint's state (`run.json`, written after the
+    /// others, matches it).
+    fn reports_current(&self) -> bool {
+        std::fs::read_to_string(self.out.join("run.json")).is_ok_and(|s| s == self.summary())
     }
 
     fn write_report(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
@@ -732,7 +744,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         });
     }
     let mut t = Trainer { out, arch, settings, model, opt, metadata, state, args: &args };
-    if t.state.epoch > 0 && t.state.progress.is_none() {
+    if t.state.epoch > 0 && t.state.progress.is_none() && !t.reports_current() {
         t.write_reports()?;
     }
     if t.state.epoch >= epochs {
