@@ -135,6 +135,7 @@ struct RunState {
     epochs: usize,
     /// Completed epochs.
     epoch: usize,
+    #[serde(deserialize_with = "nan_if_null")]
     best_acc: f64,
     best_epoch: usize,
     scheduler_steps: usize,
@@ -143,16 +144,29 @@ struct RunState {
     progress: Option<Progress>,
 }
 
+/// One epoch's metrics. JSON has no NaN or infinity (serde_json writes `null`), and a diverged
+/// model's validation loss can be either: `null` reads back as NaN.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct Row {
     epoch: usize,
+    #[serde(deserialize_with = "nan_if_null")]
     train_loss: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     train_acc: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     val_loss: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     val_acc: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     lr: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     seconds: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     images_per_s: f64,
+}
+
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// An epoch in progress: the next batch position and the sums so far.
@@ -913,4 +927,35 @@ pub fn run(args: TrainArgs) -> Result<()> {
         t.out.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_with_non_finite_metrics_reads_back() {
+        let row = Row {
+            epoch: 1,
+            train_loss: 0.5,
+            train_acc: 0.25,
+            val_loss: f64::NAN,
+            val_acc: 0.0,
+            lr: 1e-3,
+            seconds: 1.0,
+            images_per_s: f64::INFINITY,
+        };
+        let state = RunState {
+            epochs: 2,
+            epoch: 1,
+            best_acc: 0.0,
+            best_epoch: 1,
+            scheduler_steps: 1,
+            rows: vec![row],
+            progress: None,
+        };
+        let back: RunState = serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+        assert!(back.rows[0].val_loss.is_nan() && back.rows[0].images_per_s.is_nan());
+        assert_eq!((back.rows[0].train_loss, back.epoch, back.best_acc), (0.5, 1, 0.0));
+    }
 }
