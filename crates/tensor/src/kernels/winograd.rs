@@ -52,19 +52,6 @@ fn kernel_1d(k: [f32; 3]) -> [f32; 6] {
     ]
 }
 
-/// [`kernel_1d`] on eight kernels at once.
-#[inline(always)]
-fn kernel_lanes(k: [&Lanes; 3]) -> [Lanes; 6] {
-    let mut o = [[0f32; L]; 6];
-    for l in 0..L {
-        let t = kernel_1d([k[0][l], k[1][l], k[2][l]]);
-        for i in 0..6 {
-            o[i][l] = t[i];
-        }
-    }
-    o
-}
-
 /// The transform of output channel `co`'s kernels into `local` (`[36][cin]`).
 #[inline(always)]
 fn transform_kernels_impl(w: &[f32], co: usize, cin: usize, local: &mut [f32]) {
@@ -83,13 +70,13 @@ fn transform_kernels_impl(w: &[f32], co: usize, cin: usize, local: &mut [f32]) {
         // Columns first (G g, 6x3), then rows ((G g) Gᵀ, 6x6).
         let mut cols = [[[0f32; L]; 3]; 6];
         for c in 0..3 {
-            let t = kernel_lanes([&g[0][c], &g[1][c], &g[2][c]]);
+            let t = lanewise(kernel_1d, [&g[0][c], &g[1][c], &g[2][c]]);
             for i in 0..6 {
                 cols[i][c] = t[i];
             }
         }
         for (i, row) in cols.iter().enumerate() {
-            let t = kernel_lanes([&row[0], &row[1], &row[2]]);
+            let t = lanewise(kernel_1d, [&row[0], &row[1], &row[2]]);
             for (j, val) in t.iter().enumerate() {
                 let at = (i * 6 + j) * cin + c0;
                 put_lanes(&mut local[at..], val, lanes);
@@ -192,6 +179,20 @@ fn plane_stride(channels: usize, len: usize) -> usize {
 const L: usize = 8;
 type Lanes = [f32; L];
 
+/// A one-dimensional transform (`f`, on `I` values) applied to eight tiles or kernels at once,
+/// one per lane: written lane by lane, vectorised by the compiler.
+#[inline(always)]
+fn lanewise<const I: usize, const O: usize>(f: impl Fn([f32; I]) -> [f32; O], x: [&Lanes; I]) -> [Lanes; O] {
+    let mut o = [[0f32; L]; O];
+    for k in 0..L {
+        let t = f(std::array::from_fn(|i| x[i][k]));
+        for (out, v) in o.iter_mut().zip(t) {
+            out[k] = v;
+        }
+    }
+    o
+}
+
 /// Copies the first `lanes` values; a whole group of eight compiles to one vector move rather
 /// than a call to `memcpy`.
 #[inline(always)]
@@ -201,32 +202,6 @@ fn put_lanes(dst: &mut [f32], src: &Lanes, lanes: usize) {
     } else {
         dst[..lanes].copy_from_slice(&src[..lanes]);
     }
-}
-
-/// [`input_1d`] on eight tiles at once (vectorised by the compiler).
-#[inline(always)]
-fn input_lanes(d: [&Lanes; 6]) -> [Lanes; 6] {
-    let mut o = [[0f32; L]; 6];
-    for k in 0..L {
-        let t = input_1d([d[0][k], d[1][k], d[2][k], d[3][k], d[4][k], d[5][k]]);
-        for i in 0..6 {
-            o[i][k] = t[i];
-        }
-    }
-    o
-}
-
-/// [`output_1d`] on eight tiles at once.
-#[inline(always)]
-fn output_lanes(m: [&Lanes; 6]) -> [Lanes; 4] {
-    let mut o = [[0f32; L]; 4];
-    for k in 0..L {
-        let t = output_1d([m[0][k], m[1][k], m[2][k], m[3][k], m[4][k], m[5][k]]);
-        for i in 0..4 {
-            o[i][k] = t[i];
-        }
-    }
-    o
 }
 
 /// Where one tile reads its input patch: the image, the patch's top-left corner (negative in
@@ -294,14 +269,14 @@ fn transform_input_impl(g: &ConvGeom, tl: &Tiling, x: &[f32], t0: usize, len: us
             // Columns first (Bᵀ d), then rows ((Bᵀ d) B).
             let mut cols = [[[0f32; L]; 6]; 6];
             for j in 0..6 {
-                let t = input_lanes([&d[0][j], &d[1][j], &d[2][j], &d[3][j], &d[4][j], &d[5][j]]);
+                let t = lanewise(input_1d, [&d[0][j], &d[1][j], &d[2][j], &d[3][j], &d[4][j], &d[5][j]]);
                 for i in 0..6 {
                     cols[i][j] = t[i];
                 }
             }
             let base = c * len + l0;
             for (i, row) in cols.iter().enumerate() {
-                let t = input_lanes([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
+                let t = lanewise(input_1d, [&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
                 for (j, val) in t.iter().enumerate() {
                     let at = (i * 6 + j) * stride_xi + base;
                     put_lanes(&mut v[at..], val, lanes);
@@ -350,11 +325,12 @@ unsafe fn transform_output_impl(
             let mut rows = [[[0f32; L]; 4]; 6];
             for (i, row) in rows.iter_mut().enumerate() {
                 let r = &mm[i * 6..i * 6 + 6];
-                *row = output_lanes([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]);
+                *row = lanewise(output_1d, [&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]);
             }
             let mut block = [[[0f32; L]; 4]; 4];
             for j in 0..4 {
-                let y = output_lanes([&rows[0][j], &rows[1][j], &rows[2][j], &rows[3][j], &rows[4][j], &rows[5][j]]);
+                let y =
+                    lanewise(output_1d, [&rows[0][j], &rows[1][j], &rows[2][j], &rows[3][j], &rows[4][j], &rows[5][j]]);
                 for i in 0..4 {
                     for k in 0..L {
                         block[i][j][k] = y[i][k] + bias;
