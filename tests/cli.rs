@@ -1,28 +1,12 @@
 //! End-to-end tests of the `resnet` binary: each runs the real executable.
 
+mod common;
+use common::{resnet, stderr, stdout, temp_dir};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn resnet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_resnet")).args(args).output().expect("the binary runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/resnet/tests/fixtures/torch").join(name)
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("resnet-cli-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// A failure: non-zero exit, a one-paragraph error containing `needle`, no panic or backtrace.

@@ -3,6 +3,8 @@
 //! each kill ends with exactly the weights of an uninterrupted run; a full file system and a
 //! read-only folder fail with a clear error and leave the previous files as they were.
 
+mod common;
+use common::{demo_dataset, resnet, temp_dir, tensor_bits};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -18,23 +20,9 @@ const OUTPUTS: [&str; 7] = [
     "run.json",
 ];
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("resnet-crash-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// 6 classes x 16 training and 4 validation pictures of 32x32: 12 batches of 8 per epoch.
 fn small_dataset(root: &Path) -> PathBuf {
-    let config = data::DemoConfig {
-        train_per_class: 16,
-        val_per_class: 4,
-        width: 32,
-        height: 32,
-        ..data::DemoConfig::default()
-    };
-    data::write_demo_dataset(root, &config).unwrap().root
+    demo_dataset(root, 16, 4, 32)
 }
 
 /// The run every test here trains: a narrow ResNet-18 for `epochs` epochs, checkpointed every
@@ -61,24 +49,6 @@ fn train_args(data: &Path, epochs: usize, save_every: usize) -> Vec<String> {
     .to_vec();
     args.extend(["--epochs".into(), epochs.to_string(), "--save-every".into(), save_every.to_string()]);
     args
-}
-
-fn resnet(args: &[String]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_resnet")).args(args).output().expect("the binary runs")
-}
-
-fn tensors(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<u64>)> {
-    let sd = resnet::read_weights(path).unwrap_or_else(|e| panic!("{e}"));
-    sd.entries
-        .into_iter()
-        .map(|(k, t)| {
-            let bits = match t.dtype() {
-                tensor::DType::F32 => t.to_vec_f32().unwrap().iter().map(|v| v.to_bits() as u64).collect(),
-                tensor::DType::I64 => t.to_vec_i64().unwrap().iter().map(|&v| v as u64).collect(),
-            };
-            (k, (t.shape().to_vec(), bits))
-        })
-        .collect()
 }
 
 /// Every output present in `dir` is complete: each parses in full, as its reader expects.
@@ -136,7 +106,7 @@ fn a_run_killed_at_random_moments_resumes_to_the_uninterrupted_weights() {
     let o = resnet(&a);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let full_run = started.elapsed();
-    let want = tensors(&reference.join("last.safetensors"));
+    let want = tensor_bits(&reference.join("last.safetensors"));
 
     // The same run, killed after a random delay again and again, each time resumed.
     let out = dir.join("killed");
@@ -192,7 +162,7 @@ fn a_run_killed_at_random_moments_resumes_to_the_uninterrupted_weights() {
     eprintln!("{kills} kills, {mid_write} of them while a file was being written; the full run takes {full_run:?}");
     let leftovers = assert_outputs_complete(&out, "at the end");
     assert!(leftovers.is_empty(), "temporary files left after a complete run: {leftovers:?}");
-    let got = tensors(&out.join("last.safetensors"));
+    let got = tensor_bits(&out.join("last.safetensors"));
     assert_eq!(got.len(), want.len());
     for (k, v) in &want {
         assert!(got.get(k) == Some(v), "{k} differs from the uninterrupted run's");
