@@ -66,11 +66,27 @@ pub enum TensorError {
         msg: String,
     },
     /// A tensor on a device the operation cannot use.
-    #[error("{op}: device {device} is not available in this build")]
+    #[error("{op}: device {device} is not available")]
     DeviceUnavailable {
         /// The operation.
         op: &'static str,
         /// The device that was asked for.
+        device: String,
+    },
+    /// Operands on different devices (move them with `to_device` first, as in PyTorch).
+    #[error("{op}: the operands are on different devices ({devices}); move them to one device with to_device")]
+    DeviceMismatch {
+        /// The operation.
+        op: &'static str,
+        /// The devices involved, in operand order.
+        devices: String,
+    },
+    /// An operation that has no kernel on the tensor's device.
+    #[error("{op}: not supported for a tensor on {device}; move it with to_device(Device::Cpu) first")]
+    Unsupported {
+        /// The operation.
+        op: &'static str,
+        /// The device the tensor is on.
         device: String,
     },
     /// Reading or writing a file failed.

@@ -31,8 +31,11 @@
 mod device;
 mod dtype;
 mod error;
+#[cfg(gpu)]
+mod gpu;
 mod kernels;
 mod npy;
+mod op_codes;
 pub mod reference;
 mod rng;
 mod shape;
@@ -49,6 +52,7 @@ pub use kernels::conv::{
     conv2d, conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight, conv2d_fused, conv2d_macs,
     conv2d_output_shape, Conv2dParams, PreparedConv,
 };
+pub use kernels::optim::{adam_step, sgd_step, AdamStep, SgdStep};
 pub use kernels::pool::{
     adaptive_avg_pool2d, adaptive_avg_pool2d_backward, avg_pool2d, avg_pool2d_backward, max_pool2d,
     max_pool2d_backward, pool2d_output_shape, Pool2dParams,

@@ -25,14 +25,20 @@ pub struct Tensor {
 enum Storage {
     F32(ArcArray<f32, IxDyn>),
     I64(ArcArray<i64, IxDyn>),
+    /// A contiguous buffer on a GPU (f32, or i64 held as i32).
+    #[cfg(gpu)]
+    Gpu(crate::gpu::GpuArray),
 }
 
-/// Applies the same expression to whichever host array a storage holds.
+/// Applies the same expression to whichever host array a storage holds. Every caller handles
+/// GPU storage before it gets here (views of GPU data are copies made by a kernel).
 macro_rules! each_storage {
     ($storage:expr, $a:ident => $body:expr) => {
         match $storage {
             Storage::F32($a) => Storage::F32($body),
             Storage::I64($a) => Storage::I64($body),
+            #[cfg(gpu)]
+            Storage::Gpu(_) => unreachable!("GPU storage is handled before each_storage!"),
         }
     };
 }
@@ -44,6 +50,8 @@ impl fmt::Debug for Tensor {
             match &self.storage {
                 Storage::F32(a) => write!(f, " {:?}", a.iter().collect::<Vec<_>>())?,
                 Storage::I64(a) => write!(f, " {:?}", a.iter().collect::<Vec<_>>())?,
+                #[cfg(gpu)]
+                Storage::Gpu(_) => {}
             }
         }
         Ok(())
@@ -163,6 +171,8 @@ impl Tensor {
         match &self.storage {
             Storage::F32(a) => a.shape(),
             Storage::I64(a) => a.shape(),
+            #[cfg(gpu)]
+            Storage::Gpu(g) => &g.shape,
         }
     }
 
@@ -186,26 +196,68 @@ impl Tensor {
         match &self.storage {
             Storage::F32(_) => DType::F32,
             Storage::I64(_) => DType::I64,
+            #[cfg(gpu)]
+            Storage::Gpu(g) => g.dtype,
         }
     }
 
     /// Where the data lives.
     pub fn device(&self) -> Device {
-        Device::Cpu
-    }
-
-    /// This tensor on `device` (a no-op when it is already there).
-    pub fn to_device(&self, device: Device) -> Result<Tensor> {
-        match device {
-            Device::Cpu => Ok(self.clone()),
+        match &self.storage {
+            #[cfg(gpu)]
+            Storage::Gpu(g) => g.device,
+            _ => Device::Cpu,
         }
     }
 
-    /// Whether the elements are laid out row-major without gaps.
+    /// This tensor on `device` (the same tensor when it is already there), like `.to(device)`.
+    /// Moving to a GPU copies the data up; moving back waits for pending kernels and copies
+    /// it down. i64 data lives on a GPU as i32 (WGSL has no 64-bit integers): values outside
+    /// the i32 range are refused.
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if self.device() == device {
+            return Ok(self.clone());
+        }
+        match device {
+            Device::Cpu => self.to_host(),
+            #[cfg(gpu)]
+            gpu => {
+                gpu.check()?;
+                let host = self.to_host()?;
+                let g = match &host.storage {
+                    Storage::F32(_) => crate::gpu::upload_f32(&host.f32_data("to_device")?, host.shape(), gpu)?,
+                    Storage::I64(_) => crate::gpu::upload_i64(&host.i64_data("to_device")?, host.shape(), gpu)?,
+                    Storage::Gpu(_) => unreachable!("to_host returns host storage"),
+                };
+                Ok(Tensor { storage: Storage::Gpu(g) })
+            }
+            #[cfg(not(gpu))]
+            other => Err(TensorError::DeviceUnavailable {
+                op: "to_device",
+                device: format!("{other} (this build has no GPU support: rebuild with the `wgpu` or `cuda` feature)"),
+            }),
+        }
+    }
+
+    /// The host copy of this tensor (itself when it is on the host).
+    fn to_host(&self) -> Result<Tensor> {
+        match &self.storage {
+            #[cfg(gpu)]
+            Storage::Gpu(g) => Ok(match crate::gpu::download(g)? {
+                crate::gpu::HostData::F32(v) => Tensor::from_vec_unchecked(v, &g.shape),
+                crate::gpu::HostData::I64(v) => Tensor::from_i64_vec_unchecked(v, &g.shape),
+            }),
+            _ => Ok(self.clone()),
+        }
+    }
+
+    /// Whether the elements are laid out row-major without gaps (GPU data always is).
     pub fn is_contiguous(&self) -> bool {
         match &self.storage {
             Storage::F32(a) => a.is_standard_layout(),
             Storage::I64(a) => a.is_standard_layout(),
+            #[cfg(gpu)]
+            Storage::Gpu(_) => true,
         }
     }
 
@@ -221,6 +273,8 @@ impl Tensor {
         match &self.storage {
             Storage::F32(a) => Ok(a),
             Storage::I64(_) => Err(TensorError::DType { op, expected: DType::F32, got: DType::I64 }),
+            #[cfg(gpu)]
+            Storage::Gpu(g) => Err(TensorError::Unsupported { op, device: g.device.to_string() }),
         }
     }
 
@@ -228,6 +282,8 @@ impl Tensor {
         match &self.storage {
             Storage::I64(a) => Ok(a),
             Storage::F32(_) => Err(TensorError::DType { op, expected: DType::I64, got: DType::F32 }),
+            #[cfg(gpu)]
+            Storage::Gpu(g) => Err(TensorError::Unsupported { op, device: g.device.to_string() }),
         }
     }
 
@@ -249,18 +305,22 @@ impl Tensor {
         })
     }
 
-    /// The f32 elements in row-major order.
+    /// The f32 elements in row-major order (copied down from a GPU, like `.tolist()`).
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
-        Ok(self.f32_data("to_vec_f32")?.into_owned())
+        Ok(self.to_host()?.f32_data("to_vec_f32")?.into_owned())
     }
 
-    /// The i64 elements in row-major order.
+    /// The i64 elements in row-major order (copied down from a GPU).
     pub fn to_vec_i64(&self) -> Result<Vec<i64>> {
-        Ok(self.i64_data("to_vec_i64")?.into_owned())
+        Ok(self.to_host()?.i64_data("to_vec_i64")?.into_owned())
     }
 
-    /// The value of a one-element f32 tensor (any rank), like `tensor.item()`.
+    /// The value of a one-element f32 tensor (any rank), like `tensor.item()` (which waits for
+    /// a GPU and copies the value down).
     pub fn item(&self) -> Result<f32> {
+        if self.device().is_gpu() {
+            return self.to_host()?.item();
+        }
         let a = self.f32_array("item")?;
         if a.len() != 1 {
             return Err(bad_shape("item", a.shape(), "item() needs a tensor with one element"));
@@ -286,13 +346,42 @@ impl Tensor {
         Tensor { storage: Storage::F32(a) }
     }
 
-    /// Converts to another element type (f32 -> i64 truncates toward zero, like `.long()`).
+    /// Converts to another element type (f32 -> i64 truncates toward zero, like `.long()`; on
+    /// a GPU, where i64 is held as i32, values beyond the i32 range saturate).
     pub fn to_dtype(&self, dtype: DType) -> Tensor {
         match (&self.storage, dtype) {
             (Storage::F32(_), DType::F32) | (Storage::I64(_), DType::I64) => self.clone(),
             (Storage::F32(a), DType::I64) => Tensor::from_i64_array(a.mapv(|v| v as i64)),
             (Storage::I64(a), DType::F32) => Tensor::from_f32_array(a.mapv(|v| v as f32)),
+            #[cfg(gpu)]
+            (Storage::Gpu(g), _) if g.dtype == dtype => self.clone(),
+            #[cfg(gpu)]
+            (Storage::Gpu(g), _) => Tensor::from_gpu(crate::gpu::cast(g, dtype)),
         }
+    }
+
+    /// The GPU array of an operand that [`gpu_device`] found on a GPU.
+    #[cfg(gpu)]
+    pub(crate) fn gpu_of(&self, op: &'static str) -> Result<&crate::gpu::GpuArray> {
+        match &self.storage {
+            Storage::Gpu(g) => Ok(g),
+            _ => Err(TensorError::DeviceMismatch { op, devices: format!("{} and a GPU", self.device()) }),
+        }
+    }
+
+    /// The GPU array of an f32 operand that [`gpu_device`] found on a GPU.
+    #[cfg(gpu)]
+    pub(crate) fn gpu_f32(&self, op: &'static str) -> Result<&crate::gpu::GpuArray> {
+        let g = self.gpu_of(op)?;
+        if g.dtype != DType::F32 {
+            return Err(TensorError::DType { op, expected: DType::F32, got: g.dtype });
+        }
+        Ok(g)
+    }
+
+    #[cfg(gpu)]
+    pub(crate) fn from_gpu(g: crate::gpu::GpuArray) -> Tensor {
+        Tensor { storage: Storage::Gpu(g) }
     }
 }
 
@@ -307,6 +396,10 @@ impl Tensor {
         let n = checked_numel("reshape", shape)?;
         if n != self.numel() {
             return Err(mismatch("reshape", self.shape(), shape));
+        }
+        #[cfg(gpu)]
+        if let Storage::Gpu(g) = &self.storage {
+            return Ok(Tensor::from_gpu(g.reshaped(shape)));
         }
         let t = self.contiguous();
         let storage = each_storage!(t.storage, a => a
@@ -338,6 +431,13 @@ impl Tensor {
         if dims.len() != rank || dims.iter().any(|&d| d >= rank || std::mem::replace(&mut seen[d], true)) {
             return Err(bad_shape("permute", self.shape(), format!("{dims:?} is not a permutation of the dimensions")));
         }
+        #[cfg(gpu)]
+        if let Storage::Gpu(g) = &self.storage {
+            let strides = crate::gpu::contiguous_strides(&g.shape);
+            let shape: Vec<usize> = dims.iter().map(|&d| g.shape[d]).collect();
+            let strides: Vec<usize> = dims.iter().map(|&d| strides[d]).collect();
+            return Ok(Tensor::from_gpu(crate::gpu::strided_copy(g, &shape, &strides, 0)?));
+        }
         let storage = each_storage!(self.storage.clone(), a => a.permuted_axes(IxDyn(dims)));
         Ok(Tensor { storage })
     }
@@ -346,6 +446,11 @@ impl Tensor {
     pub fn transpose(&self, d0: usize, d1: usize) -> Result<Tensor> {
         check_dim("transpose", d0, self.rank())?;
         check_dim("transpose", d1, self.rank())?;
+        if self.device().is_gpu() {
+            let mut dims: Vec<usize> = (0..self.rank()).collect();
+            dims.swap(d0, d1);
+            return self.permute(&dims);
+        }
         let storage = each_storage!(self.storage.clone(), a => {
             let mut a = a;
             a.swap_axes(d0, d1);
@@ -373,6 +478,13 @@ impl Tensor {
                 format!("cannot take {len} elements from {start} of dimension {dim}"),
             ));
         }
+        #[cfg(gpu)]
+        if let Storage::Gpu(g) = &self.storage {
+            let strides = crate::gpu::contiguous_strides(&g.shape);
+            let mut shape = g.shape.clone();
+            shape[dim] = len;
+            return Ok(Tensor::from_gpu(crate::gpu::strided_copy(g, &shape, &strides, start * strides[dim])?));
+        }
         let storage = each_storage!(self.storage.clone(), a => {
             let mut a = a;
             a.slice_axis_inplace(Axis(dim), Slice::from(start..start + len));
@@ -386,6 +498,11 @@ impl Tensor {
         if dim > self.rank() {
             return Err(TensorError::DimOutOfRange { op: "unsqueeze", dim, rank: self.rank() + 1 });
         }
+        if self.device().is_gpu() {
+            let mut shape = self.shape().to_vec();
+            shape.insert(dim, 1);
+            return self.reshape(&shape);
+        }
         let storage = each_storage!(self.storage.clone(), a => a.insert_axis(Axis(dim)));
         Ok(Tensor { storage })
     }
@@ -396,6 +513,11 @@ impl Tensor {
         if self.shape()[dim] != 1 {
             return Err(bad_shape("squeeze", self.shape(), format!("dimension {dim} does not have size 1")));
         }
+        if self.device().is_gpu() {
+            let mut shape = self.shape().to_vec();
+            shape.remove(dim);
+            return self.reshape(&shape);
+        }
         let storage = each_storage!(self.storage.clone(), a => a.index_axis_move(Axis(dim), 0));
         Ok(Tensor { storage })
     }
@@ -405,6 +527,14 @@ impl Tensor {
         let target = broadcast_shapes("broadcast_to", self.shape(), shape)?;
         if target != shape {
             return Err(mismatch("broadcast_to", self.shape(), shape));
+        }
+        #[cfg(gpu)]
+        if let Storage::Gpu(g) = &self.storage {
+            let own = crate::gpu::contiguous_strides(&g.shape);
+            let lead = shape.len() - g.shape.len();
+            let strides: Vec<usize> =
+                (0..shape.len()).map(|d| if d < lead || g.shape[d - lead] == 1 { 0 } else { own[d - lead] }).collect();
+            return Ok(Tensor::from_gpu(crate::gpu::strided_copy(g, shape, &strides, 0)?));
         }
         let storage = each_storage!(&self.storage, a => a
             .broadcast(IxDyn(shape))
@@ -475,6 +605,9 @@ impl Tensor {
         if index.rank() != 1 {
             return Err(bad_shape("index_select", index.shape(), "the index must be 1-D"));
         }
+        if self.device().is_gpu() {
+            return Err(TensorError::Unsupported { op: "index_select", device: self.device().to_string() });
+        }
         let idx = self.checked_indices("index_select", index, self.shape()[dim])?;
         let storage = each_storage!(&self.storage, a => a.select(Axis(dim), &idx).into_shared());
         Ok(Tensor { storage })
@@ -489,6 +622,20 @@ impl Tensor {
             || ishape.iter().zip(self.shape()).enumerate().any(|(d, (i, s))| d != dim && i > s)
         {
             return Err(mismatch("gather", self.shape(), ishape));
+        }
+        #[cfg(gpu)]
+        if gpu_device("gather", &[Some(self), Some(index)])?.is_some() {
+            let (x, idx) = (self.gpu_of("gather")?, index.gpu_of("gather")?);
+            let same_elsewhere = ishape.iter().zip(self.shape()).enumerate().all(|(d, (i, s))| d == dim || i == s);
+            if x.dtype != DType::F32 || idx.dtype != DType::I64 || !same_elsewhere {
+                return Err(TensorError::Unsupported {
+                    op: "gather (index smaller than the input, or i64 data)",
+                    device: x.device.to_string(),
+                });
+            }
+            let inner: usize = self.shape()[dim + 1..].iter().product();
+            let out = crate::gpu::gather(x, idx, self.shape()[dim], ishape[dim], inner)?;
+            return Ok(Tensor::from_gpu(out));
         }
         let idx = index.i64_array("gather")?;
         let size = self.shape()[dim];
@@ -513,6 +660,8 @@ impl Tensor {
                     .expect("sized")
                     .into_shared(),
             ),
+            #[cfg(gpu)]
+            Storage::Gpu(g) => return Err(TensorError::Unsupported { op: "gather", device: g.device.to_string() }),
         };
         Ok(Tensor { storage })
     }
@@ -605,6 +754,23 @@ impl Tensor {
     pub fn binary(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
         let name = op.name();
         let shape = broadcast_shapes(name, self.shape(), rhs.shape())?;
+        #[cfg(gpu)]
+        if gpu_device(name, &[Some(self), Some(rhs)])?.is_some() {
+            let (a, b) = (self.gpu_of(name)?, rhs.gpu_of(name)?);
+            if a.dtype != DType::F32 || b.dtype != DType::F32 {
+                return Err(TensorError::Unsupported { op: name, device: format!("{} (i64 arithmetic)", a.device) });
+            }
+            use crate::op_codes as k;
+            let code = match op {
+                BinaryOp::Add => k::B_ADD,
+                BinaryOp::Sub => k::B_SUB,
+                BinaryOp::Mul => k::B_MUL,
+                BinaryOp::Div => k::B_DIV,
+                BinaryOp::Maximum => k::B_MAX,
+                BinaryOp::Minimum => k::B_MIN,
+            };
+            return Ok(Tensor::from_gpu(crate::gpu::binary(a, b, &shape, code)?));
+        }
         match (&self.storage, &rhs.storage) {
             (Storage::F32(a), Storage::F32(b)) => {
                 if let (Some(x), Some(y)) = (a.as_slice(), b.as_slice()) {
@@ -671,55 +837,74 @@ impl Tensor {
         self.binary(rhs, BinaryOp::Minimum)
     }
 
-    /// Applies `f` to every f32 element.
+    /// Applies `f` to every f32 element (host tensors only: a Rust closure cannot run on a GPU).
     pub fn map(&self, op: &'static str, f: impl Fn(f32) -> f32 + Sync + Send) -> Result<Tensor> {
         Ok(map_f32(self.f32_array(op)?, f))
     }
 
+    /// A named unary op: the GPU kernel `code` (with scalars `a`, `b`) on a GPU, `f` on the host.
+    fn unary(&self, op: &'static str, code: UnaryCode, f: impl Fn(f32) -> f32 + Sync + Send) -> Result<Tensor> {
+        #[cfg(gpu)]
+        if let Storage::Gpu(g) = &self.storage {
+            if g.dtype != DType::F32 {
+                return Err(TensorError::DType { op, expected: DType::F32, got: g.dtype });
+            }
+            let (code, a, b) = code;
+            return Ok(Tensor::from_gpu(crate::gpu::unary(g, code, a, b)?));
+        }
+        let _ = code;
+        self.map(op, f)
+    }
+
     /// `-x`
     pub fn neg(&self) -> Result<Tensor> {
-        self.map("neg", |x| -x)
+        self.unary("neg", (codes::U_NEG, 0.0, 0.0), |x| -x)
     }
     /// `e^x`
     pub fn exp(&self) -> Result<Tensor> {
-        self.map("exp", f32::exp)
+        self.unary("exp", (codes::U_EXP, 0.0, 0.0), f32::exp)
     }
     /// Natural logarithm.
     pub fn log(&self) -> Result<Tensor> {
-        self.map("log", f32::ln)
+        self.unary("log", (codes::U_LOG, 0.0, 0.0), f32::ln)
     }
     /// Square root.
     pub fn sqrt(&self) -> Result<Tensor> {
-        self.map("sqrt", f32::sqrt)
+        self.unary("sqrt", (codes::U_SQRT, 0.0, 0.0), f32::sqrt)
     }
     /// `x^p`
     pub fn powf(&self, p: f32) -> Result<Tensor> {
-        self.map("powf", move |x| x.powf(p))
+        self.unary("powf", (codes::U_POWF, p, 0.0), move |x| x.powf(p))
     }
     /// `max(x, 0)`
     pub fn relu(&self) -> Result<Tensor> {
-        self.map("relu", |x| if x > 0.0 { x } else { 0.0 })
+        self.unary("relu", (codes::U_RELU, 0.0, 0.0), |x| if x > 0.0 { x } else { 0.0 })
     }
     /// `|x|`
     pub fn abs(&self) -> Result<Tensor> {
-        self.map("abs", f32::abs)
+        self.unary("abs", (codes::U_ABS, 0.0, 0.0), f32::abs)
     }
     /// Clamps into `[min, max]`, like `torch.clamp`.
     pub fn clamp(&self, min: f32, max: f32) -> Result<Tensor> {
         if min > max {
             return Err(invalid("clamp", format!("min {min} is greater than max {max}")));
         }
-        self.map("clamp", move |x| x.max(min).min(max))
+        self.unary("clamp", (codes::U_CLAMP, min, max), move |x| x.max(min).min(max))
     }
     /// `x + s`
     pub fn add_scalar(&self, s: f32) -> Result<Tensor> {
-        self.map("add_scalar", move |x| x + s)
+        self.unary("add_scalar", (codes::U_ADD_SCALAR, s, 0.0), move |x| x + s)
     }
     /// `x * s`
     pub fn mul_scalar(&self, s: f32) -> Result<Tensor> {
-        self.map("mul_scalar", move |x| x * s)
+        self.unary("mul_scalar", (codes::U_MUL_SCALAR, s, 0.0), move |x| x * s)
     }
 }
+
+/// A GPU unary kernel and its two scalar arguments.
+type UnaryCode = (u32, f32, f32);
+
+use crate::op_codes as codes;
 
 // ---------------------------------------------------------------------------------------------
 // Reductions and softmax
@@ -752,20 +937,62 @@ impl Tensor {
         Ok((acc, count))
     }
 
+    /// Sums (or takes the maximum, `code` = `R_MAX`) over `dims` on a GPU, one axis at a time.
+    #[cfg(gpu)]
+    fn gpu_reduce(&self, op: &'static str, dims: &[usize], keepdim: bool, code: u32) -> Result<Tensor> {
+        let g = self.gpu_of(op)?;
+        if g.dtype != DType::F32 {
+            return Err(TensorError::DType { op, expected: DType::F32, got: g.dtype });
+        }
+        let dims = self.sorted_dims(op, dims)?;
+        let mut cur = g.clone();
+        let mut shape = g.shape.clone();
+        for &d in dims.iter().rev() {
+            let (outer, red, inner) = (shape[..d].iter().product(), shape[d], shape[d + 1..].iter().product());
+            shape[d] = 1;
+            cur = match red {
+                0 if code == codes::R_SUM => crate::gpu::zeros(&shape, g.device)?,
+                0 => return Err(bad_shape(op, self.shape(), format!("cannot reduce the empty dimension {d}"))),
+                1 => cur.reshaped(&shape),
+                _ => crate::gpu::reduce(&cur, outer, red, inner, code, &shape)?,
+            };
+        }
+        if !keepdim {
+            let kept: Vec<usize> =
+                shape.iter().enumerate().filter(|(d, _)| !dims.contains(d)).map(|(_, &s)| s).collect();
+            cur = cur.reshaped(&kept);
+        }
+        Ok(Tensor::from_gpu(cur))
+    }
+
     /// Sum over `dims` (all when empty... use [`Tensor::sum_all`]), like `torch.sum(dim, keepdim)`.
     pub fn sum(&self, dims: &[usize], keepdim: bool) -> Result<Tensor> {
+        #[cfg(gpu)]
+        if self.device().is_gpu() {
+            return self.gpu_reduce("sum", dims, keepdim, codes::R_SUM);
+        }
         let (acc, _) = self.reduce_sum("sum", dims, keepdim)?;
         Ok(Tensor::from_f32_array(acc.mapv(|v| v as f32)))
     }
 
     /// Mean over `dims`, like `torch.mean(dim, keepdim)`.
     pub fn mean(&self, dims: &[usize], keepdim: bool) -> Result<Tensor> {
+        if self.device().is_gpu() {
+            let count: usize = self.sorted_dims("mean", dims)?.iter().map(|&d| self.shape()[d]).product();
+            return self.sum(dims, keepdim)?.mul_scalar(1.0 / count as f32);
+        }
         let (acc, count) = self.reduce_sum("mean", dims, keepdim)?;
         Ok(Tensor::from_f32_array(acc.mapv(|v| (v / count as f64) as f32)))
     }
 
     /// Variance over `dims`; `unbiased` divides by `n - 1` (torch's default), else by `n`.
     pub fn var(&self, dims: &[usize], unbiased: bool, keepdim: bool) -> Result<Tensor> {
+        if self.device().is_gpu() {
+            let count: usize = self.sorted_dims("var", dims)?.iter().map(|&d| self.shape()[d]).product();
+            let centred = self.sub(&self.mean(dims, true)?)?;
+            let denom = if unbiased { count.saturating_sub(1) } else { count } as f32;
+            return centred.mul(&centred)?.sum(dims, keepdim)?.mul_scalar(1.0 / denom);
+        }
         let (sum, count) = self.reduce_sum("var", dims, true)?;
         let a = self.f32_array("var")?;
         let mean = sum.mapv(|v| v / count as f64);
@@ -809,6 +1036,11 @@ impl Tensor {
 
     /// Maximum along `dim` (NaN wins, like torch).
     pub fn max(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
+        #[cfg(gpu)]
+        if self.device().is_gpu() {
+            check_dim("max", dim, self.rank())?;
+            return self.gpu_reduce("max", &[dim], keepdim, codes::R_MAX);
+        }
         let out = self.reduce_lanes("max", dim, keepdim, |lane| {
             lane.iter()
                 .copied()
@@ -819,6 +1051,25 @@ impl Tensor {
 
     /// Index of the first maximum along `dim` (i64), like `torch.argmax`.
     pub fn argmax(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
+        #[cfg(gpu)]
+        if let Storage::Gpu(g) = &self.storage {
+            check_dim("argmax", dim, self.rank())?;
+            if g.shape[dim] == 0 || g.dtype != DType::F32 {
+                return Err(bad_shape(
+                    "argmax",
+                    self.shape(),
+                    format!("cannot reduce dimension {dim} of an empty or i64 tensor"),
+                ));
+            }
+            let mut shape = g.shape.clone();
+            let (outer, red, inner) = (shape[..dim].iter().product(), shape[dim], shape[dim + 1..].iter().product());
+            if keepdim {
+                shape[dim] = 1;
+            } else {
+                shape.remove(dim);
+            }
+            return Ok(Tensor::from_gpu(crate::gpu::argmax(g, outer, red, inner, &shape)?));
+        }
         let out = self.reduce_lanes("argmax", dim, keepdim, |lane| {
             let mut best = 0usize;
             let mut best_v = f32::NEG_INFINITY;
@@ -847,6 +1098,13 @@ impl Tensor {
     }
 
     fn softmax_impl(&self, op: &'static str, dim: usize, log: bool) -> Result<Tensor> {
+        if self.device().is_gpu() {
+            check_dim(op, dim, self.rank())?;
+            let shifted = self.sub(&self.max(dim, true)?)?;
+            let e = shifted.exp()?;
+            let sum = e.sum(&[dim], true)?;
+            return if log { shifted.sub(&sum.log()?) } else { e.div(&sum) };
+        }
         let a = self.f32_array(op)?;
         check_dim(op, dim, self.rank())?;
         let mut out = ArrayD::<f32>::zeros(a.raw_dim());
@@ -874,6 +1132,10 @@ impl Tensor {
     /// broadcasting, like `torch.matmul` for operands of rank >= 2. Strided views (such as a
     /// transpose) are read in place, without a copy.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        #[cfg(gpu)]
+        if gpu_device("matmul", &[Some(self), Some(rhs)])?.is_some() {
+            return self.gpu_matmul(rhs);
+        }
         let a = self.f32_array("matmul")?;
         let b = rhs.f32_array("matmul")?;
         let (ra, rb) = (a.ndim(), b.ndim());
@@ -904,6 +1166,47 @@ impl Tensor {
     }
 }
 
+#[cfg(gpu)]
+impl Tensor {
+    fn gpu_matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        let (a, b) = (self.gpu_of("matmul")?, rhs.gpu_of("matmul")?);
+        if a.dtype != DType::F32 || b.dtype != DType::F32 {
+            return Err(TensorError::DType { op: "matmul", expected: DType::F32, got: DType::I64 });
+        }
+        let (ra, rb) = (a.shape.len(), b.shape.len());
+        if ra < 2 || rb < 2 || a.shape[ra - 1] != b.shape[rb - 2] {
+            return Err(mismatch("matmul", &a.shape, &b.shape));
+        }
+        let (m, k, n) = (a.shape[ra - 2], a.shape[ra - 1], b.shape[rb - 1]);
+        let batch = broadcast_shapes("matmul", &a.shape[..ra - 2], &b.shape[..rb - 2])?;
+        let nb: usize = batch.iter().product();
+        // An operand whose batch is a single matrix is read with batch stride 0; one broadcast
+        // along some batch dimensions only is expanded first.
+        let expand = |t: &Tensor, rows: usize, cols: usize| -> Result<(Tensor, bool)> {
+            let own: usize = t.shape()[..t.rank() - 2].iter().product();
+            if own == 1 {
+                return Ok((t.clone(), false));
+            }
+            let mut full = batch.clone();
+            full.extend([rows, cols]);
+            Ok((if t.shape() == full.as_slice() { t.clone() } else { t.broadcast_to(&full)? }, true))
+        };
+        let (ta, a_batched) = expand(self, m, k)?;
+        let (tb, b_batched) = expand(rhs, k, n)?;
+        let mut shape = batch;
+        shape.extend([m, n]);
+        let out = crate::gpu::matmul(
+            ta.gpu_of("matmul")?,
+            tb.gpu_of("matmul")?,
+            nb,
+            (m, k, n),
+            (a_batched, b_batched),
+            &shape,
+        )?;
+        Ok(Tensor::from_gpu(out))
+    }
+}
+
 /// The multi-index of flat position `flat` in a row-major array of `shape`.
 pub(crate) fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
     let mut pos = vec![0; shape.len()];
@@ -914,4 +1217,22 @@ pub(crate) fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
         }
     }
     pos
+}
+
+/// The GPU device shared by the given operands, `None` when all are on the host, and an error
+/// when they are on different devices.
+#[cfg(gpu)]
+pub(crate) fn gpu_device(op: &'static str, operands: &[Option<&Tensor>]) -> Result<Option<Device>> {
+    let devices: Vec<Device> = operands.iter().flatten().map(|t| t.device()).collect();
+    match devices.first() {
+        Some(&first) if devices.iter().any(|d| d.is_gpu()) => {
+            if devices.iter().all(|&d| d == first) {
+                Ok(Some(first))
+            } else {
+                let names: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
+                Err(TensorError::DeviceMismatch { op, devices: names.join(", ") })
+            }
+        }
+        _ => Ok(None),
+    }
 }

@@ -81,6 +81,12 @@ pub fn batch_norm_train(
     if count <= 1 {
         return Err(bad_shape(OP, input.shape(), "training needs more than one value per channel"));
     }
+    #[cfg(gpu)]
+    if crate::tensor::gpu_device(OP, &[Some(input), weight, bias, running.map(|r| r.0), running.map(|r| r.1)])?
+        .is_some()
+    {
+        return on_gpu::train(input, weight, bias, running, momentum, eps, count);
+    }
     let gamma = channel_vec(OP, weight, c, 1.0)?;
     let beta = channel_vec(OP, bias, c, 0.0)?;
     let x = input.f32_data(OP)?;
@@ -148,6 +154,12 @@ pub fn batch_norm_eval(
 ) -> Result<Tensor> {
     const OP: &str = "batch_norm_eval";
     let (_, c, s) = layout(OP, input.shape())?;
+    #[cfg(gpu)]
+    if crate::tensor::gpu_device(OP, &[Some(input), weight, bias, Some(running_mean), Some(running_var)])?.is_some() {
+        let (scale, shift) = on_gpu::eval_affine(OP, c, weight, bias, running_mean, running_var, eps)?;
+        let out = crate::gpu::channel_affine(input.gpu_f32(OP)?, scale.gpu_f32(OP)?, shift.gpu_f32(OP)?, None, false)?;
+        return Ok(Tensor::from_gpu(out));
+    }
     let (scale, shift) = eval_affine(OP, c, weight, bias, running_mean, running_var, eps)?;
     let x = input.f32_data(OP)?;
     let mut out = vec![0f32; x.len()];
@@ -208,6 +220,10 @@ pub fn batch_norm_train_backward(
         return Err(mismatch(OP, grad_output.shape(), input.shape()));
     }
     let (n, c, s) = layout(OP, input.shape())?;
+    #[cfg(gpu)]
+    if crate::tensor::gpu_device(OP, &[Some(grad_output), Some(input), weight, Some(mean), Some(invstd)])?.is_some() {
+        return on_gpu::train_backward(grad_output, input, weight, mean, invstd, c);
+    }
     let m = (n * s) as f64;
     let gamma = channel_vec(OP, weight, c, 1.0)?;
     let mean = channel_vec(OP, Some(mean), c, 0.0)?;
@@ -259,6 +275,12 @@ pub fn batch_norm_eval_backward(
         return Err(mismatch(OP, grad_output.shape(), input.shape()));
     }
     let (n, c, s) = layout(OP, input.shape())?;
+    #[cfg(gpu)]
+    if crate::tensor::gpu_device(OP, &[Some(grad_output), Some(input), weight, Some(running_mean), Some(running_var)])?
+        .is_some()
+    {
+        return on_gpu::eval_backward(grad_output, input, weight, running_mean, running_var, eps, c);
+    }
     let gamma = channel_vec(OP, weight, c, 1.0)?;
     let mean = channel_vec(OP, Some(running_mean), c, 0.0)?;
     let var = channel_vec(OP, Some(running_var), c, 1.0)?;
@@ -307,6 +329,16 @@ pub fn fold_batch_norm(
         return Err(invalid(OP, format!("cannot fold into a conv weight of shape {ws:?}")));
     }
     let c = ws[0];
+    if conv_weight.device().is_gpu() {
+        // Folding happens once per model: on the host, with the result moved back.
+        let device = conv_weight.device();
+        let host = |t: Option<&Tensor>| t.map(|t| t.to_device(crate::Device::Cpu)).transpose();
+        let (w, b, g, bb) = (host(Some(conv_weight))?, host(conv_bias)?, host(bn_weight)?, host(bn_bias)?);
+        let (rm, rv) = (running_mean.to_device(crate::Device::Cpu)?, running_var.to_device(crate::Device::Cpu)?);
+        let (fw, fb) =
+            fold_batch_norm(w.as_ref().unwrap_or(conv_weight), b.as_ref(), g.as_ref(), bb.as_ref(), &rm, &rv, eps)?;
+        return Ok((fw.to_device(device)?, fb.to_device(device)?));
+    }
     let per_out = ws[1..].iter().product::<usize>();
     let (scale, shift) = eval_affine(OP, c, bn_weight, bn_bias, running_mean, running_var, eps)?;
     let b = channel_vec(OP, conv_bias, c, 0.0)?;
@@ -314,4 +346,130 @@ pub fn fold_batch_norm(
     let folded: Vec<f32> = w.iter().enumerate().map(|(i, &v)| v * scale[i / per_out]).collect();
     let bias: Vec<f32> = (0..c).map(|i| b[i] * scale[i] + shift[i]).collect();
     Ok((Tensor::from_vec_unchecked(folded, ws), Tensor::from_vec_unchecked(bias, &[c])))
+}
+
+/// The GPU paths: per-channel statistics and gradient sums by one kernel each, the small
+/// per-channel arithmetic by tensor ops on the device, nothing copied to the host.
+#[cfg(gpu)]
+mod on_gpu {
+    use super::{BatchNormGrads, BatchNormTrain};
+    use crate::error::{bad_shape, Result};
+    use crate::op_codes::U_RSQRT_EPS;
+    use crate::{gpu, Tensor};
+
+    /// A per-channel parameter on `device`, or `default` everywhere when absent.
+    fn channel(op: &'static str, t: Option<&Tensor>, c: usize, default: f32, device: crate::Device) -> Result<Tensor> {
+        match t {
+            None => Tensor::full(&[c], default).to_device(device),
+            Some(t) if t.shape() == [c] => Ok(t.clone()),
+            Some(t) => Err(bad_shape(op, t.shape(), format!("a per-channel parameter must be [{c}]"))),
+        }
+    }
+
+    fn rsqrt_eps(op: &'static str, var: &Tensor, eps: f64) -> Result<Tensor> {
+        Ok(Tensor::from_gpu(gpu::unary(var.gpu_f32(op)?, U_RSQRT_EPS, eps as f32, 0.0)?))
+    }
+
+    /// `scale = gamma / sqrt(var + eps)` and `shift = beta - mean * scale`.
+    pub(super) fn eval_affine(
+        op: &'static str,
+        c: usize,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        mean: &Tensor,
+        var: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, Tensor)> {
+        let device = mean.device();
+        let gamma = channel(op, weight, c, 1.0, device)?;
+        let beta = channel(op, bias, c, 0.0, device)?;
+        let (mean, var) = (channel(op, Some(mean), c, 0.0, device)?, channel(op, Some(var), c, 1.0, device)?);
+        let scale = gamma.mul(&rsqrt_eps(op, &var, eps)?)?;
+        let shift = beta.sub(&mean.mul(&scale)?)?;
+        Ok((scale, shift))
+    }
+
+    pub(super) fn train(
+        input: &Tensor,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        running: Option<(&Tensor, &Tensor)>,
+        momentum: f64,
+        eps: f64,
+        count: usize,
+    ) -> Result<BatchNormTrain> {
+        const OP: &str = "batch_norm_train";
+        let x = input.gpu_f32(OP)?;
+        let (c, device) = (x.shape[1], x.device);
+        let (mean, var) = gpu::channel_stats(x)?;
+        let (mean, var) = (Tensor::from_gpu(mean), Tensor::from_gpu(var));
+        let invstd = rsqrt_eps(OP, &var, eps)?;
+        let gamma = channel(OP, weight, c, 1.0, device)?;
+        let beta = channel(OP, bias, c, 0.0, device)?;
+        let scale = gamma.mul(&invstd)?;
+        let shift = beta.sub(&mean.mul(&scale)?)?;
+        let output = Tensor::from_gpu(gpu::channel_affine(x, scale.gpu_f32(OP)?, shift.gpu_f32(OP)?, None, false)?);
+        let (running_mean, running_var) = match running {
+            None => (None, None),
+            Some((rm, rv)) => {
+                let (rm, rv) = (channel(OP, Some(rm), c, 0.0, device)?, channel(OP, Some(rv), c, 1.0, device)?);
+                let m = momentum as f32;
+                let unbias = count as f64 / (count - 1) as f64;
+                let new_mean = rm.mul_scalar(1.0 - m)?.add(&mean.mul_scalar(m)?)?;
+                let new_var = rv.mul_scalar(1.0 - m)?.add(&var.mul_scalar((momentum * unbias) as f32)?)?;
+                (Some(new_mean), Some(new_var))
+            }
+        };
+        Ok(BatchNormTrain { output, mean, invstd, running_mean, running_var })
+    }
+
+    pub(super) fn train_backward(
+        grad_output: &Tensor,
+        input: &Tensor,
+        weight: Option<&Tensor>,
+        mean: &Tensor,
+        invstd: &Tensor,
+        c: usize,
+    ) -> Result<BatchNormGrads> {
+        const OP: &str = "batch_norm_train_backward";
+        let device = input.device();
+        let gamma = channel(OP, weight, c, 1.0, device)?;
+        let (mean, invstd) = (channel(OP, Some(mean), c, 0.0, device)?, channel(OP, Some(invstd), c, 1.0, device)?);
+        let (dy, x) = (grad_output.gpu_f32(OP)?, input.gpu_f32(OP)?);
+        let (m, is) = (mean.gpu_f32(OP)?, invstd.gpu_f32(OP)?);
+        let (sum_dy, sum_dy_xhat) = gpu::channel_grad_sums(dy, x, m, is)?;
+        let dx = gpu::bn_backward_input(dy, x, m, is, gamma.gpu_f32(OP)?, &sum_dy, &sum_dy_xhat)?;
+        Ok(BatchNormGrads {
+            input: Tensor::from_gpu(dx),
+            weight: Tensor::from_gpu(sum_dy_xhat),
+            bias: Tensor::from_gpu(sum_dy),
+        })
+    }
+
+    pub(super) fn eval_backward(
+        grad_output: &Tensor,
+        input: &Tensor,
+        weight: Option<&Tensor>,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f64,
+        c: usize,
+    ) -> Result<BatchNormGrads> {
+        const OP: &str = "batch_norm_eval_backward";
+        let device = input.device();
+        let gamma = channel(OP, weight, c, 1.0, device)?;
+        let mean = channel(OP, Some(running_mean), c, 0.0, device)?;
+        let invstd = rsqrt_eps(OP, &channel(OP, Some(running_var), c, 1.0, device)?, eps)?;
+        let scale = gamma.mul(&invstd)?;
+        let zeros = Tensor::zeros(&[c]).to_device(device)?;
+        let dy = grad_output.gpu_f32(OP)?;
+        let dx = gpu::channel_affine(dy, scale.gpu_f32(OP)?, zeros.gpu_f32(OP)?, None, false)?;
+        let (sum_dy, sum_dy_xhat) =
+            gpu::channel_grad_sums(dy, input.gpu_f32(OP)?, mean.gpu_f32(OP)?, invstd.gpu_f32(OP)?)?;
+        Ok(BatchNormGrads {
+            input: Tensor::from_gpu(dx),
+            weight: Tensor::from_gpu(sum_dy_xhat),
+            bias: Tensor::from_gpu(sum_dy),
+        })
+    }
 }

@@ -119,6 +119,25 @@ impl ConvGeom {
         Ok(ConvGeom { n, cin, h, w, cout, kh, kw, oh, ow, p, cin_g, cout_g: cout / p.groups })
     }
 
+    #[cfg(gpu)]
+    fn gpu_sizes(&self) -> crate::gpu::ConvSizes {
+        crate::gpu::ConvSizes {
+            n: self.n,
+            c: self.cin,
+            h: self.h,
+            w: self.w,
+            o: self.cout,
+            kh: self.kh,
+            kw: self.kw,
+            oh: self.oh,
+            ow: self.ow,
+            stride: self.p.stride,
+            padding: self.p.padding,
+            dilation: self.p.dilation,
+            groups: self.p.groups,
+        }
+    }
+
     /// Rows of one group's im2col matrix (= columns of its weight matrix).
     fn k(&self) -> usize {
         self.cin_g * self.kh * self.kw
@@ -491,6 +510,18 @@ fn fused(
             return Err(mismatch("conv2d residual", r.shape(), &g.out_shape()));
         }
     }
+    #[cfg(gpu)]
+    if crate::tensor::gpu_device(OP, &[Some(input), Some(weight), bias, residual])?.is_some() {
+        let out = crate::gpu::conv2d(
+            input.gpu_f32(OP)?,
+            weight.gpu_f32(OP)?,
+            bias.map(|b| b.gpu_f32(OP)).transpose()?,
+            residual.map(|r| r.gpu_f32(OP)).transpose()?,
+            relu,
+            g.gpu_sizes(),
+        )?;
+        return Ok(Tensor::from_gpu(out));
+    }
     let x = input.f32_data(OP)?;
     let w = weight.f32_data(OP)?;
     let b = bias.map(|b| b.f32_data(OP)).transpose()?;
@@ -599,6 +630,11 @@ pub fn conv2d_backward_input(
     if grad_output.shape() != g.out_shape() {
         return Err(mismatch(OP, grad_output.shape(), &g.out_shape()));
     }
+    #[cfg(gpu)]
+    if crate::tensor::gpu_device(OP, &[Some(grad_output), Some(weight)])?.is_some() {
+        let dx = crate::gpu::conv2d_backward_input(grad_output.gpu_f32(OP)?, weight.gpu_f32(OP)?, g.gpu_sizes())?;
+        return Ok(Tensor::from_gpu(dx));
+    }
     let dy = grad_output.f32_data(OP)?;
     let w = weight.f32_data(OP)?;
     let (ohw, k, in_hw) = (g.out_hw(), g.k(), g.in_hw());
@@ -694,6 +730,11 @@ pub fn conv2d_backward_weight(
     if grad_output.shape() != g.out_shape() {
         return Err(mismatch(OP, grad_output.shape(), &g.out_shape()));
     }
+    #[cfg(gpu)]
+    if crate::tensor::gpu_device(OP, &[Some(input), Some(grad_output)])?.is_some() {
+        let dw = crate::gpu::conv2d_backward_weight(input.gpu_f32(OP)?, grad_output.gpu_f32(OP)?, g.gpu_sizes())?;
+        return Ok(Tensor::from_gpu(dw));
+    }
     let x = input.f32_data(OP)?;
     let dy = grad_output.f32_data(OP)?;
     let (ohw, k, in_hw) = (g.out_hw(), g.k(), g.in_hw());
@@ -772,6 +813,9 @@ pub fn conv2d_backward_bias(grad_output: &Tensor) -> Result<Tensor> {
         return Err(bad_shape(OP, s, "the output gradient must be 4-D"));
     }
     let (n, c, hw) = (s[0], s[1], s[2] * s[3]);
+    if grad_output.device().is_gpu() {
+        return grad_output.sum(&[0, 2, 3], false);
+    }
     let dy = grad_output.f32_data(OP)?;
     let db: Vec<f32> = (0..c)
         .into_par_iter()

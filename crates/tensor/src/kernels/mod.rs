@@ -4,6 +4,7 @@
 pub mod batch_norm;
 pub mod conv;
 pub(crate) mod matmul;
+pub mod optim;
 pub mod pool;
 mod small_gemm;
 pub(crate) mod winograd;

@@ -68,6 +68,28 @@ struct PoolGeom {
     ow: usize,
 }
 
+#[cfg(gpu)]
+impl PoolGeom {
+    fn gpu_sizes(&self, p: &Pool2dParams, count_include_pad: bool) -> crate::gpu::PoolSizes {
+        crate::gpu::PoolSizes {
+            h: self.h,
+            w: self.w,
+            oh: self.oh,
+            ow: self.ow,
+            kernel: p.kernel,
+            stride: p.stride,
+            padding: p.padding,
+            count_include_pad,
+        }
+    }
+}
+
+/// Adaptive pooling's sizes for the GPU kernels (which read only h, w, oh, ow).
+#[cfg(gpu)]
+fn adaptive_sizes(h: usize, w: usize, oh: usize, ow: usize) -> crate::gpu::PoolSizes {
+    crate::gpu::PoolSizes { h, w, oh, ow, kernel: [1, 1], stride: [1, 1], padding: [0, 0], count_include_pad: true }
+}
+
 fn geometry(op: &'static str, shape: &[usize], p: &Pool2dParams) -> Result<PoolGeom> {
     if shape.len() != 4 {
         return Err(bad_shape(op, shape, "the input must be 4-D [batch, channels, height, width]"));
@@ -82,6 +104,12 @@ fn geometry(op: &'static str, shape: &[usize], p: &Pool2dParams) -> Result<PoolG
 pub fn max_pool2d(input: &Tensor, p: Pool2dParams) -> Result<(Tensor, Tensor)> {
     const OP: &str = "max_pool2d";
     let g = geometry(OP, input.shape(), &p)?;
+    let shape = [input.shape()[0], input.shape()[1], g.oh, g.ow];
+    #[cfg(gpu)]
+    if input.device().is_gpu() {
+        let (out, idx) = crate::gpu::max_pool2d(input.gpu_f32(OP)?, g.gpu_sizes(&p, true), &shape)?;
+        return Ok((Tensor::from_gpu(out), Tensor::from_gpu(idx)));
+    }
     let x = input.f32_data(OP)?;
     let (ohw, ihw) = (g.oh * g.ow, g.h * g.w);
     let mut out = vec![0f32; g.planes * ohw];
@@ -126,7 +154,6 @@ pub fn max_pool2d(input: &Tensor, p: Pool2dParams) -> Result<(Tensor, Tensor)> {
             }
         }
     });
-    let shape = [input.shape()[0], input.shape()[1], g.oh, g.ow];
     Ok((Tensor::from_vec_unchecked(out, &shape), Tensor::from_i64_vec_unchecked(idx, &shape)))
 }
 
@@ -139,6 +166,15 @@ pub fn max_pool2d_backward(grad_output: &Tensor, indices: &Tensor, input_shape: 
     let gs = grad_output.shape();
     if gs != indices.shape() || gs.len() != 4 || gs[..2] != input_shape[..2] {
         return Err(mismatch(OP, gs, indices.shape()));
+    }
+    #[cfg(gpu)]
+    if crate::tensor::gpu_device(OP, &[Some(grad_output), Some(indices)])?.is_some() {
+        let idx = indices.gpu_of(OP)?;
+        if idx.dtype != crate::DType::I64 {
+            return Err(crate::TensorError::DType { op: OP, expected: crate::DType::I64, got: idx.dtype });
+        }
+        let dx = crate::gpu::max_pool2d_backward(grad_output.gpu_f32(OP)?, idx, input_shape)?;
+        return Ok(Tensor::from_gpu(dx));
     }
     let dy = grad_output.f32_data(OP)?;
     let ix = indices.i64_data(OP)?;
@@ -180,6 +216,12 @@ fn avg_windows(g: &PoolGeom, p: &Pool2dParams, count_include_pad: bool) -> Vec<(
 pub fn avg_pool2d(input: &Tensor, p: Pool2dParams, count_include_pad: bool) -> Result<Tensor> {
     const OP: &str = "avg_pool2d";
     let g = geometry(OP, input.shape(), &p)?;
+    #[cfg(gpu)]
+    if input.device().is_gpu() {
+        let shape = [input.shape()[0], input.shape()[1], g.oh, g.ow];
+        let out = crate::gpu::avg_pool2d(input.gpu_f32(OP)?, g.gpu_sizes(&p, count_include_pad), &shape, false)?;
+        return Ok(Tensor::from_gpu(out));
+    }
     let x = input.f32_data(OP)?;
     let windows = avg_windows(&g, &p, count_include_pad);
     let (ohw, ihw) = (g.oh * g.ow, g.h * g.w);
@@ -209,6 +251,12 @@ pub fn avg_pool2d_backward(
     let expect = [input_shape[0], input_shape[1], g.oh, g.ow];
     if grad_output.shape() != expect {
         return Err(mismatch(OP, grad_output.shape(), &expect));
+    }
+    #[cfg(gpu)]
+    if grad_output.device().is_gpu() {
+        let s = g.gpu_sizes(&p, count_include_pad);
+        let dx = crate::gpu::avg_pool2d_backward(grad_output.gpu_f32(OP)?, s, input_shape, false)?;
+        return Ok(Tensor::from_gpu(dx));
     }
     let dy = grad_output.f32_data(OP)?;
     let windows = avg_windows(&g, &p, count_include_pad);
@@ -249,6 +297,12 @@ pub fn adaptive_avg_pool2d(input: &Tensor, output: [usize; 2]) -> Result<Tensor>
     adaptive_check(OP, input.shape(), output)?;
     let s = input.shape();
     let (h, w, [oh, ow]) = (s[2], s[3], output);
+    #[cfg(gpu)]
+    if input.device().is_gpu() {
+        let sizes = adaptive_sizes(h, w, oh, ow);
+        let out = crate::gpu::avg_pool2d(input.gpu_f32(OP)?, sizes, &[s[0], s[1], oh, ow], true)?;
+        return Ok(Tensor::from_gpu(out));
+    }
     let x = input.f32_data(OP)?;
     let mut out = vec![0f32; s[0] * s[1] * oh * ow];
     out.par_chunks_mut(oh * ow).enumerate().for_each(|(pl, o)| {
@@ -277,6 +331,12 @@ pub fn adaptive_avg_pool2d_backward(grad_output: &Tensor, input_shape: &[usize])
     }
     adaptive_check(OP, input_shape, [gs[2], gs[3]])?;
     let (h, w, oh, ow) = (input_shape[2], input_shape[3], gs[2], gs[3]);
+    #[cfg(gpu)]
+    if grad_output.device().is_gpu() {
+        let dx =
+            crate::gpu::avg_pool2d_backward(grad_output.gpu_f32(OP)?, adaptive_sizes(h, w, oh, ow), input_shape, true)?;
+        return Ok(Tensor::from_gpu(dx));
+    }
     let dy = grad_output.f32_data(OP)?;
     let mut dx = vec![0f32; input_shape.iter().product()];
     dx.par_chunks_mut(h * w).enumerate().for_each(|(pl, d)| {

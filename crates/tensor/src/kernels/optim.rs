@@ -1,0 +1,145 @@
+//! The optimizers' per-parameter updates as fused tensor functions, with torch.optim's order
+//! of operations: one pass over the parameter, its gradient and its state, on the host or on
+//! the parameter's GPU. The `nn` crate keeps the state and the schedule; this is the math.
+//!
+//! Each step returns new tensors (the parameter, the state) and leaves its inputs untouched,
+//! like every op of this crate.
+
+use crate::error::{mismatch, Result};
+use crate::Tensor;
+
+/// torch.optim.SGD's hyper-parameters for one step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SgdStep {
+    /// Learning rate.
+    pub lr: f64,
+    /// L2 penalty added to the gradient.
+    pub weight_decay: f64,
+    /// Momentum factor (0: plain SGD, no buffer).
+    pub momentum: f64,
+    /// Dampening of the momentum.
+    pub dampening: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+}
+
+/// torch.optim.Adam's (or AdamW's) hyper-parameters for one step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamStep {
+    /// Learning rate.
+    pub lr: f64,
+    /// Weight decay: added to the gradient (Adam) or shrinking the parameter (AdamW).
+    pub weight_decay: f64,
+    /// `(beta1, beta2)`.
+    pub betas: (f64, f64),
+    /// Added to the denominator.
+    pub eps: f64,
+    /// AdamW's decoupled weight decay.
+    pub decoupled: bool,
+    /// The step number, from 1 (for the bias corrections).
+    pub step: u64,
+}
+
+fn check(op: &'static str, param: &Tensor, others: &[Option<&Tensor>]) -> Result<()> {
+    for t in others.iter().flatten() {
+        if t.shape() != param.shape() {
+            return Err(mismatch(op, param.shape(), t.shape()));
+        }
+    }
+    Ok(())
+}
+
+/// One SGD step: the new parameter and, with momentum, the new momentum buffer (`buf` is
+/// `None` on the first step, when the buffer starts as the update direction).
+pub fn sgd_step(param: &Tensor, grad: &Tensor, buf: Option<&Tensor>, h: SgdStep) -> Result<(Tensor, Option<Tensor>)> {
+    const OP: &str = "sgd_step";
+    check(OP, param, &[Some(grad), buf])?;
+    let (lr, wd, m, damp) = (h.lr as f32, h.weight_decay as f32, h.momentum as f32, (1.0 - h.dampening) as f32);
+    #[cfg(gpu)]
+    if crate::tensor::gpu_device(OP, &[Some(param), Some(grad), buf])?.is_some() {
+        let b = buf.map(|b| b.gpu_f32(OP)).transpose()?;
+        let (p, b) = crate::gpu::sgd_step(param.gpu_f32(OP)?, grad.gpu_f32(OP)?, b, lr, wd, m, damp, h.nesterov)?;
+        return Ok((Tensor::from_gpu(p), b.map(Tensor::from_gpu)));
+    }
+    let mut p = param.f32_data(OP)?.into_owned();
+    let g = grad.f32_data(OP)?;
+    let d: Vec<f32> = if wd != 0.0 { p.iter().zip(g.iter()).map(|(&p, &g)| g + wd * p).collect() } else { g.to_vec() };
+    let (d, new_buf) = if h.momentum != 0.0 {
+        let b: Vec<f32> = match buf {
+            None => d.clone(),
+            Some(b) => b.f32_data(OP)?.iter().zip(&d).map(|(&b, &d)| b * m + damp * d).collect(),
+        };
+        let dir = if h.nesterov { d.iter().zip(&b).map(|(&d, &b)| d + m * b).collect() } else { b.clone() };
+        (dir, Some(Tensor::from_vec_unchecked(b, param.shape())))
+    } else {
+        (d, None)
+    };
+    p.iter_mut().zip(&d).for_each(|(p, &d)| *p -= lr * d);
+    Ok((Tensor::from_vec_unchecked(p, param.shape()), new_buf))
+}
+
+/// One Adam / AdamW step: the new parameter, first moment and second moment (`None` moments
+/// start at zero).
+pub fn adam_step(
+    param: &Tensor,
+    grad: &Tensor,
+    m1: Option<&Tensor>,
+    m2: Option<&Tensor>,
+    h: AdamStep,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    const OP: &str = "adam_step";
+    check(OP, param, &[Some(grad), m1, m2])?;
+    let (b1, b2) = h.betas;
+    let step = h.step.max(1).min(i32::MAX as u64) as i32;
+    let bc1 = 1.0 - b1.powi(step);
+    let bc2_sqrt = (1.0 - b2.powi(step)).sqrt();
+    let step_size = (h.lr / bc1) as f32;
+    let shrink = if h.decoupled && h.weight_decay != 0.0 { (1.0 - h.lr * h.weight_decay) as f32 } else { 1.0 };
+    let l2 = if !h.decoupled { h.weight_decay as f32 } else { 0.0 };
+    // torch passes `1 - beta` as a Python float (f64) cast once to f32.
+    let (b1f, b2f, one_b1, one_b2) = (b1 as f32, b2 as f32, (1.0 - b1) as f32, (1.0 - b2) as f32);
+    let (eps, bc2f) = (h.eps as f32, bc2_sqrt as f32);
+    #[cfg(gpu)]
+    if let Some(device) = crate::tensor::gpu_device(OP, &[Some(param), Some(grad), m1, m2])? {
+        let zeros;
+        let (m1, m2) = match (m1, m2) {
+            (Some(a), Some(b)) => (a, b),
+            _ => {
+                zeros = Tensor::zeros_on(param.shape(), device)?;
+                (m1.unwrap_or(&zeros), m2.unwrap_or(&zeros))
+            }
+        };
+        let scalars = [b1f, b2f, one_b1, one_b2, eps, l2, shrink, step_size, bc2f];
+        let (p, a, b) =
+            crate::gpu::adam_step(param.gpu_f32(OP)?, grad.gpu_f32(OP)?, m1.gpu_f32(OP)?, m2.gpu_f32(OP)?, scalars)?;
+        return Ok((Tensor::from_gpu(p), Tensor::from_gpu(a), Tensor::from_gpu(b)));
+    }
+    let n = param.numel();
+    let mut p = param.f32_data(OP)?.into_owned();
+    let g = grad.f32_data(OP)?;
+    let mut m = match m1 {
+        Some(t) => t.f32_data(OP)?.into_owned(),
+        None => vec![0.0; n],
+    };
+    let mut v = match m2 {
+        Some(t) => t.f32_data(OP)?.into_owned(),
+        None => vec![0.0; n],
+    };
+    if shrink != 1.0 {
+        p.iter_mut().for_each(|p| *p *= shrink);
+    }
+    for i in 0..n {
+        let grad = if l2 != 0.0 { g[i] + l2 * p[i] } else { g[i] };
+        // The operation order of torch's single-tensor Adam: mul_ then add_, addcdiv_.
+        m[i] = m[i] * b1f + one_b1 * grad;
+        v[i] = v[i] * b2f + one_b2 * (grad * grad);
+        let denom = v[i].sqrt() / bc2f + eps;
+        p[i] += -step_size * (m[i] / denom);
+    }
+    let shape = param.shape();
+    Ok((
+        Tensor::from_vec_unchecked(p, shape),
+        Tensor::from_vec_unchecked(m, shape),
+        Tensor::from_vec_unchecked(v, shape),
+    ))
+}
