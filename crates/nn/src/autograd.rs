@@ -200,7 +200,7 @@ impl Var {
         }
         nodes.sort_by_key(|v| std::cmp::Reverse(v.id()));
         let mut grads: HashMap<u64, Tensor> = HashMap::new();
-        grads.insert(self.id(), Tensor::ones(value.shape()));
+        grads.insert(self.id(), Tensor::ones(value.shape()).to_device(value.device())?);
         for v in nodes {
             let Some(g) = grads.remove(&v.id()) else { continue };
             let origin = std::mem::replace(&mut *lock(&v.0.origin), Origin::Released);
@@ -325,6 +325,14 @@ pub(crate) enum Op {
         smoothing: f32,
         scale: f32,
     },
+    /// Cross-entropy against a target distribution held as a tensor (the GPU path: the
+    /// gradient is `(probs - target) * scale * g`, computed on the device).
+    SoftCrossEntropy {
+        logits: Var,
+        probs: Tensor,
+        target: Tensor,
+        scale: f32,
+    },
     NllLoss {
         input: Var,
         targets: Vec<usize>,
@@ -368,7 +376,7 @@ impl Op {
             | Op::AvgPool2d { input, .. }
             | Op::NllLoss { input, .. }
             | Op::Dropout { input, .. } => vec![input],
-            Op::CrossEntropy { logits, .. } => vec![logits],
+            Op::CrossEntropy { logits, .. } | Op::SoftCrossEntropy { logits, .. } => vec![logits],
             Op::Linear { input, weight, bias } | Op::Conv2d { input, weight, bias, .. } => {
                 let mut v = vec![input, weight];
                 v.extend(bias.as_ref());
@@ -402,14 +410,13 @@ impl Op {
             Op::MulScalar(a, s) => vec![(a.clone(), g.mul_scalar(*s)?)],
             Op::Neg(a) => vec![(a.clone(), g.neg()?)],
             Op::Relu { input, output } => {
-                let mask = output.map("relu backward", |v| if v > 0.0 { 1.0 } else { 0.0 })?;
-                vec![(input.clone(), g.mul(&mask)?)]
+                vec![(input.clone(), g.relu_backward(output)?)]
             }
             Op::Exp { input, output } => vec![(input.clone(), g.mul(output)?)],
             Op::Log(a) => vec![(a.clone(), g.div(&a.value())?)],
             Op::Powf(a, p) => {
                 let p = *p;
-                let d = a.value().map("powf backward", move |v| p * v.powf(p - 1.0))?;
+                let d = a.value().powf(p - 1.0)?.mul_scalar(p)?;
                 vec![(a.clone(), g.mul(&d)?)]
             }
             Op::Matmul(a, b) => {
@@ -503,6 +510,10 @@ impl Op {
                 }
                 let s = scale * g.item()?;
                 let grad = Tensor::from_vec(d.into_iter().map(|v| v * s).collect(), probs.shape())?;
+                vec![(logits.clone(), grad)]
+            }
+            Op::SoftCrossEntropy { logits, probs, target, scale } => {
+                let grad = probs.sub(target)?.mul(&g.mul_scalar(*scale)?)?;
                 vec![(logits.clone(), grad)]
             }
             Op::NllLoss { input, targets, scale } => {

@@ -117,7 +117,7 @@ pub fn dropout(input: &Var, p: f64, rng: &mut Rng) -> Result<Var> {
     let keep = (1.0 / (1.0 - p)) as f32;
     let n: usize = shape.iter().product();
     let mask: Vec<f32> = (0..n).map(|_| if (rng.uniform() as f64) < p { 0.0 } else { keep }).collect();
-    let mask = Tensor::from_vec(mask, &shape)?;
+    let mask = Tensor::from_vec(mask, &shape)?.to_device(input.value().device())?;
     let y = input.value().mul(&mask)?;
     Ok(Var::record(y, &[input], || Op::Dropout { input: input.clone(), mask }))
 }
@@ -134,6 +134,26 @@ pub fn cross_entropy(logits: &Var, targets: &Tensor, reduction: Reduction, label
     }
     let (batch, classes) = (x.shape()[0], x.shape()[1]);
     let t = class_targets("cross_entropy", targets, batch, classes)?;
+    let scale = match reduction {
+        Reduction::Mean => 1.0 / batch as f32,
+        Reduction::Sum => 1.0,
+    };
+    if x.device().is_gpu() {
+        // On a GPU the loss stays there: the target distribution is a tensor on the device and
+        // every sum is a kernel, so only the scalar loss is ever read back (by the caller).
+        let target = Tensor::one_hot(&targets.to_device(x.device())?, classes)?
+            .mul_scalar(1.0 - label_smoothing)?
+            .add_scalar(label_smoothing / classes as f32)?;
+        let logp = x.log_softmax(1)?;
+        let loss = logp.mul(&target)?.sum(&[0, 1], false)?.mul_scalar(-scale)?;
+        let probs = logp.exp()?;
+        return Ok(Var::record(loss, &[logits], || Op::SoftCrossEntropy {
+            logits: logits.clone(),
+            probs,
+            target,
+            scale,
+        }));
+    }
     let logp = x.log_softmax(1)?.to_vec_f32()?;
     let mut total = 0f64;
     for (row, &c) in t.iter().enumerate() {
@@ -142,10 +162,6 @@ pub fn cross_entropy(logits: &Var, targets: &Tensor, reduction: Reduction, label
         let uniform = -r.iter().map(|&v| v as f64).sum::<f64>() / classes as f64;
         total += (1.0 - label_smoothing as f64) * nll + label_smoothing as f64 * uniform;
     }
-    let scale = match reduction {
-        Reduction::Mean => 1.0 / batch as f32,
-        Reduction::Sum => 1.0,
-    };
     let loss = Tensor::scalar((total * scale as f64) as f32);
     let probs = Tensor::from_vec(logp.iter().map(|v| v.exp()).collect(), x.shape())?;
     Ok(Var::record(loss, &[logits], || Op::CrossEntropy {

@@ -152,7 +152,10 @@ pub trait ModuleExt: Module {
                     if t.shape() != want.as_slice() {
                         report.mismatched.push((k.clone(), want, t.shape().to_vec()));
                     } else {
-                        to_load.push((var.clone(), t.to_dtype(var.value().dtype())));
+                        // Loaded values land where the module lives (`load_state_dict` after
+                        // `to_device` keeps the model on its GPU).
+                        let value = var.value();
+                        to_load.push((var.clone(), t.to_dtype(value.dtype()).to_device(value.device())?));
                     }
                 }
             }
@@ -166,6 +169,33 @@ pub trait ModuleExt: Module {
             var.set_value(t);
         }
         Ok(report)
+    }
+
+    /// Moves every f32 parameter and buffer to `device` (`net.to(device)`), dropping stale
+    /// gradients. Integer buffers (`num_batches_tracked`) stay on the host: they are counters the
+    /// host reads every step, and reading them from a GPU would wait for it each time.
+    fn to_device(&self, device: tensor::Device) -> Result<()> {
+        let mut vars = self.named_parameters();
+        vars.extend(self.named_buffers());
+        let mut moved = Vec::with_capacity(vars.len());
+        for (_, var) in &vars {
+            let value = var.value();
+            if value.dtype() == tensor::DType::F32 {
+                moved.push((var, value.to_device(device)?));
+            }
+        }
+        // Every transfer succeeded before anything changes: a failure leaves the model whole.
+        for (var, value) in moved {
+            var.set_value(value);
+            var.set_grad(None);
+        }
+        Ok(())
+    }
+
+    /// Where the parameters live (the first parameter's device; the host for a module without
+    /// parameters).
+    fn device(&self) -> tensor::Device {
+        self.named_parameters().first().map_or(tensor::Device::Cpu, |(_, v)| v.value().device())
     }
 
     /// Sets training mode on the whole tree (`net.train()`).

@@ -5,7 +5,7 @@
 
 use crate::autograd::Var;
 use crate::{NnError, Result};
-use tensor::Tensor;
+use tensor::{AdamStep, DType, SgdStep, Tensor};
 
 /// The update rule and its hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -88,10 +88,10 @@ pub struct ParamGroup {
 #[derive(Debug, Clone, Default)]
 struct ParamState {
     step: u64,
-    /// SGD's momentum buffer, or Adam's first moment.
-    first: Option<Vec<f32>>,
+    /// SGD's momentum buffer, or Adam's first moment (on the parameter's device).
+    first: Option<Tensor>,
     /// Adam's second moment.
-    second: Option<Vec<f32>>,
+    second: Option<Tensor>,
 }
 
 /// An optimizer over parameter groups.
@@ -163,10 +163,9 @@ impl Optimizer {
                         value.shape()
                     )));
                 }
-                let mut p = value.to_vec_f32()?;
-                let g = grad.to_vec_f32()?;
-                update(self.method, group.lr, group.weight_decay, &mut p, &g, state);
-                param.set_value(Tensor::from_vec(p, value.shape())?);
+                let (p, s) = update(self.method, group.lr, group.weight_decay, &value, &grad, state)?;
+                param.set_value(p);
+                *state = s;
             }
         }
         Ok(())
@@ -182,18 +181,14 @@ impl Optimizer {
                 format!("group.{gi}.lr_bits"),
                 Tensor::from_vec_i64(vec![group.lr.to_bits() as i64], &[1]).expect("1 value"),
             ));
-            for (pi, (param, s)) in group.params.iter().zip(states).enumerate() {
+            for (pi, s) in states.iter().enumerate() {
                 out.push((
                     format!("state.{gi}.{pi}.step"),
                     Tensor::from_vec_i64(vec![s.step as i64], &[1]).expect("1 value"),
                 ));
-                let shape = param.shape();
                 for (name, buf) in [("first", &s.first), ("second", &s.second)] {
                     if let Some(b) = buf {
-                        out.push((
-                            format!("state.{gi}.{pi}.{name}"),
-                            Tensor::from_vec(b.clone(), &shape).expect("sized"),
-                        ));
+                        out.push((format!("state.{gi}.{pi}.{name}"), b.clone()));
                     }
                 }
             }
@@ -217,10 +212,11 @@ impl Optimizer {
                 let step = find(&format!("state.{gi}.{pi}.step"))
                     .ok_or_else(|| NnError::Config(format!("optimizer state: parameter {gi}.{pi} is missing")))?;
                 s.step = step.to_vec_i64()?.first().copied().unwrap_or(0).max(0) as u64;
-                let shape = param.shape();
+                let value = param.value();
+                let shape = value.shape();
                 for (name, slot) in [("first", &mut s.first), ("second", &mut s.second)] {
                     *slot = match find(&format!("state.{gi}.{pi}.{name}")) {
-                        Some(t) if t.shape() == shape.as_slice() => Some(t.to_vec_f32()?),
+                        Some(t) if t.shape() == shape && t.dtype() == DType::F32 => Some(t.to_device(value.device())?),
                         Some(t) => {
                             return Err(NnError::Shape(format!(
                                 "optimizer state {gi}.{pi}.{name}: {:?} does not match the parameter {shape:?}",
@@ -240,51 +236,22 @@ impl Optimizer {
     }
 }
 
-/// One parameter's update, in f32 like torch, with scalars computed in f64 as Python does.
-fn update(method: Method, lr: f64, wd: f64, p: &mut [f32], g: &[f32], s: &mut ParamState) {
-    s.step += 1;
-    match method {
+/// One parameter's update (torch's rules, in f32, scalars in f64 as Python computes them; the
+/// fused kernels are tensor's `sgd_step` / `adam_step`, on the parameter's device). Returns the
+/// new value and state; nothing changes when it fails.
+fn update(method: Method, lr: f64, wd: f64, p: &Tensor, g: &Tensor, s: &ParamState) -> Result<(Tensor, ParamState)> {
+    let step = s.step + 1;
+    Ok(match method {
         Method::Sgd { momentum, dampening, nesterov } => {
-            let d: Vec<f32> =
-                if wd != 0.0 { p.iter().zip(g).map(|(&p, &g)| g + wd as f32 * p).collect() } else { g.to_vec() };
-            let d = if momentum != 0.0 {
-                let (m, damp) = (momentum as f32, (1.0 - dampening) as f32);
-                let buf = match s.first.take() {
-                    None => d.clone(),
-                    Some(mut b) => {
-                        b.iter_mut().zip(&d).for_each(|(b, &d)| *b = *b * m + damp * d);
-                        b
-                    }
-                };
-                let out = if nesterov { d.iter().zip(&buf).map(|(&d, &b)| d + m * b).collect() } else { buf.clone() };
-                s.first = Some(buf);
-                out
-            } else {
-                d
-            };
-            p.iter_mut().zip(&d).for_each(|(p, &d)| *p -= lr as f32 * d);
+            let h = SgdStep { lr, weight_decay: wd, momentum, dampening, nesterov };
+            let (p, buf) = tensor::sgd_step(p, g, s.first.as_ref(), h)?;
+            (p, ParamState { step, first: buf, second: None })
         }
-        Method::Adam { betas: (b1, b2), eps } | Method::AdamW { betas: (b1, b2), eps } => {
+        Method::Adam { betas, eps } | Method::AdamW { betas, eps } => {
             let decoupled = matches!(method, Method::AdamW { .. });
-            if decoupled && wd != 0.0 {
-                let shrink = (1.0 - lr * wd) as f32;
-                p.iter_mut().for_each(|p| *p *= shrink);
-            }
-            let m = s.first.get_or_insert_with(|| vec![0.0; p.len()]);
-            let v = s.second.get_or_insert_with(|| vec![0.0; p.len()]);
-            let bc1 = 1.0 - b1.powi(s.step as i32);
-            let bc2_sqrt = (1.0 - b2.powi(s.step as i32)).sqrt();
-            let step_size = (lr / bc1) as f32;
-            // torch passes `1 - beta` as a Python float (f64) cast once to f32.
-            let (b1f, b2f, one_b1, one_b2) = (b1 as f32, b2 as f32, (1.0 - b1) as f32, (1.0 - b2) as f32);
-            for i in 0..p.len() {
-                let grad = if !decoupled && wd != 0.0 { g[i] + wd as f32 * p[i] } else { g[i] };
-                // The operation order of torch's single-tensor Adam: mul_ then add_, addcdiv_.
-                m[i] = m[i] * b1f + one_b1 * grad;
-                v[i] = v[i] * b2f + one_b2 * (grad * grad);
-                let denom = v[i].sqrt() / bc2_sqrt as f32 + eps as f32;
-                p[i] += -step_size * (m[i] / denom);
-            }
+            let h = AdamStep { lr, weight_decay: wd, betas, eps, decoupled, step };
+            let (p, m, v) = tensor::adam_step(p, g, s.first.as_ref(), s.second.as_ref(), h)?;
+            (p, ParamState { step, first: Some(m), second: Some(v) })
         }
-    }
+    })
 }

@@ -24,6 +24,7 @@ pub(crate) const B_DIV: u32 = 3;
 pub(crate) const B_MAX: u32 = 4;
 pub(crate) const B_MIN: u32 = 5;
 pub(crate) const B_RELU_MASK: u32 = 6;
+pub(crate) const B_EQ: u32 = 7;
 
 // Reduction op codes.
 pub(crate) const R_SUM: u32 = 0;

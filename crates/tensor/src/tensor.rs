@@ -837,6 +837,22 @@ impl Tensor {
         self.binary(rhs, BinaryOp::Minimum)
     }
 
+    /// ReLU's backward: this gradient where the forward `output` is positive, else 0.
+    pub fn relu_backward(&self, output: &Tensor) -> Result<Tensor> {
+        const OP: &str = "relu_backward";
+        if self.shape() != output.shape() {
+            return Err(mismatch(OP, self.shape(), output.shape()));
+        }
+        #[cfg(gpu)]
+        if gpu_device(OP, &[Some(self), Some(output)])?.is_some() {
+            let g = crate::gpu::binary(self.gpu_f32(OP)?, output.gpu_f32(OP)?, self.shape(), codes::B_RELU_MASK)?;
+            return Ok(Tensor::from_gpu(g));
+        }
+        let (g, y) = (self.f32_data(OP)?, output.f32_data(OP)?);
+        let v = g.iter().zip(y.iter()).map(|(&g, &y)| if y > 0.0 { g } else { 0.0 }).collect();
+        Ok(Tensor::from_vec_unchecked(v, self.shape()))
+    }
+
     /// Applies `f` to every f32 element (host tensors only: a Rust closure cannot run on a GPU).
     pub fn map(&self, op: &'static str, f: impl Fn(f32) -> f32 + Sync + Send) -> Result<Tensor> {
         Ok(map_f32(self.f32_array(op)?, f))
@@ -1204,6 +1220,36 @@ impl Tensor {
             &shape,
         )?;
         Ok(Tensor::from_gpu(out))
+    }
+}
+
+impl Tensor {
+    /// `F.one_hot(targets, classes).float()`: `[..., classes]` with 1 at each target's index.
+    /// Targets are i64 class indices below `classes`; the result is on the targets' device.
+    pub fn one_hot(targets: &Tensor, classes: usize) -> Result<Tensor> {
+        const OP: &str = "one_hot";
+        if targets.dtype() != DType::I64 {
+            return Err(TensorError::DType { op: OP, expected: DType::I64, got: targets.dtype() });
+        }
+        let mut shape = targets.shape().to_vec();
+        shape.push(classes);
+        #[cfg(gpu)]
+        if let Storage::Gpu(g) = &targets.storage {
+            // Equality of the class index with 0..classes, broadcast; the indices are exact in
+            // f32 below 2^24. Out-of-range targets give all-zero rows (the host refuses them).
+            let t = Tensor::from_gpu(crate::gpu::cast(g, DType::F32)).unsqueeze(targets.rank())?;
+            let range = Tensor::arange(0.0, classes as f32, 1.0)?.to_device(g.device)?;
+            let out = crate::gpu::binary(t.gpu_f32(OP)?, range.gpu_f32(OP)?, &shape, codes::B_EQ)?;
+            return Ok(Tensor::from_gpu(out));
+        }
+        let mut out = vec![0f32; shape.iter().product()];
+        for (row, &t) in targets.i64_data(OP)?.iter().enumerate() {
+            match usize::try_from(t).ok().filter(|&t| t < classes) {
+                Some(t) => out[row * classes + t] = 1.0,
+                None => return Err(TensorError::IndexOutOfRange { op: OP, index: t, size: classes }),
+            }
+        }
+        Ok(Tensor::from_vec_unchecked(out, &shape))
     }
 }
 

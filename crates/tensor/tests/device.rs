@@ -95,7 +95,7 @@ proptest! {
             let x = &t[0];
             Ok(vec![
                 x.neg()?, x.exp()?, x.abs()?.log()?, x.abs()?.sqrt()?, x.abs()?.powf(1.7)?, x.relu()?, x.abs()?,
-                x.clamp(-0.5, 0.7)?, x.add_scalar(2.5)?, x.mul_scalar(-3.0)?,
+                x.clamp(-0.5, 0.7)?, x.add_scalar(2.5)?, x.mul_scalar(-3.0)?, x.relu_backward(&x.neg()?.relu()?)?,
             ])
         })?;
     }
@@ -249,7 +249,7 @@ proptest! {
         let x = randn(&[rows, classes], seed);
         let idx: Vec<i64> = (0..rows).map(|r| ((r as u64 * 7 + seed) % classes as u64) as i64).collect();
         let idx = Tensor::from_vec_i64(idx, &[rows, 1]).unwrap();
-        check_all(&[x, idx], |t| Ok(vec![t[0].gather(1, &t[1])?]))?;
+        check_all(&[x, idx], |t| Ok(vec![t[0].gather(1, &t[1])?, Tensor::one_hot(&t[1].squeeze(1)?, classes)?]))?;
     }
 }
 

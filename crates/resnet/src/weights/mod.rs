@@ -131,8 +131,8 @@ pub fn write_safetensors(
     let mut raw: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(entries.len());
     for (k, t) in entries {
         let (dtype, bytes) = match t.dtype() {
-            DType::F32 => (Dtype::F32, t.f32_data("write_safetensors")?.iter().flat_map(|v| v.to_le_bytes()).collect()),
-            DType::I64 => (Dtype::I64, t.i64_data("write_safetensors")?.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            DType::F32 => (Dtype::F32, t.to_vec_f32()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            DType::I64 => (Dtype::I64, t.to_vec_i64()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
         };
         raw.push((k.clone(), dtype, t.shape().to_vec(), bytes));
     }

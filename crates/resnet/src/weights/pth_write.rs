@@ -53,8 +53,8 @@ pub fn pth_bytes(entries: &[(String, Tensor)]) -> Result<Vec<u8>> {
     let mut storages: Vec<Vec<u8>> = Vec::new();
     for (key, t) in entries {
         let (class, bytes): (&str, Vec<u8>) = match t.dtype() {
-            DType::F32 => ("FloatStorage", t.f32_data("pth")?.iter().flat_map(|v| v.to_le_bytes()).collect()),
-            DType::I64 => ("LongStorage", t.i64_data("pth")?.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            DType::F32 => ("FloatStorage", t.to_vec_f32()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            DType::I64 => ("LongStorage", t.to_vec_i64()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
         };
         let shape = t.shape();
         let mut strides = vec![1usize; shape.len()];

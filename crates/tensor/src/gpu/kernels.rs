@@ -59,6 +59,8 @@ fn apply_binary(x: f32, y: f32, #[comptime] op: u32) -> f32 {
         r = select(x > y || x.is_nan(), x, y);
     } else if comptime![op == B_MIN] {
         r = select(x < y || x.is_nan(), x, y);
+    } else if comptime![op == B_EQ] {
+        r = select(x == y, 1.0, 0.0);
     } else if comptime![op == B_RELU_MASK] {
         // ReLU's backward: the gradient `x` where the forward output `y` was positive.
         r = select(y > 0.0, x, 0.0);
