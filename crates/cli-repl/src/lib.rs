@@ -59,7 +59,7 @@ pub enum Command {
         /// Where to write the logits.
         #[arg(long)]
         output: PathBuf,
-        /// Device (`cpu`).
+        /// Device: `cpu`, or `wgpu` / `cuda` / `gpu` in a build with the GPU features.
         #[arg(long, default_value = "cpu")]
         device: String,
     },

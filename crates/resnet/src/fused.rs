@@ -16,8 +16,8 @@ impl FusedConv {
         let (mean, var) = match (&bn.running_mean, &bn.running_var) {
             (Some(m), Some(v)) => (m.value(), v.value()),
             _ => {
-                let c = conv.weight.shape()[0];
-                (Tensor::zeros(&[c]), Tensor::ones(&[c]))
+                let (c, device) = (conv.weight.shape()[0], conv.weight.value().device());
+                (Tensor::zeros(&[c]).to_device(device)?, Tensor::ones(&[c]).to_device(device)?)
             }
         };
         let (w, b) = (bn.weight.as_ref().map(|w| w.value()), bn.bias.as_ref().map(|b| b.value()));
@@ -65,7 +65,7 @@ impl FusedResNet {
             Some(fc) => {
                 let bias = match &fc.bias {
                     Some(b) => b.value(),
-                    None => Tensor::zeros(&[fc.weight.shape()[0]]),
+                    None => Tensor::zeros(&[fc.weight.shape()[0]]).to_device(fc.weight.value().device())?,
                 };
                 Some((fc.weight.value().t()?.contiguous(), bias))
             }

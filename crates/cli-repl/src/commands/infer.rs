@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// Runs the model on a `.npy` batch and writes the logits as `.npy`.
 pub fn run(weights: &Path, args: &ModelArgs, input: &Path, output: &Path, device: &str) -> Result<()> {
-    tensor::Device::parse(device)?;
+    let device = tensor::Device::parse(device)?;
     let x = tensor::read_npy(input)?;
     if x.rank() != 4 || x.shape()[1] != 3 || x.dtype() != tensor::DType::F32 {
         return Err(CliError::Usage(format!(
@@ -18,7 +18,8 @@ pub fn run(weights: &Path, args: &ModelArgs, input: &Path, output: &Path, device
         )));
     }
     let (model, _) = load_model(weights, args)?;
-    let y = resnet::FusedResNet::new(&model)?.forward(&x)?;
+    nn::ModuleExt::to_device(&model, device)?;
+    let y = resnet::FusedResNet::new(&model)?.forward(&x.to_device(device)?)?.to_device(tensor::Device::Cpu)?;
     tensor::write_npy(output, &y)?;
     println!("wrote logits {:?} to {}", y.shape(), output.display());
     Ok(())

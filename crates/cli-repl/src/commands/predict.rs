@@ -42,7 +42,7 @@ pub struct PredictArgs {
     /// Override the normalisation std, as r,g,b.
     #[arg(long)]
     pub std: Option<String>,
-    /// Device (`cpu`).
+    /// Device: `cpu`, or `wgpu` / `cuda` / `gpu` in a build with the GPU features.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Images, or folders of images.
@@ -105,7 +105,7 @@ fn collect_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 /// Runs `resnet predict`.
 pub fn run(args: PredictArgs) -> Result<()> {
-    tensor::Device::parse(&args.device)?;
+    let device = tensor::Device::parse(&args.device)?;
     if args.batch_size == 0 {
         return Err(usage("--batch-size must be positive"));
     }
@@ -142,6 +142,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
         None => meta_triple(meta::STD).unwrap_or(data::presets::IMAGENET_STD),
     };
     let transform = data::presets::eval(resize, crop, &mean, &std).map_err(|e| usage(e.to_string()))?;
+    nn::ModuleExt::to_device(&model, device)?;
     let fused = resnet::FusedResNet::new(&model)?;
     let mut failures = 0;
     for chunk in images.chunks(args.batch_size) {
@@ -163,7 +164,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
             continue;
         }
         let batch = tensor::Tensor::stack(&tensors.iter().collect::<Vec<_>>(), 0)?;
-        let logits = fused.forward(&batch)?;
+        let logits = fused.forward(&batch.to_device(device)?)?;
         let probs = logits.softmax(1)?;
         let top = nn::topk(&probs, k)?;
         let logit_rows = logits.to_vec_f32()?;

@@ -81,7 +81,7 @@ pub struct TrainArgs {
     /// Loader threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
-    /// Device (`cpu`).
+    /// Device: `cpu`, or `wgpu` / `cuda` / `gpu` in a build with the GPU features.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Output folder (default: runs/train, or runs/train2, ... when that holds a run; or the
@@ -453,7 +453,7 @@ fn evaluate(
         }
         let batch = batch.map_err(|e| data_failure(e, train, loader, workers))?;
         skipped += batch.skipped.len();
-        let logits = model.forward(&Var::constant(batch.images))?;
+        let logits = model.forward(&Var::constant(batch.images.to_device(model.device())?))?;
         let loss =
             CrossEntropyLoss { reduction: nn::Reduction::Sum, label_smoothing: 0.0 }.forward(&logits, &batch.labels)?;
         loss_sum += loss.value().item()? as f64;
@@ -465,9 +465,23 @@ fn evaluate(
 
 /// Whether every gradient of the trainable parameters is finite.
 fn gradients_finite(params: &[Var]) -> Result<bool> {
+    if params.first().is_some_and(|p| p.value().device().is_gpu()) {
+        // On a GPU: one reduction per gradient, summed there, one value read back. `0 * g`
+        // is 0 for finite g and NaN for an infinity or NaN.
+        let mut total: Option<tensor::Tensor> = None;
+        for g in params.iter().filter_map(Var::grad) {
+            let dims: Vec<usize> = (0..g.rank()).collect();
+            let s = g.mul_scalar(0.0)?.sum(&dims, false)?;
+            total = Some(match total {
+                Some(t) => t.add(&s)?,
+                None => s,
+            });
+        }
+        return Ok(total.map_or(Ok(0.0), |t| t.item())?.is_finite());
+    }
     for p in params {
         if let Some(g) = p.grad() {
-            if !g.f32_data("gradient check")?.iter().all(|v| v.is_finite()) {
+            if !g.to_vec_f32()?.iter().all(|v| v.is_finite()) {
                 return Ok(false);
             }
         }
@@ -626,7 +640,7 @@ impl Trainer<'_> {
 
 /// Runs `resnet train`.
 pub fn run(args: TrainArgs) -> Result<()> {
-    tensor::Device::parse(&args.device)?;
+    let device = tensor::Device::parse(&args.device)?;
     let policy = on_nonfinite(&args)?;
     let faults = injected_faults(&args)?;
     let resumed = match &args.resume {
@@ -684,6 +698,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if settings.freeze_backbone {
         model.freeze_backbone();
     }
+    // The model lives on the device from here on: the optimizer's state is created there, and
+    // a resumed checkpoint's tensors are loaded where their parameters are.
+    model.to_device(device)?;
     let resize = image_size * 256 / 224;
     let eval_meta: Vec<(&str, String)> = vec![
         (meta::CLASSES, serde_json::to_string(&classes).expect("strings serialise")),
@@ -800,7 +817,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             p.skipped_images += batch.skipped.len();
             let n = batch.labels.numel();
             t.opt.zero_grad();
-            let logits = t.model.forward(&Var::constant(batch.images))?;
+            let logits = t.model.forward(&Var::constant(batch.images.to_device(device)?))?;
             let loss = CrossEntropyLoss::default().forward(&logits, &batch.labels)?;
             let mut l = loss.value().item()? as f64;
             if faults.contains(&(epoch, batch.position + 1)) {
