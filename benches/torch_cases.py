@@ -3,8 +3,11 @@
 benches/src/main.rs, and the same output, one JSON line per case:
 {"name", "samples": [seconds...], "flops", "images", "peak_rss_mb"}.
 
-    python3 benches/torch_cases.py --list
-    python3 benches/torch_cases.py [--quick] [--threads N] NAME...
+    python3 benches/torch_cases.py [--device cpu|cuda] --list
+    python3 benches/torch_cases.py [--device cpu|cuda] [--quick] [--threads N] NAME...
+
+On cuda, TF32 is off (our kernels compute in plain f32) and every timed run ends with
+torch.cuda.synchronize(), as ours end by reading a result back.
 
 `cargo xtask bench --vs-torch` runs it interleaved with our cases.
 """
@@ -87,27 +90,41 @@ def data_case(train):
     return prepare
 
 
+DEVICE = "cpu"
+
+
+def sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
 def infer_case(arch, batch):
     def prepare():
         import torchvision
-        model = getattr(torchvision.models, arch)().eval()
-        x = torch.randn(batch, 3, 224, 224)
-        return (lambda: model(x)), None, batch
+        model = getattr(torchvision.models, arch)().eval().to(DEVICE)
+        x = torch.randn(batch, 3, 224, 224, device=DEVICE)
+
+        def run():
+            model(x)
+            sync()
+        return run, None, batch
     return prepare
 
 
 def train_case(arch, batch, size, classes):
     def prepare():
         import torchvision
-        model = getattr(torchvision.models, arch)(num_classes=classes).train()
-        x = torch.randn(batch, 3, size, size)
-        y = torch.arange(batch) % classes
+        model = getattr(torchvision.models, arch)(num_classes=classes).train().to(DEVICE)
+        x = torch.randn(batch, 3, size, size, device=DEVICE)
+        y = torch.arange(batch, device=DEVICE) % classes
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
         def run():
             opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
             opt.step()
+            loss.item()  # as our training loop reads its loss every step
         return run, None, batch
     return prepare
 
@@ -123,7 +140,22 @@ def load_case():
     return prepare
 
 
+def gpu_cases():
+    c = {}
+    for name, arch, batch in [("infer-resnet18-b1", "resnet18", 1), ("infer-resnet50-b1", "resnet50", 1),
+                              ("infer-resnet50-b8", "resnet50", 8), ("infer-resnext50-b1", "resnext50_32x4d", 1),
+                              ("infer-resnet50-b1-unfused", "resnet50", 1), ("infer-resnet50-b64", "resnet50", 64)]:
+        c[name] = infer_case(arch, batch)
+    c["train-resnet18-b16"] = train_case("resnet18", 16, 224, 1000)
+    c["train-resnet50-b8"] = train_case("resnet50", 8, 224, 1000)
+    c["train-resnet18-b64-64px"] = train_case("resnet18", 64, 64, 10)
+    c["train-resnet50-b64"] = train_case("resnet50", 64, 224, 1000)
+    return c
+
+
 def cases():
+    if DEVICE != "cpu":
+        return gpu_cases()
     c = {f"matmul-{n}": matmul_case(n) for n in (1024, 2048)}
     for tag, cin, cout, k, s, g, size in CONV_SHAPES:
         for which in ("fwd", "bwd-input", "bwd-weight"):
@@ -163,8 +195,18 @@ def main():
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("names", nargs="*")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = args.device
+    if DEVICE == "cuda":
+        if not torch.cuda.is_available():
+            print("torch_cases: CUDA is not available to this PyTorch", file=sys.stderr)
+            sys.exit(3)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
     all_cases = cases()
     if args.list:
         print("\n".join(all_cases))

@@ -4,9 +4,12 @@
 //! does not apply). Statistics, tables and PyTorch ratios are the xtask's business.
 //!
 //! ```text
-//! bench-cases --list            # the case names this build can run
-//! bench-cases [--quick] NAME... # run the named cases
+//! bench-cases [--device D] --list            # the case names this build can run on D
+//! bench-cases [--device D] [--quick] NAME... # run the named cases
 //! ```
+//! On a GPU device (`wgpu`, `cuda`; a build with that feature) only the model cases run, plus
+//! `infer-resnet50-b64` and `train-resnet50-b64`; each timed run ends by reading a result back,
+//! so the time covers the kernels, not just their launch.
 //! `torch_cases.py` beside this crate is PyTorch's side, with the same names and output.
 
 // The same allocator as the `resnet` binary, so the cases measure what users run.
@@ -28,6 +31,7 @@ mod data_cases;
 mod model_cases;
 
 use serde_json::json;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tensor::{conv2d, conv2d_backward_input, conv2d_backward_weight, Conv2dParams, Rng, Tensor};
 
@@ -79,8 +83,20 @@ const CONV_SHAPES: &[ConvShape] = &[
 ];
 const CONV_BATCH: usize = 8;
 
+static DEVICE: OnceLock<tensor::Device> = OnceLock::new();
+
+/// The device the cases run on (`--device`, default the host).
+pub(crate) fn device() -> tensor::Device {
+    DEVICE.get().copied().unwrap_or_default()
+}
+
 fn cases() -> Vec<Case> {
     let mut v = vec![Case { name: "peak".into(), prepare: Box::new(peak_case) }];
+    if device().is_gpu() {
+        // The host's peak stays (the runner reports it); the rest are the model cases.
+        v.extend(model_cases::cases());
+        return v;
+    }
     for n in [1024usize, 2048] {
         v.push(Case {
             name: format!("matmul-{n}"),
@@ -303,7 +319,20 @@ fn peak_rss_mb() -> Option<f64> {
 
 fn main() {
     keep_freed_pages();
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--device") {
+        let name = args.get(i + 1).cloned().unwrap_or_default();
+        match tensor::Device::parse(&name) {
+            Ok(d) => {
+                let _ = DEVICE.set(d);
+            }
+            Err(e) => {
+                eprintln!("bench-cases: {e}");
+                std::process::exit(2);
+            }
+        }
+        args.drain(i..(i + 2).min(args.len()));
+    }
     let all = cases();
     if args.iter().any(|a| a == "--list") {
         all.iter().for_each(|c| println!("{}", c.name));

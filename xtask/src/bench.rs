@@ -49,12 +49,21 @@ pub struct Options {
     pub quick: bool,
     pub threads: usize,
     pub python: Option<String>,
+    /// `cpu` (default), `wgpu` or `cuda`: the bench cases are built with that feature.
+    pub device: String,
 }
 
 pub fn parse_args(args: &[String]) -> Result<Options, String> {
     let default_threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let mut o =
-        Options { filter: None, json: None, vs_torch: false, quick: false, threads: default_threads, python: None };
+    let mut o = Options {
+        filter: None,
+        json: None,
+        vs_torch: false,
+        quick: false,
+        threads: default_threads,
+        python: None,
+        device: "cpu".into(),
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |flag: &str| it.next().cloned().ok_or_else(|| format!("{flag} needs a value"));
@@ -68,6 +77,12 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
                 o.threads = v.parse().ok().filter(|&n: &usize| n > 0).ok_or_else(|| format!("bad thread count {v}"))?;
             }
             "--python" => o.python = Some(value("--python")?),
+            "--device" => {
+                o.device = value("--device")?;
+                if !["cpu", "wgpu", "cuda"].contains(&o.device.as_str()) {
+                    return Err(format!("unknown device {}: cpu, wgpu or cuda", o.device));
+                }
+            }
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -254,14 +269,15 @@ fn run_lines(cmd: &mut Command) -> Result<Vec<String>, String> {
     Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).filter(|l| !l.trim().is_empty()).collect())
 }
 
-fn build_cases() -> Result<PathBuf, String> {
+fn build_cases(device: &str) -> Result<PathBuf, String> {
     let root = workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--quiet", "-p", "bench-cases"])
-        .current_dir(&root)
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    let mut args = vec!["build", "--release", "--quiet", "-p", "bench-cases"];
+    if device != "cpu" {
+        args.extend(["--features", device]);
+    }
+    let status =
+        Command::new(cargo).args(&args).current_dir(&root).status().map_err(|e| format!("cannot run cargo: {e}"))?;
     if !status.success() {
         return Err("building the benchmark cases failed".into());
     }
@@ -312,19 +328,26 @@ pub fn civil_date(days: u64) -> String {
 }
 
 pub fn run(o: &Options) -> Result<(), String> {
-    let bin = build_cases()?;
+    let bin = build_cases(&o.device)?;
     let threads = o.threads.to_string();
+    // PyTorch's side runs on CUDA against either of our GPU devices.
+    let torch_device = if o.device == "cpu" { "cpu" } else { "cuda" };
     let ours = |name: &str| -> Result<Raw, String> {
         let mut cmd = Command::new(&bin);
-        cmd.env("RAYON_NUM_THREADS", &threads).arg(name);
+        cmd.env("RAYON_NUM_THREADS", &threads).args(["--device", &o.device]).arg(name);
         if o.quick {
             cmd.arg("--quick");
         }
         let lines = run_lines(&mut cmd)?;
         parse_raw(lines.last().ok_or_else(|| format!("case {name} printed nothing"))?)
     };
-    let available = run_lines(Command::new(&bin).arg("--list"))?;
-    let selected = select(&available, o.filter.as_deref());
+    let available = run_lines(Command::new(&bin).args(["--device", &o.device, "--list"]))?;
+    let selected = if o.device == "cpu" {
+        select(&available, o.filter.as_deref())
+    } else {
+        // A GPU run reports what the GPU build offers (the model cases), nothing missing.
+        available.iter().filter(|n| matches(o.filter.as_deref(), n)).map(|n| (n.clone(), true)).collect()
+    };
     if selected.is_empty() {
         return Err(format!("no case matches {:?}; the cases are: {}", o.filter, canonical_cases().join(", ")));
     }
@@ -333,7 +356,7 @@ pub fn run(o: &Options) -> Result<(), String> {
     let torch = if o.vs_torch {
         match find_torch_python(o.python.as_deref()) {
             Some(py) => {
-                let names = run_lines(Command::new(&py).arg(&script).arg("--list"))?;
+                let names = run_lines(Command::new(&py).arg(&script).args(["--device", torch_device, "--list"]))?;
                 eprintln!("PyTorch side: {py} {}", script.display());
                 Some((py, names))
             }
@@ -353,7 +376,7 @@ pub fn run(o: &Options) -> Result<(), String> {
             return Ok(None);
         }
         let mut cmd = Command::new(py);
-        cmd.arg(&script).args(["--threads", &threads]).arg(name);
+        cmd.arg(&script).args(["--threads", &threads, "--device", torch_device]).arg(name);
         cmd.env("OMP_NUM_THREADS", &threads).env("MKL_NUM_THREADS", &threads).env("OPENBLAS_NUM_THREADS", &threads);
         if o.quick {
             cmd.arg("--quick");
@@ -409,6 +432,9 @@ mod tests {
         assert_eq!(o.json, Some(PathBuf::from("x.json")));
         assert!(parse_args(&s(&["--threads", "0"])).is_err());
         assert!(parse_args(&s(&["--filter"])).is_err());
+        assert_eq!(parse_args(&s(&["--device", "cuda"])).unwrap().device, "cuda");
+        assert_eq!(parse_args(&s(&[])).unwrap().device, "cpu");
+        assert!(parse_args(&s(&["--device", "tpu"])).is_err());
         assert!(parse_args(&s(&["--bogus"])).is_err());
     }
 

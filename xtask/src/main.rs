@@ -1,6 +1,6 @@
 //! `cargo xtask`: the project's own build tasks.
 //!
-//! - `cargo xtask bench [--filter PATTERN] [--json FILE] [--vs-torch] [--quick] [--threads N]
+//! - `cargo xtask bench [--filter PATTERN] [--json FILE] [--vs-torch] [--quick] [--threads N] [--device cpu|wgpu|cuda]
 //!   [--python PATH]` — builds the benchmark cases in release, runs each in its own process
 //!   (so peak memory is per case), interleaved with PyTorch's equivalent when asked, and prints
 //!   the table (and the JSON) of medians, throughput and ratios.
@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("bench") => bench::parse_args(&args[1..]).and_then(|opts| bench::run(&opts)),
         Some("book") => book::run(&args[1..]),
-        _ => Err("usage: cargo xtask bench [--filter PATTERN] [--json FILE] [--vs-torch] [--quick] [--threads N] \
+        _ => Err("usage: cargo xtask bench [--filter PATTERN] [--json FILE] [--vs-torch] [--quick] [--threads N] [--device cpu|wgpu|cuda] \
                   [--python PATH]\n       cargo xtask book [--out DIR]"
             .to_string()),
     };

@@ -24,7 +24,7 @@ fn gpu_devices() -> Vec<Device> {
         }
         match d.check() {
             Ok(()) => usable.push(d),
-            Err(e) if require && d == Device::Wgpu => panic!("RESNET_REQUIRE_GPU=1 but {d} cannot run: {e}"),
+            Err(e) if require => panic!("RESNET_REQUIRE_GPU=1 but {d} cannot run: {e}"),
             Err(e) => eprintln!("skipping {d}: {e}"),
         }
     }

@@ -7,7 +7,7 @@
 //!
 //! Without a GPU feature the suite checks that GPU devices are refused with a clear error. A GPU
 //! build on a machine without a usable adapter skips the GPU comparisons with a message, unless
-//! `RESNET_REQUIRE_GPU=1` (CI sets it) turns that into a failure.
+//! `RESNET_REQUIRE_GPU=1` (CI sets it) turns that into a failure for every GPU device built.
 
 use proptest::prelude::*;
 use tensor::Rng;
@@ -24,8 +24,7 @@ fn gpu_devices() -> Vec<Device> {
     for d in built {
         match d.check() {
             Ok(()) => usable.push(d),
-            // CUDA is built for machines that have it; only wgpu must run everywhere CI does.
-            Err(e) if require && d == Device::Wgpu => panic!("RESNET_REQUIRE_GPU=1 but {d} cannot run: {e}"),
+            Err(e) if require => panic!("RESNET_REQUIRE_GPU=1 but {d} cannot run: {e}"),
             Err(e) => eprintln!("skipping GPU comparisons on {d}: {e}"),
         }
     }
