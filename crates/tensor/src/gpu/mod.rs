@@ -108,7 +108,19 @@ fn client<R: GpuRuntime>() -> Result<ComputeClient<R>> {
     });
     match probe {
         Ok(()) => Ok(R::client(&R::default_device())),
-        Err(msg) => Err(TensorError::DeviceUnavailable { op: "gpu", device: format!("{} ({msg})", R::DEVICE) }),
+        Err(msg) => {
+            let hint = match R::DEVICE {
+                Device::Cuda => "no usable NVIDIA driver: the CUDA runtime needs libcuda and NVRTC at run time",
+                _ => {
+                    "no Vulkan, Metal or DX12 adapter: on a machine without a GPU, install Mesa's software \
+                      driver (Debian: mesa-vulkan-drivers)"
+                }
+            };
+            Err(TensorError::DeviceUnavailable {
+                op: "gpu",
+                device: format!("{} ({hint}; cubecl said: {msg})", R::DEVICE),
+            })
+        }
     }
 }
 
