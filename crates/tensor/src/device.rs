@@ -20,13 +20,13 @@ pub enum Device {
 }
 
 impl Device {
-    /// Parses a device name as the command line spells it (`cpu`, `wgpu`, `cuda`; `gpu` picks
-    /// CUDA when it runs here, else wgpu). Fails for a device this build or machine cannot use.
+    /// Parses a device name as the command line spells it (`cpu`, `wgpu`, `cuda` or `cuda:0`;
+    /// `gpu` picks CUDA when it runs here, else wgpu). Fails for a device this build or machine cannot use.
     pub fn parse(name: &str) -> crate::Result<Device> {
         let device = match name.trim().to_ascii_lowercase().as_str() {
             "cpu" => Device::Cpu,
             "wgpu" | "vulkan" | "metal" => Device::Wgpu,
-            "cuda" => Device::Cuda,
+            "cuda" | "cuda:0" => Device::Cuda,
             "gpu" => {
                 if Device::Cuda.is_available() {
                     Device::Cuda
