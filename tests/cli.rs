@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/resnet/tests/fixtures/torch").join(name)
+    common::torch_fixture(name)
 }
 
 /// A failure: non-zero exit, a one-paragraph error containing `needle`, no panic or backtrace.
@@ -30,25 +30,7 @@ fn summary_of_resnet50_shows_torchvisions_parameter_count() {
 
 #[test]
 fn infer_matches_a_pytorch_fixture() {
-    let dir = temp_dir("infer");
-    let out = dir.join("y.npy");
-    let o = resnet(&[
-        "infer",
-        "--arch",
-        "resnet18",
-        "--base-planes",
-        "4",
-        "--weights",
-        fixture("resnet18.pth").to_str().unwrap(),
-        "--input",
-        fixture("input.npy").to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let got = tensor::read_npy(&out).unwrap().to_vec_f32().unwrap();
-    let want = tensor::read_npy(fixture("resnet18_logits.npy")).unwrap().to_vec_f32().unwrap();
-    let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+    let (got, want, scale) = common::infer_resnet18_fixture("infer", &[]);
     for (a, b) in got.iter().zip(&want) {
         assert!((a - b).abs() <= 1e-4 * scale, "{a} vs {b}");
     }

@@ -10,11 +10,7 @@
 mod common;
 
 use common::{resnet, stderr, stdout, temp_dir};
-use std::path::{Path, PathBuf};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/resnet/tests/fixtures/torch").join(name)
-}
+use std::path::Path;
 
 /// Whether the GPU tests can run here.
 fn wgpu_usable() -> bool {
@@ -60,28 +56,7 @@ fn infer_on_the_gpu_matches_pytorch() {
     if !wgpu_usable() {
         return;
     }
-    let dir = temp_dir("gpu-infer");
-    let out = dir.join("y.npy");
-    let o = resnet(&[
-        "infer",
-        "--arch",
-        "resnet18",
-        "--base-planes",
-        "4",
-        "--weights",
-        fixture("resnet18.pth").to_str().unwrap(),
-        "--input",
-        fixture("input.npy").to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--device",
-        "wgpu",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let got = tensor::read_npy(&out).unwrap().to_vec_f32().unwrap();
-    let want = tensor::read_npy(fixture("resnet18_logits.npy")).unwrap().to_vec_f32().unwrap();
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+    let (got, want, scale) = common::infer_resnet18_fixture("gpu-infer", &["--device", "wgpu"]);
     for (a, b) in got.iter().zip(&want) {
         assert!((a - b).abs() <= 1e-4 * scale, "{a} vs {b}");
     }

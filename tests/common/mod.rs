@@ -27,6 +27,28 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     d
 }
 
+/// A committed PyTorch fixture of the resnet crate.
+pub fn torch_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/resnet/tests/fixtures/torch").join(name)
+}
+
+/// `resnet infer` on the committed ResNet-18 fixture (base width 4) with `extra` arguments; the
+/// logits it wrote, and PyTorch's for the same input, with their largest magnitude (at least 1).
+pub fn infer_resnet18_fixture(tag: &str, extra: &[&str]) -> (Vec<f32>, Vec<f32>, f32) {
+    let out = temp_dir(tag).join("y.npy");
+    let (weights, input) = (torch_fixture("resnet18.pth"), torch_fixture("input.npy"));
+    let mut args = vec!["infer", "--arch", "resnet18", "--base-planes", "4", "--weights", weights.to_str().unwrap()];
+    args.extend(["--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    args.extend(extra);
+    let o = resnet(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = tensor::read_npy(&out).unwrap().to_vec_f32().unwrap();
+    let want = tensor::read_npy(torch_fixture("resnet18_logits.npy")).unwrap().to_vec_f32().unwrap();
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+    (got, want, scale)
+}
+
 /// The demo dataset (6 classes) with square pictures of `size` pixels, written into `root`.
 pub fn demo_dataset(root: &Path, train_per_class: usize, val_per_class: usize, size: usize) -> PathBuf {
     let config =

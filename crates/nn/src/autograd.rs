@@ -333,6 +333,13 @@ pub(crate) enum Op {
         target: Tensor,
         scale: f32,
     },
+    /// NLL against a target distribution held as a tensor (the GPU path: the gradient is
+    /// `-target * scale * g`).
+    SoftNllLoss {
+        input: Var,
+        target: Tensor,
+        scale: f32,
+    },
     NllLoss {
         input: Var,
         targets: Vec<usize>,
@@ -375,6 +382,7 @@ impl Op {
             | Op::MaxPool2d { input, .. }
             | Op::AvgPool2d { input, .. }
             | Op::NllLoss { input, .. }
+            | Op::SoftNllLoss { input, .. }
             | Op::Dropout { input, .. } => vec![input],
             Op::CrossEntropy { logits, .. } | Op::SoftCrossEntropy { logits, .. } => vec![logits],
             Op::Linear { input, weight, bias } | Op::Conv2d { input, weight, bias, .. } => {
@@ -515,6 +523,9 @@ impl Op {
             Op::SoftCrossEntropy { logits, probs, target, scale } => {
                 let grad = probs.sub(target)?.mul(&g.mul_scalar(*scale)?)?;
                 vec![(logits.clone(), grad)]
+            }
+            Op::SoftNllLoss { input, target, scale } => {
+                vec![(input.clone(), target.mul(&g.mul_scalar(-*scale)?)?)]
             }
             Op::NllLoss { input, targets, scale } => {
                 let shape = input.shape();

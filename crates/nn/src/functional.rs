@@ -181,6 +181,15 @@ pub fn nll_loss(log_probs: &Var, targets: &Tensor, reduction: Reduction) -> Resu
     }
     let (batch, classes) = (x.shape()[0], x.shape()[1]);
     let t = class_targets("nll_loss", targets, batch, classes)?;
+    if x.device().is_gpu() {
+        let scale = match reduction {
+            Reduction::Mean => 1.0 / batch as f32,
+            Reduction::Sum => 1.0,
+        };
+        let target = Tensor::one_hot(&targets.to_device(x.device())?, classes)?;
+        let loss = x.mul(&target)?.sum(&[0, 1], false)?.mul_scalar(-scale)?;
+        return Ok(Var::record(loss, &[log_probs], || Op::SoftNllLoss { input: log_probs.clone(), target, scale }));
+    }
     let v = x.to_vec_f32()?;
     let total: f64 = t.iter().enumerate().map(|(row, &c)| -(v[row * classes + c] as f64)).sum();
     let scale = match reduction {

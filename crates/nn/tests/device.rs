@@ -105,6 +105,18 @@ fn training_steps_match_the_host() {
                     tensor::DType::I64 => assert_eq!(g.to_vec_i64().unwrap(), c.to_vec_i64().unwrap(), "{k}"),
                 }
             }
+            // NLL of log-softmax is cross-entropy, on the device too, with its gradient.
+            let logits = Tensor::randn(&[6, 5], &mut Rng::seed(11));
+            let y = Tensor::from_vec_i64(vec![0, 4, 2, 2, 1, 3], &[6]).unwrap();
+            let nll = |d: Device| {
+                let x = Var::parameter(logits.to_device(d).unwrap());
+                let loss = nn::functional::nll_loss(&x.log_softmax(1).unwrap(), &y, nn::Reduction::Mean).unwrap();
+                loss.backward().unwrap();
+                (loss.value().item().unwrap(), x.grad().unwrap().to_vec_f32().unwrap())
+            };
+            let ((lc, gc), (lg, gg)) = (nll(Device::Cpu), nll(device));
+            assert_close("nll loss", &[lg], &[lc]);
+            assert_close("nll gradient", &gg, &gc);
             // A state dict from the device loads into a host model.
             let host = net(99);
             host.load_state_dict(&gpu_state, true).unwrap();

@@ -114,28 +114,12 @@ pub(crate) fn binary_bcast_kernel(
 }
 
 /// `out[i] = src[offset + sum_d idx_d * stride_d]`: materialises a permuted, narrowed or
-/// broadcast view. `meta` holds the output shape then the source strides.
+/// broadcast view (of f32 data, or the i32 that holds i64). `meta` holds the output shape then
+/// the source strides.
 #[cube(launch_unchecked)]
-pub(crate) fn strided_copy_kernel(src: &Array<f32>, out: &mut Array<f32>, meta: &Array<u32>, offset: u32, rank: u32) {
-    let i = ABSOLUTE_POS;
-    if i < out.len() {
-        let mut rem = i as u32;
-        let mut si = offset;
-        for d in 0..rank {
-            let dim = rank - 1 - d;
-            let size = meta[dim as usize];
-            si += (rem % size) * meta[(rank + dim) as usize];
-            rem /= size;
-        }
-        out[i] = src[si as usize];
-    }
-}
-
-/// The same for i32 data (labels, pooling indices).
-#[cube(launch_unchecked)]
-pub(crate) fn strided_copy_i32_kernel(
-    src: &Array<i32>,
-    out: &mut Array<i32>,
+pub(crate) fn strided_copy_kernel<T: CubePrimitive>(
+    src: &Array<T>,
+    out: &mut Array<T>,
     meta: &Array<u32>,
     offset: u32,
     rank: u32,

@@ -327,8 +327,8 @@ pub(crate) fn strided_copy(x: &GpuArray, out_shape: &[usize], strides: &[usize],
             let (offset, rank) = (u32_of("strided_copy", offset)?, u32_of("strided_copy", rank)?);
             unsafe {
                 match x.dtype {
-                    DType::F32 => kernels::strided_copy_kernel::launch_unchecked::<R>(&client, count, dim, src, dst, mm, offset, rank),
-                    DType::I64 => kernels::strided_copy_i32_kernel::launch_unchecked::<R>(&client, count, dim, src, dst, mm, offset, rank),
+                    DType::F32 => kernels::strided_copy_kernel::launch_unchecked::<f32, R>(&client, count, dim, src, dst, mm, offset, rank),
+                    DType::I64 => kernels::strided_copy_kernel::launch_unchecked::<i32, R>(&client, count, dim, src, dst, mm, offset, rank),
                 }
             };
         }
@@ -996,8 +996,16 @@ pub(crate) fn max_pool2d_backward(dy: &GpuArray, idx: &GpuArray, in_shape: &[usi
     })
 }
 
-/// Average pooling (`adaptive` = adaptive average pooling, where only h, w, oh, ow count).
-pub(crate) fn avg_pool2d(x: &GpuArray, s: PoolSizes, out_shape: &[usize], adaptive: bool) -> Result<GpuArray> {
+/// Average pooling (`adaptive`: adaptive average pooling, where only h, w, oh, ow count),
+/// forward (`x` = input, `out_shape` = output) or backward (`x` = output gradient, `out_shape`
+/// = input shape): one kernel launch over `out_shape` either way.
+pub(crate) fn avg_pool2d(
+    x: &GpuArray,
+    s: PoolSizes,
+    out_shape: &[usize],
+    adaptive: bool,
+    backward: bool,
+) -> Result<GpuArray> {
     on_runtime!(x.device, R => {
         let client = client::<R>()?;
         let n: usize = out_shape.iter().product();
@@ -1007,35 +1015,17 @@ pub(crate) fn avg_pool2d(x: &GpuArray, s: PoolSizes, out_shape: &[usize], adapti
             let (count, dim) = grid_1d(n);
             let (src, dst, mm) = (arg(&x.handle, x.numel()), arg(&out, n), arg(&m, 11));
             unsafe {
-                if adaptive {
-                    kernels::adaptive_avg_pool_kernel::launch_unchecked::<R>(&client, count, dim, src, dst, mm)
-                } else {
-                    kernels::avg_pool_kernel::launch_unchecked::<R>(&client, count, dim, src, dst, mm)
+                match (adaptive, backward) {
+                    (false, false) => kernels::avg_pool_kernel::launch_unchecked::<R>(&client, count, dim, src, dst, mm),
+                    (false, true) => kernels::avg_pool_backward_kernel::launch_unchecked::<R>(&client, count, dim, src, dst, mm),
+                    (true, false) => kernels::adaptive_avg_pool_kernel::launch_unchecked::<R>(&client, count, dim, src, dst, mm),
+                    (true, true) => {
+                        kernels::adaptive_avg_pool_backward_kernel::launch_unchecked::<R>(&client, count, dim, src, dst, mm)
+                    }
                 }
             };
         }
         Ok(new_array::<R>(out, out_shape, DType::F32))
-    })
-}
-
-pub(crate) fn avg_pool2d_backward(dy: &GpuArray, s: PoolSizes, in_shape: &[usize], adaptive: bool) -> Result<GpuArray> {
-    on_runtime!(dy.device, R => {
-        let client = client::<R>()?;
-        let n: usize = in_shape.iter().product();
-        let dx = f32_buffer(&client, n);
-        if n > 0 {
-            let m = meta(&client, "avg_pool2d_backward", &s.meta())?;
-            let (count, dim) = grid_1d(n);
-            let (src, dst, mm) = (arg(&dy.handle, dy.numel()), arg(&dx, n), arg(&m, 11));
-            unsafe {
-                if adaptive {
-                    kernels::adaptive_avg_pool_backward_kernel::launch_unchecked::<R>(&client, count, dim, src, dst, mm)
-                } else {
-                    kernels::avg_pool_backward_kernel::launch_unchecked::<R>(&client, count, dim, src, dst, mm)
-                }
-            };
-        }
-        Ok(new_array::<R>(dx, in_shape, DType::F32))
     })
 }
 

@@ -219,7 +219,7 @@ pub fn avg_pool2d(input: &Tensor, p: Pool2dParams, count_include_pad: bool) -> R
     #[cfg(gpu)]
     if input.device().is_gpu() {
         let shape = [input.shape()[0], input.shape()[1], g.oh, g.ow];
-        let out = crate::gpu::avg_pool2d(input.gpu_f32(OP)?, g.gpu_sizes(&p, count_include_pad), &shape, false)?;
+        let out = crate::gpu::avg_pool2d(input.gpu_f32(OP)?, g.gpu_sizes(&p, count_include_pad), &shape, false, false)?;
         return Ok(Tensor::from_gpu(out));
     }
     let x = input.f32_data(OP)?;
@@ -255,7 +255,7 @@ pub fn avg_pool2d_backward(
     #[cfg(gpu)]
     if grad_output.device().is_gpu() {
         let s = g.gpu_sizes(&p, count_include_pad);
-        let dx = crate::gpu::avg_pool2d_backward(grad_output.gpu_f32(OP)?, s, input_shape, false)?;
+        let dx = crate::gpu::avg_pool2d(grad_output.gpu_f32(OP)?, s, input_shape, false, true)?;
         return Ok(Tensor::from_gpu(dx));
     }
     let dy = grad_output.f32_data(OP)?;
@@ -300,7 +300,7 @@ pub fn adaptive_avg_pool2d(input: &Tensor, output: [usize; 2]) -> Result<Tensor>
     #[cfg(gpu)]
     if input.device().is_gpu() {
         let sizes = adaptive_sizes(h, w, oh, ow);
-        let out = crate::gpu::avg_pool2d(input.gpu_f32(OP)?, sizes, &[s[0], s[1], oh, ow], true)?;
+        let out = crate::gpu::avg_pool2d(input.gpu_f32(OP)?, sizes, &[s[0], s[1], oh, ow], true, false)?;
         return Ok(Tensor::from_gpu(out));
     }
     let x = input.f32_data(OP)?;
@@ -334,7 +334,7 @@ pub fn adaptive_avg_pool2d_backward(grad_output: &Tensor, input_shape: &[usize])
     #[cfg(gpu)]
     if grad_output.device().is_gpu() {
         let dx =
-            crate::gpu::avg_pool2d_backward(grad_output.gpu_f32(OP)?, adaptive_sizes(h, w, oh, ow), input_shape, true)?;
+            crate::gpu::avg_pool2d(grad_output.gpu_f32(OP)?, adaptive_sizes(h, w, oh, ow), input_shape, true, true)?;
         return Ok(Tensor::from_gpu(dx));
     }
     let dy = grad_output.f32_data(OP)?;
