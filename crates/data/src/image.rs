@@ -115,12 +115,11 @@ impl RgbImage {
         limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(64 << 20));
         reader.limits(limits);
         let img = reader.decode().map_err(decode_err)?;
-        let rgb = img.into_rgb8();
-        let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+        let (w, h) = (img.width() as usize, img.height() as usize);
         if w == 0 || h == 0 {
             return Err(DataError::Decode { path: path.to_path_buf(), msg: "image has no pixels".into() });
         }
-        Ok(RgbImage { width: w, height: h, data: rgb.into_raw() })
+        Ok(RgbImage { width: w, height: h, data: pil_rgb(img) })
     }
 
     /// Encodes as PNG (lossless).
@@ -212,10 +211,36 @@ impl FloatImage {
     }
 }
 
+/// RGB bytes as PIL's `convert("RGB")` makes them from what PIL would have opened: 16-bit
+/// grayscale opens as mode `I`, whose conversion clips at 255 (it does not scale); other 16-bit
+/// images open as 8-bit modes keeping each sample's high byte; alpha is dropped.
+fn pil_rgb(img: image::DynamicImage) -> Vec<u8> {
+    use image::DynamicImage as D;
+    let clip = |v: u16| v.min(255) as u8;
+    let high = |v: u16| (v >> 8) as u8;
+    match img {
+        D::ImageLuma16(g) => g.into_raw().into_iter().flat_map(|v| [clip(v); 3]).collect(),
+        D::ImageLumaA16(g) => g.into_raw().chunks_exact(2).flat_map(|p| [high(p[0]); 3]).collect(),
+        D::ImageRgb16(c) => c.into_raw().into_iter().map(high).collect(),
+        D::ImageRgba16(c) => c.into_raw().chunks_exact(4).flat_map(|p| [high(p[0]), high(p[1]), high(p[2])]).collect(),
+        other => other.into_rgb8().into_raw(),
+    }
+}
+
+/// Pillow's `cmyk2rgb`: each channel is `(255 - k) - c * (255 - k) / 255`, the product rounded
+/// as its `MULDIV255` does.
+fn cmyk_to_rgb(c: u8, k: u8) -> u8 {
+    let nk = 255 - u32::from(k);
+    let t = u32::from(c) * nk + 128;
+    (nk - (((t >> 8) + t) >> 8)) as u8
+}
+
 /// Decodes a greyscale or colour JPEG with `jpeg-decoder`, whose integer IDCT and chroma
 /// upsampling follow libjpeg's closely: on the parity photos it matches PIL (libjpeg-turbo)
 /// within one grey level on 98% of pixels, against 95% for `image`'s default decoder. Returns
-/// `None` for anything else (not a JPEG, CMYK, 16-bit), which the `image` crate then decodes.
+/// `None` for anything else (not a JPEG, 16-bit), which the `image` crate then decodes. CMYK
+/// JPEGs become RGB as Pillow converts them (`jpeg-decoder` has already undone Adobe's
+/// inversion, as PIL's "CMYK;I" raw mode does).
 fn decode_jpeg(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<Option<RgbImage>> {
     if !bytes.starts_with(&[0xff, 0xd8, 0xff]) {
         return Ok(None);
@@ -231,7 +256,11 @@ fn decode_jpeg(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<Option<RgbI
     let data = match info.pixel_format {
         jpeg_decoder::PixelFormat::RGB24 => pixels,
         jpeg_decoder::PixelFormat::L8 => pixels.iter().flat_map(|&v| [v, v, v]).collect(),
-        jpeg_decoder::PixelFormat::L16 | jpeg_decoder::PixelFormat::CMYK32 => return Ok(None),
+        jpeg_decoder::PixelFormat::CMYK32 => pixels
+            .chunks_exact(4)
+            .flat_map(|p| [cmyk_to_rgb(p[0], p[3]), cmyk_to_rgb(p[1], p[3]), cmyk_to_rgb(p[2], p[3])])
+            .collect(),
+        jpeg_decoder::PixelFormat::L16 => return Ok(None),
     };
     if w == 0 || h == 0 || data.len() != w * h * 3 {
         return Err(DataError::Decode { path: path.to_path_buf(), msg: "image has no pixels".into() });

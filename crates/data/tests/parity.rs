@@ -139,3 +139,30 @@ fn the_tutorial_eval_size_on_a_photo() {
     eprintln!("tutorial eval(256, 224) on china.jpg: max error {max}/255, {:.3}% within 1/255", within * 100.0);
     assert!(max <= 3 && within >= 0.99, "the issue asks 99% within 1/255 and nothing over 3/255");
 }
+
+#[test]
+fn colour_modes_convert_to_rgb_as_pil_does() {
+    // ImageFolder's loader is `Image.open(f).convert("RGB")`: 16-bit grayscale (PIL mode I) is
+    // clipped at 255, not scaled; 16-bit RGB keeps the high byte; grey + alpha drops the alpha;
+    // CMYK is `(255 - k) - c * (255 - k) / 255` per channel.
+    let modes: Vec<Value> = cases().into_iter().filter(|c| c["kind"] == "colour_mode").collect();
+    assert_eq!(modes.len(), 4, "cmyk, gray16, rgb16, la");
+    for case in &modes {
+        let photo = case["photo"].as_str().unwrap();
+        let ours = open(&format!("photos/{photo}"));
+        let theirs = open(&format!("expected/{}", case["expected"].as_str().unwrap()));
+        assert_eq!((ours.width(), ours.height()), (theirs.width(), theirs.height()), "{photo}");
+        let (max, within, n) = compare(ours.as_raw(), theirs.as_raw());
+        println!(
+            "{photo} (PIL mode {}): max diff {max}, {:.2}% of {n} within one level",
+            case["pil_mode"],
+            within * 100.0
+        );
+        if photo.ends_with(".png") {
+            assert_eq!(max, 0, "{photo}: PNG decoding must match PIL exactly");
+        } else {
+            // A JPEG: libjpeg-turbo's IDCT and ours differ by a level here and there.
+            assert!(max <= 3 && within >= 0.99, "{photo}: max diff {max}, {within} within one level");
+        }
+    }
+}
