@@ -301,6 +301,8 @@ pub(crate) fn matmul_kernel(a: &Array<f32>, b: &Array<f32>, c: &mut Array<f32>, 
     let tc = t % 16;
     let a_base = a_off + (z % a_mod) * a_zs;
     let b_base = b_off + z * b_zs;
+    let a_k_fast = a_ks == 1 && a_rs != 1;
+    let b_k_fast = b_ks == 1 && b_cs != 1;
 
     let mut sa = SharedMemory::<f32>::new(1024usize);
     let mut sb = SharedMemory::<f32>::new(1024usize);
@@ -312,11 +314,17 @@ pub(crate) fn matmul_kernel(a: &Array<f32>, b: &Array<f32>, c: &mut Array<f32>, 
     let mut k0 = 0u32;
     while k0 < k {
         // A tile: 64 rows x 16 k; B tile: 16 k x 64 columns; four elements per unit each.
+        // Neighbouring units read neighbouring addresses (coalesced loads): along k when that
+        // is the operand's unit stride, along rows / columns otherwise.
         #[unroll]
         for l in 0..4u32 {
             let e = t + l * 256;
-            let r = e % 64;
-            let kk = e / 64;
+            let mut r = e % 64;
+            let mut kk = e / 64;
+            if a_k_fast {
+                r = e / 16;
+                kk = e % 16;
+            }
             let gr = row0 + r;
             let gk = k0 + kk;
             let mut v = f32::new(0.0);
@@ -324,13 +332,19 @@ pub(crate) fn matmul_kernel(a: &Array<f32>, b: &Array<f32>, c: &mut Array<f32>, 
                 v = a[(a_base + gr * a_rs + (gk / k_inner) * a_kos + (gk % k_inner) * a_ks) as usize];
             }
             sa[(kk * 64 + r) as usize] = v;
-            let cc = e % 64;
-            let gc = col0 + cc;
-            let mut w = f32::new(0.0);
-            if gc < n && gk < k {
-                w = b[(b_base + (gk / k_inner) * b_kos + (gk % k_inner) * b_ks + gc * b_cs) as usize];
+            let mut cc = e % 64;
+            let mut kb = e / 64;
+            if b_k_fast {
+                cc = e / 16;
+                kb = e % 16;
             }
-            sb[(kk * 64 + cc) as usize] = w;
+            let gc = col0 + cc;
+            let gkb = k0 + kb;
+            let mut w = f32::new(0.0);
+            if gc < n && gkb < k {
+                w = b[(b_base + (gkb / k_inner) * b_kos + (gkb % k_inner) * b_ks + gc * b_cs) as usize];
+            }
+            sb[(kb * 64 + cc) as usize] = w;
         }
         sync_cube();
         for kk in 0..16u32 {
