@@ -105,6 +105,11 @@ fn training_steps_match_the_host() {
                     tensor::DType::I64 => assert_eq!(g.to_vec_i64().unwrap(), c.to_vec_i64().unwrap(), "{k}"),
                 }
             }
+            // Accuracy reads only the argmax back from a device; it counts as on the host.
+            let scores = Tensor::randn(&[9, 4], &mut Rng::seed(5));
+            let labels = Tensor::from_vec_i64(vec![0, 1, 2, 3, 0, 1, 2, 3, 0], &[9]).unwrap();
+            let on_device = nn::accuracy(&scores.to_device(device).unwrap(), &labels).unwrap();
+            assert_eq!(on_device, nn::accuracy(&scores, &labels).unwrap());
             // NLL of log-softmax is cross-entropy, on the device too, with its gradient.
             let logits = Tensor::randn(&[6, 5], &mut Rng::seed(11));
             let y = Tensor::from_vec_i64(vec![0, 4, 2, 2, 1, 3], &[6]).unwrap();
