@@ -150,8 +150,11 @@ fn meta<R: Runtime>(client: &ComputeClient<R>, op: &'static str, values: &[usize
     Ok(client.create_from_slice(u32::as_bytes(&v)))
 }
 
-fn f32_buffer<R: Runtime>(client: &ComputeClient<R>, len: usize) -> Handle {
-    client.empty(len.max(1) * 4)
+/// A buffer of `len` 4-byte elements. The kernels index with 32-bit arithmetic, so larger
+/// buffers are refused here rather than wrapped around there.
+fn f32_buffer<R: Runtime>(client: &ComputeClient<R>, len: usize) -> Result<Handle> {
+    u32_of("gpu buffer", len)?;
+    Ok(client.empty(len.max(1) * 4))
 }
 
 fn arg<R: Runtime>(h: &Handle, len: usize) -> ArrayArg<R> {
@@ -174,6 +177,7 @@ pub(crate) enum HostData {
 }
 
 pub(crate) fn upload_f32(data: &[f32], shape: &[usize], device: Device) -> Result<GpuArray> {
+    u32_of("to_device", data.len())?;
     on_runtime!(device, R => {
         let client = client::<R>()?;
         let bytes = if data.is_empty() { client.empty(4) } else { client.create_from_slice(f32::as_bytes(data)) };
@@ -182,6 +186,7 @@ pub(crate) fn upload_f32(data: &[f32], shape: &[usize], device: Device) -> Resul
 }
 
 pub(crate) fn upload_i64(data: &[i64], shape: &[usize], device: Device) -> Result<GpuArray> {
+    u32_of("to_device", data.len())?;
     let narrow: Vec<i32> =
         data.iter().map(|&v| i32::try_from(v)).collect::<std::result::Result<_, _>>().map_err(|_| {
             gpu_err("to_device", "i64 values outside the i32 range cannot move to a GPU (stored as i32)")
@@ -212,7 +217,7 @@ pub(crate) fn cast(x: &GpuArray, dtype: DType) -> GpuArray {
         on_runtime!(x.device, R => {
             let client = client::<R>()?;
             let n = x.numel();
-            let out = f32_buffer(&client, n);
+            let out = f32_buffer(&client, n)?;
             if n > 0 {
                 let (count, dim) = grid_1d(n);
                 let (src, dst) = (arg(&x.handle, n), arg(&out, n));
@@ -246,7 +251,7 @@ pub(crate) fn unary(x: &GpuArray, op: u32, a: f32, b: f32) -> Result<GpuArray> {
     on_runtime!(x.device, R => {
         let client = client::<R>()?;
         let n = x.numel();
-        let out = f32_buffer(&client, n);
+        let out = f32_buffer(&client, n)?;
         if n > 0 {
             let (count, dim) = grid_1d(n);
             unsafe {
@@ -262,7 +267,7 @@ pub(crate) fn binary(lhs: &GpuArray, rhs: &GpuArray, out_shape: &[usize], op: u3
     on_runtime!(lhs.device, R => {
         let client = client::<R>()?;
         let n: usize = out_shape.iter().product();
-        let out = f32_buffer(&client, n);
+        let out = f32_buffer(&client, n)?;
         if n > 0 {
             let (count, dim) = grid_1d(n);
             if lhs.shape == out_shape && rhs.shape == out_shape {
@@ -316,7 +321,7 @@ pub(crate) fn strided_copy(x: &GpuArray, out_shape: &[usize], strides: &[usize],
     on_runtime!(x.device, R => {
         let client = client::<R>()?;
         let n: usize = out_shape.iter().product();
-        let out = f32_buffer(&client, n);
+        let out = f32_buffer(&client, n)?;
         if n > 0 {
             let rank = out_shape.len();
             let mut m = out_shape.to_vec();
@@ -352,7 +357,7 @@ pub(crate) fn reduce(
     on_runtime!(x.device, R => {
         let client = client::<R>()?;
         let n = outer * inner;
-        let out = f32_buffer(&client, n);
+        let out = f32_buffer(&client, n)?;
         if n > 0 {
             let (r, i) = (u32_of("reduce", red)?, u32_of("reduce", inner)?);
             if red >= 1024 && n <= 65_535 {
@@ -376,7 +381,7 @@ pub(crate) fn argmax(x: &GpuArray, outer: usize, red: usize, inner: usize, out_s
     on_runtime!(x.device, R => {
         let client = client::<R>()?;
         let n = outer * inner;
-        let out = f32_buffer(&client, n);
+        let out = f32_buffer(&client, n)?;
         if n > 0 {
             let (count, dim) = grid_1d(n);
             unsafe {
@@ -394,7 +399,7 @@ pub(crate) fn gather(x: &GpuArray, index: &GpuArray, red: usize, idx_len: usize,
     on_runtime!(x.device, R => {
         let client = client::<R>()?;
         let n = index.numel();
-        let out = f32_buffer(&client, n);
+        let out = f32_buffer(&client, n)?;
         if n > 0 {
             let (count, dim) = grid_1d(n);
             unsafe {
@@ -458,8 +463,12 @@ fn launch_matmul<R: GpuRuntime>(
     if l.m == 0 || l.n == 0 || l.batches == 0 {
         return Ok(());
     }
-    if l.batches > 65_535 {
-        return Err(gpu_err("matmul", format!("{} batches exceed the grid's 65,535", l.batches)));
+    let (col_tiles, row_tiles) = (l.n.div_ceil(64), l.m.div_ceil(64));
+    if l.batches > 65_535 || col_tiles > 65_535 || row_tiles > 65_535 {
+        return Err(gpu_err(
+            "matmul",
+            format!("a {} x {} product in {} batches exceeds the grid's 65,535 tiles per axis", l.m, l.n, l.batches),
+        ));
     }
     let m = meta(
         client,
@@ -485,7 +494,7 @@ fn launch_matmul<R: GpuRuntime>(
             l.c_off,
         ],
     )?;
-    let count = CubeCount::Static(l.n.div_ceil(64) as u32, l.m.div_ceil(64) as u32, l.batches as u32);
+    let count = CubeCount::Static(col_tiles as u32, row_tiles as u32, l.batches as u32);
     let dim = CubeDim { x: 256, y: 1, z: 1 };
     unsafe {
         kernels::matmul_kernel::launch_unchecked::<R>(
@@ -514,7 +523,7 @@ pub(crate) fn matmul(
     on_runtime!(a.device, R => {
         let client = client::<R>()?;
         let len = batches * m * n;
-        let out = f32_buffer(&client, len);
+        let out = f32_buffer(&client, len)?;
         let l = MatmulLayout {
             m,
             n,
@@ -639,9 +648,9 @@ pub(crate) fn conv2d(
         let client = client::<R>()?;
         let (kg, og, p) = (s.kg(), s.og(), s.p());
         let len = s.n * s.o * p;
-        let out = f32_buffer(&client, len);
+        let out = f32_buffer(&client, len)?;
         let nb = s.chunk();
-        let col = if s.pointwise() { None } else { Some(f32_buffer(&client, nb * s.groups * kg * p)) };
+        let col = if s.pointwise() { None } else { Some(f32_buffer(&client, nb * s.groups * kg * p)?) };
         for n0 in (0..s.n).step_by(nb) {
             let nb = nb.min(s.n - n0);
             let mut l = MatmulLayout {
@@ -692,9 +701,9 @@ pub(crate) fn conv2d_backward_input(dy: &GpuArray, w: &GpuArray, s: ConvSizes) -
         let client = client::<R>()?;
         let (kg, og, p) = (s.kg(), s.og(), s.p());
         let len = s.n * s.c * s.h * s.w;
-        let dx = f32_buffer(&client, len);
+        let dx = f32_buffer(&client, len)?;
         let nb = s.chunk();
-        let col = f32_buffer(&client, nb * s.groups * kg * p);
+        let col = f32_buffer(&client, nb * s.groups * kg * p)?;
         for n0 in (0..s.n).step_by(nb) {
             let nb = nb.min(s.n - n0);
             let col_len = nb * s.groups * kg * p;
@@ -736,9 +745,9 @@ pub(crate) fn conv2d_backward_weight(x: &GpuArray, dy: &GpuArray, s: ConvSizes) 
         let client = client::<R>()?;
         let (kg, og, p) = (s.kg(), s.og(), s.p());
         let len = s.o * kg;
-        let dw = f32_buffer(&client, len);
+        let dw = f32_buffer(&client, len)?;
         let nb = s.chunk();
-        let col = if s.pointwise() { None } else { Some(f32_buffer(&client, nb * s.groups * kg * p)) };
+        let col = if s.pointwise() { None } else { Some(f32_buffer(&client, nb * s.groups * kg * p)?) };
         for (chunk, n0) in (0..s.n).step_by(nb).enumerate() {
             let nb = nb.min(s.n - n0);
             let mut l = MatmulLayout {
@@ -796,7 +805,7 @@ pub(crate) fn channel_affine(
         let n = x.numel();
         let channels = x.shape.get(1).copied().unwrap_or(1);
         let spatial: usize = x.shape.iter().skip(2).product();
-        let out = f32_buffer(&client, n);
+        let out = f32_buffer(&client, n)?;
         if n > 0 {
             let (count, dim) = grid_1d(n);
             let res = residual.map_or(&x.handle, |r| &r.handle);
@@ -827,7 +836,7 @@ pub(crate) fn channel_stats(x: &GpuArray) -> Result<(GpuArray, GpuArray)> {
         let client = client::<R>()?;
         let (n, c) = (x.shape[0], x.shape[1]);
         let spatial: usize = x.shape.iter().skip(2).product();
-        let (mean, var) = (f32_buffer(&client, c), f32_buffer(&client, c));
+        let (mean, var) = (f32_buffer(&client, c)?, f32_buffer(&client, c)?);
         unsafe {
             kernels::channel_stats_kernel::launch_unchecked::<R>(
                 &client,
@@ -856,7 +865,7 @@ pub(crate) fn channel_grad_sums(
         let client = client::<R>()?;
         let (n, c) = (x.shape[0], x.shape[1]);
         let spatial: usize = x.shape.iter().skip(2).product();
-        let (sdy, sdyx) = (f32_buffer(&client, c), f32_buffer(&client, c));
+        let (sdy, sdyx) = (f32_buffer(&client, c)?, f32_buffer(&client, c)?);
         unsafe {
             kernels::channel_grad_sums_kernel::launch_unchecked::<R>(
                 &client,
@@ -893,7 +902,7 @@ pub(crate) fn bn_backward_input(
         let c = x.shape[1];
         let spatial: usize = x.shape.iter().skip(2).product();
         let count = x.shape[0] * spatial;
-        let dx = f32_buffer(&client, n);
+        let dx = f32_buffer(&client, n)?;
         let (cc, dim) = grid_1d(n);
         unsafe {
             kernels::bn_backward_input_kernel::launch_unchecked::<R>(
@@ -956,7 +965,7 @@ pub(crate) fn max_pool2d(x: &GpuArray, s: PoolSizes, out_shape: &[usize]) -> Res
     on_runtime!(x.device, R => {
         let client = client::<R>()?;
         let n: usize = out_shape.iter().product();
-        let (out, idx) = (f32_buffer(&client, n), f32_buffer(&client, n));
+        let (out, idx) = (f32_buffer(&client, n)?, f32_buffer(&client, n)?);
         if n > 0 {
             let m = meta(&client, "max_pool2d", &s.meta())?;
             let (count, dim) = grid_1d(n);
@@ -973,7 +982,7 @@ pub(crate) fn max_pool2d_backward(dy: &GpuArray, idx: &GpuArray, in_shape: &[usi
     on_runtime!(dy.device, R => {
         let client = client::<R>()?;
         let n: usize = in_shape.iter().product();
-        let dx = f32_buffer(&client, n);
+        let dx = f32_buffer(&client, n)?;
         let planes = in_shape[0] * in_shape[1];
         if n > 0 && planes > 0 {
             let (ihw, ohw) = (in_shape[2] * in_shape[3], dy.shape[2] * dy.shape[3]);
@@ -1009,7 +1018,7 @@ pub(crate) fn avg_pool2d(
     on_runtime!(x.device, R => {
         let client = client::<R>()?;
         let n: usize = out_shape.iter().product();
-        let out = f32_buffer(&client, n);
+        let out = f32_buffer(&client, n)?;
         if n > 0 {
             let m = meta(&client, "avg_pool2d", &s.meta())?;
             let (count, dim) = grid_1d(n);
@@ -1049,7 +1058,7 @@ pub(crate) fn sgd_step(
         let client = client::<R>()?;
         let n = param.numel();
         let has_momentum = momentum != 0.0;
-        let (out_p, out_b) = (f32_buffer(&client, n), f32_buffer(&client, if has_momentum { n } else { 1 }));
+        let (out_p, out_b) = (f32_buffer(&client, n)?, f32_buffer(&client, if has_momentum { n } else { 1 })?);
         if n > 0 {
             let (count, dim) = grid_1d(n);
             let old_b = buf.map_or(&param.handle, |b| &b.handle);
@@ -1091,7 +1100,7 @@ pub(crate) fn adam_step(
     on_runtime!(param.device, R => {
         let client = client::<R>()?;
         let n = param.numel();
-        let (p, a, b) = (f32_buffer(&client, n), f32_buffer(&client, n), f32_buffer(&client, n));
+        let (p, a, b) = (f32_buffer(&client, n)?, f32_buffer(&client, n)?, f32_buffer(&client, n)?);
         if n > 0 {
             let sc = client.create_from_slice(f32::as_bytes(&scalars));
             let (count, dim) = grid_1d(n);
