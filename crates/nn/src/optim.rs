@@ -163,7 +163,19 @@ impl Optimizer {
                         value.shape()
                     )));
                 }
-                let (p, s) = update(self.method, group.lr, group.weight_decay, &value, &grad, state)?;
+                let operands = [Some(&grad), state.first.as_ref(), state.second.as_ref()];
+                let consistent = value.dtype() == DType::F32
+                    && operands.into_iter().flatten().all(|t| t.dtype() == DType::F32 && t.device() == value.device());
+                if !consistent {
+                    return Err(NnError::Shape(format!(
+                        "optimizer: the gradient or state of parameter {:?} is not f32 on its device ({})",
+                        value.shape(),
+                        value.device()
+                    )));
+                }
+                // The state moves into the step (a host buffer is then updated in place); the
+                // checks above are all the step could fail on, so it is not lost to an error.
+                let (p, s) = update(self.method, group.lr, group.weight_decay, &value, &grad, std::mem::take(state))?;
                 param.set_value(p);
                 *state = s;
             }
@@ -238,19 +250,19 @@ impl Optimizer {
 
 /// One parameter's update (torch's rules, in f32, scalars in f64 as Python computes them; the
 /// fused kernels are tensor's `sgd_step` / `adam_step`, on the parameter's device). Returns the
-/// new value and state; nothing changes when it fails.
-fn update(method: Method, lr: f64, wd: f64, p: &Tensor, g: &Tensor, s: &ParamState) -> Result<(Tensor, ParamState)> {
+/// new value and state (the shapes and dtypes were checked: the steps do not fail on them).
+fn update(method: Method, lr: f64, wd: f64, p: &Tensor, g: &Tensor, s: ParamState) -> Result<(Tensor, ParamState)> {
     let step = s.step + 1;
     Ok(match method {
         Method::Sgd { momentum, dampening, nesterov } => {
             let h = SgdStep { lr, weight_decay: wd, momentum, dampening, nesterov };
-            let (p, buf) = tensor::sgd_step(p, g, s.first.as_ref(), h)?;
+            let (p, buf) = tensor::sgd_step(p, g, s.first, h)?;
             (p, ParamState { step, first: buf, second: None })
         }
         Method::Adam { betas, eps } | Method::AdamW { betas, eps } => {
             let decoupled = matches!(method, Method::AdamW { .. });
             let h = AdamStep { lr, weight_decay: wd, betas, eps, decoupled, step };
-            let (p, m, v) = tensor::adam_step(p, g, s.first.as_ref(), s.second.as_ref(), h)?;
+            let (p, m, v) = tensor::adam_step(p, g, s.first, s.second, h)?;
             (p, ParamState { step, first: Some(m), second: Some(v) })
         }
     })

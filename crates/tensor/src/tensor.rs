@@ -360,6 +360,22 @@ impl Tensor {
         }
     }
 
+    /// The f32 elements as an owned vector: the tensor's own buffer when nothing else shares it
+    /// (no copy), a copy otherwise.
+    pub(crate) fn into_f32_vec(self, op: &'static str) -> Result<Vec<f32>> {
+        if let Storage::F32(a) = &self.storage {
+            if a.is_standard_layout() {
+                let n = a.len();
+                if let Storage::F32(a) = self.storage {
+                    let (v, offset) = a.into_owned().into_raw_vec_and_offset();
+                    let o = offset.unwrap_or(0);
+                    return Ok(if o == 0 && v.len() == n { v } else { v[o..o + n].to_vec() });
+                }
+            }
+        }
+        Ok(self.f32_data(op)?.into_owned())
+    }
+
     /// The GPU array of an operand that [`gpu_device`] found on a GPU.
     #[cfg(gpu)]
     pub(crate) fn gpu_of(&self, op: &'static str) -> Result<&crate::gpu::GpuArray> {

@@ -230,12 +230,12 @@ proptest! {
         let sgd = SgdStep { lr: 0.1, weight_decay: wd, momentum, dampening: 0.0, nesterov: nesterov && momentum > 0.0 };
         check_all(&inputs, |t| {
             let (p1, b1) = sgd_step(&t[0], &t[1], None, sgd)?;
-            let (p2, b2) = sgd_step(&t[0], &t[1], Some(&t[2]), sgd)?;
+            let (p2, b2) = sgd_step(&t[0], &t[1], Some(t[2].clone()), sgd)?;
             let mut out = vec![p1, p2];
             out.extend(b1.into_iter().chain(b2));
             for decoupled in [false, true] {
                 let h = AdamStep { lr: 0.01, weight_decay: wd, betas: (0.9, 0.999), eps: 1e-8, decoupled, step };
-                let (p, m, v) = adam_step(&t[0], &t[1], Some(&t[2]), Some(&t[3]), h)?;
+                let (p, m, v) = adam_step(&t[0], &t[1], Some(t[2].clone()), Some(t[3].clone()), h)?;
                 let (p0, m0, v0) = adam_step(&t[0], &t[1], None, None, h)?;
                 out.extend([p, m, v, p0, m0, v0]);
             }

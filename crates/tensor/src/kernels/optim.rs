@@ -2,8 +2,9 @@
 //! of operations: one pass over the parameter, its gradient and its state, on the host or on
 //! the parameter's GPU. The `nn` crate keeps the state and the schedule; this is the math.
 //!
-//! Each step returns new tensors (the parameter, the state) and leaves its inputs untouched,
-//! like every op of this crate.
+//! Each step returns new tensors (the parameter, the state). The state goes in by value: on
+//! the host a buffer nothing else shares is updated in place, as torch does, instead of copied
+//! every step.
 
 use crate::error::{mismatch, Result};
 use crate::Tensor;
@@ -41,6 +42,11 @@ pub struct AdamStep {
 }
 
 fn check(op: &'static str, param: &Tensor, others: &[Option<&Tensor>]) -> Result<()> {
+    for t in others.iter().flatten().chain([&param]) {
+        if t.dtype() != crate::DType::F32 {
+            return Err(crate::TensorError::DType { op, expected: crate::DType::F32, got: t.dtype() });
+        }
+    }
     for t in others.iter().flatten() {
         if t.shape() != param.shape() {
             return Err(mismatch(op, param.shape(), t.shape()));
@@ -51,13 +57,13 @@ fn check(op: &'static str, param: &Tensor, others: &[Option<&Tensor>]) -> Result
 
 /// One SGD step: the new parameter and, with momentum, the new momentum buffer (`buf` is
 /// `None` on the first step, when the buffer starts as the update direction).
-pub fn sgd_step(param: &Tensor, grad: &Tensor, buf: Option<&Tensor>, h: SgdStep) -> Result<(Tensor, Option<Tensor>)> {
+pub fn sgd_step(param: &Tensor, grad: &Tensor, buf: Option<Tensor>, h: SgdStep) -> Result<(Tensor, Option<Tensor>)> {
     const OP: &str = "sgd_step";
-    check(OP, param, &[Some(grad), buf])?;
+    check(OP, param, &[Some(grad), buf.as_ref()])?;
     let (lr, wd, m, damp) = (h.lr as f32, h.weight_decay as f32, h.momentum as f32, (1.0 - h.dampening) as f32);
     #[cfg(gpu)]
-    if crate::tensor::gpu_device(OP, &[Some(param), Some(grad), buf])?.is_some() {
-        let b = buf.map(|b| b.gpu_f32(OP)).transpose()?;
+    if crate::tensor::gpu_device(OP, &[Some(param), Some(grad), buf.as_ref()])?.is_some() {
+        let b = buf.as_ref().map(|b| b.gpu_f32(OP)).transpose()?;
         let (p, b) = crate::gpu::sgd_step(param.gpu_f32(OP)?, grad.gpu_f32(OP)?, b, lr, wd, m, damp, h.nesterov)?;
         return Ok((Tensor::from_gpu(p), b.map(Tensor::from_gpu)));
     }
@@ -67,7 +73,11 @@ pub fn sgd_step(param: &Tensor, grad: &Tensor, buf: Option<&Tensor>, h: SgdStep)
     let (d, new_buf) = if h.momentum != 0.0 {
         let b: Vec<f32> = match buf {
             None => d.clone(),
-            Some(b) => b.f32_data(OP)?.iter().zip(&d).map(|(&b, &d)| b * m + damp * d).collect(),
+            Some(b) => {
+                let mut b = b.into_f32_vec(OP)?;
+                b.iter_mut().zip(&d).for_each(|(b, &d)| *b = *b * m + damp * d);
+                b
+            }
         };
         let dir = if h.nesterov { d.iter().zip(&b).map(|(&d, &b)| d + m * b).collect() } else { b.clone() };
         (dir, Some(Tensor::from_vec_unchecked(b, param.shape())))
@@ -83,12 +93,12 @@ pub fn sgd_step(param: &Tensor, grad: &Tensor, buf: Option<&Tensor>, h: SgdStep)
 pub fn adam_step(
     param: &Tensor,
     grad: &Tensor,
-    m1: Option<&Tensor>,
-    m2: Option<&Tensor>,
+    m1: Option<Tensor>,
+    m2: Option<Tensor>,
     h: AdamStep,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     const OP: &str = "adam_step";
-    check(OP, param, &[Some(grad), m1, m2])?;
+    check(OP, param, &[Some(grad), m1.as_ref(), m2.as_ref()])?;
     let (b1, b2) = h.betas;
     let step = h.step.max(1).min(i32::MAX as u64) as i32;
     let bc1 = 1.0 - b1.powi(step);
@@ -100,13 +110,12 @@ pub fn adam_step(
     let (b1f, b2f, one_b1, one_b2) = (b1 as f32, b2 as f32, (1.0 - b1) as f32, (1.0 - b2) as f32);
     let (eps, bc2f) = (h.eps as f32, bc2_sqrt as f32);
     #[cfg(gpu)]
-    if let Some(device) = crate::tensor::gpu_device(OP, &[Some(param), Some(grad), m1, m2])? {
-        let zeros;
+    if let Some(device) = crate::tensor::gpu_device(OP, &[Some(param), Some(grad), m1.as_ref(), m2.as_ref()])? {
         let (m1, m2) = match (m1, m2) {
             (Some(a), Some(b)) => (a, b),
-            _ => {
-                zeros = Tensor::zeros_on(param.shape(), device)?;
-                (m1.unwrap_or(&zeros), m2.unwrap_or(&zeros))
+            (a, b) => {
+                let zeros = Tensor::zeros_on(param.shape(), device)?;
+                (a.unwrap_or_else(|| zeros.clone()), b.unwrap_or(zeros))
             }
         };
         let scalars = [b1f, b2f, one_b1, one_b2, eps, l2, shrink, step_size, bc2f];
@@ -118,11 +127,11 @@ pub fn adam_step(
     let mut p = param.f32_data(OP)?.into_owned();
     let g = grad.f32_data(OP)?;
     let mut m = match m1 {
-        Some(t) => t.f32_data(OP)?.into_owned(),
+        Some(t) => t.into_f32_vec(OP)?,
         None => vec![0.0; n],
     };
     let mut v = match m2 {
-        Some(t) => t.f32_data(OP)?.into_owned(),
+        Some(t) => t.into_f32_vec(OP)?,
         None => vec![0.0; n],
     };
     if shrink != 1.0 {
