@@ -6,9 +6,15 @@
 //! values outside the i32 range. Views on the GPU (permute, narrow, broadcast) are materialised
 //! by one strided-copy kernel; reshape only changes the shape.
 //!
-//! Every function here is generic over the cubecl runtime and reached through [`on_runtime!`],
+//! Every function here is generic over the cubecl runtime and reached through `on_runtime!`,
 //! which picks the runtime from the array's [`Device`]. Kernels are launched asynchronously;
 //! only a download waits for them.
+//!
+//! Safety of the `launch_unchecked` calls (cubecl skips its own bounds checks there): every
+//! buffer is allocated here with the length its `ArrayArg` declares, every sizes-derived index
+//! stays below 2^32 (`f32_buffer` and the uploads refuse larger buffers), and each kernel either
+//! compares its position with its output's length or runs on an exact grid (one cube per
+//! channel or per output).
 
 pub(crate) mod kernels;
 
@@ -587,7 +593,8 @@ impl ConvSizes {
     /// Images per im2col chunk: the column buffer stays under 64 Mi floats.
     fn chunk(&self) -> usize {
         let per_image = (self.groups * self.kg() * self.p()).max(1);
-        ((64usize << 20) / per_image).clamp(1, self.n.max(1)).min(65_535 / self.groups)
+        // At most 65,535 (image, group) batches per product (the grid's limit); at least one image.
+        ((64usize << 20) / per_image).clamp(1, self.n.max(1)).min((65_535 / self.groups).max(1))
     }
     fn im2col_meta(&self, n0: usize) -> [usize; 15] {
         // Rows run over all channels, so group g's rows are g * kg.. of each image's block.
