@@ -649,8 +649,14 @@ impl Tensor {
                     device: x.device.to_string(),
                 });
             }
+            // The indices are checked on the host (a copy down of the index, and a wait): a GPU
+            // kernel cannot report one out of range.
+            let size = self.shape()[dim];
+            if let Some(&bad) = index.to_vec_i64()?.iter().find(|&&i| i < 0 || i as u64 >= size as u64) {
+                return Err(TensorError::IndexOutOfRange { op: "gather", index: bad, size });
+            }
             let inner: usize = self.shape()[dim + 1..].iter().product();
-            let out = crate::gpu::gather(x, idx, self.shape()[dim], ishape[dim], inner)?;
+            let out = crate::gpu::gather(x, idx, size, ishape[dim], inner)?;
             return Ok(Tensor::from_gpu(out));
         }
         let idx = index.i64_array("gather")?;

@@ -308,6 +308,9 @@ fn mixed_devices_and_host_only_ops_are_clear_errors() {
             conv2d(&randn(&[1, 3, 4, 4], 3), &randn(&[2, 3, 1, 1], 4).to_device(d).unwrap(), None, Conv2dParams::new())
                 .unwrap_err();
         assert!(matches!(err, TensorError::DeviceMismatch { .. }), "{err}");
+        let bad = Tensor::from_vec_i64(vec![0, 3], &[2, 1]).unwrap().to_device(d).unwrap();
+        let err = g.gather(1, &bad).unwrap_err();
+        assert!(matches!(err, TensorError::IndexOutOfRange { index: 3, size: 3, .. }), "{err}");
         let err = g.map("custom", |v| v * 2.0).unwrap_err();
         assert!(matches!(err, TensorError::Unsupported { .. }) && err.to_string().contains("to_device"), "{err}");
         assert!(g.f32_data("borrow").is_err());

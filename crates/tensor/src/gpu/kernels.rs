@@ -259,8 +259,13 @@ pub(crate) fn gather_kernel(
         let o = o as u32;
         let outer = o / (idx_len * inner);
         let within = o % inner;
-        let k = index[o as usize] as u32;
-        out[o as usize] = x[(outer * red * inner + k * inner + within) as usize];
+        let k = index[o as usize];
+        // The host checked the indices; out of range would read past the row, so it reads 0.
+        let mut v = f32::new(0.0);
+        if k >= 0 && (k as u32) < red {
+            v = x[(outer * red * inner + (k as u32) * inner + within) as usize];
+        }
+        out[o as usize] = v;
     }
 }
 

@@ -158,6 +158,8 @@ pub fn max_pool2d(input: &Tensor, p: Pool2dParams) -> Result<(Tensor, Tensor)> {
 }
 
 /// Gradient of [`max_pool2d`]: each output gradient goes to the input element it came from.
+/// Indices outside the plane are an error on the host; on a GPU (where reading them back would
+/// stall every training step) they are skipped — only hand-made indices can be out of range.
 pub fn max_pool2d_backward(grad_output: &Tensor, indices: &Tensor, input_shape: &[usize]) -> Result<Tensor> {
     const OP: &str = "max_pool2d_backward";
     if input_shape.len() != 4 {
