@@ -8,6 +8,10 @@
 //! [`conv2d`] and its two backwards, pooling, batch norm — plus the fused conv + batch-norm +
 //! ReLU path of inference ([`fold_batch_norm`], [`conv2d_fused`]), and `.npy` interop.
 //!
+//! With the `wgpu` or `cuda` feature, a tensor can also live on a GPU ([`Device::Wgpu`],
+//! [`Device::Cuda`]): every op above then runs as a cubecl kernel on the device, and only
+//! explicit transfers (`to_device`, `to_vec_f32`, `item`) come back to the host.
+//!
 //! **What it is not.** There is no autograd here: the `nn` crate records operations and calls
 //! the backward kernels of this crate. Apart from `.npy` files this crate does no I/O.
 //!
