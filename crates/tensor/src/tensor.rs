@@ -572,6 +572,13 @@ impl Tensor {
                 return Err(mismatch("cat", first.shape(), t.shape()));
             }
         }
+        #[cfg(gpu)]
+        if gpu_device("cat", &tensors.iter().map(|t| Some(*t)).collect::<Vec<_>>())?.is_some() {
+            let parts = tensors.iter().map(|t| t.gpu_of("cat")).collect::<Result<Vec<_>>>()?;
+            let mut shape = first.shape().to_vec();
+            shape[dim] = tensors.iter().map(|t| t.shape()[dim]).sum();
+            return Ok(Tensor::from_gpu(crate::gpu::cat(&parts, dim, &shape)?));
+        }
         match first.dtype() {
             DType::F32 => {
                 let views = tensors.iter().map(|t| t.f32_array("cat").map(|a| a.view())).collect::<Result<Vec<_>>>()?;
@@ -602,8 +609,8 @@ impl Tensor {
     }
 
     fn checked_indices(&self, op: &'static str, index: &Tensor, size: usize) -> Result<Vec<usize>> {
-        index
-            .i64_data(op)?
+        let values = if index.device().is_gpu() { Cow::Owned(index.to_vec_i64()?) } else { index.i64_data(op)? };
+        values
             .iter()
             .map(|&i| {
                 if i >= 0 && (i as u64) < size as u64 {
@@ -621,10 +628,17 @@ impl Tensor {
         if index.rank() != 1 {
             return Err(bad_shape("index_select", index.shape(), "the index must be 1-D"));
         }
-        if self.device().is_gpu() {
-            return Err(TensorError::Unsupported { op: "index_select", device: self.device().to_string() });
-        }
+        // On a GPU the index is read back to be checked (a kernel cannot report a bad one).
         let idx = self.checked_indices("index_select", index, self.shape()[dim])?;
+        #[cfg(gpu)]
+        if gpu_device("index_select", &[Some(self), Some(index)])?.is_some() {
+            let (x, ix) = (self.gpu_of("index_select")?, index.gpu_of("index_select")?);
+            let mut shape = self.shape().to_vec();
+            shape[dim] = idx.len();
+            let inner = self.shape()[dim + 1..].iter().product();
+            let out = crate::gpu::gather(x, ix, (self.shape()[dim], idx.len(), inner), &shape, true)?;
+            return Ok(Tensor::from_gpu(out));
+        }
         let storage = each_storage!(&self.storage, a => a.select(Axis(dim), &idx).into_shared());
         Ok(Tensor { storage })
     }
@@ -643,9 +657,9 @@ impl Tensor {
         if gpu_device("gather", &[Some(self), Some(index)])?.is_some() {
             let (x, idx) = (self.gpu_of("gather")?, index.gpu_of("gather")?);
             let same_elsewhere = ishape.iter().zip(self.shape()).enumerate().all(|(d, (i, s))| d == dim || i == s);
-            if x.dtype != DType::F32 || idx.dtype != DType::I64 || !same_elsewhere {
+            if idx.dtype != DType::I64 || !same_elsewhere {
                 return Err(TensorError::Unsupported {
-                    op: "gather (index smaller than the input, or i64 data)",
+                    op: "gather with an index smaller than the input",
                     device: x.device.to_string(),
                 });
             }
@@ -656,7 +670,7 @@ impl Tensor {
                 return Err(TensorError::IndexOutOfRange { op: "gather", index: bad, size });
             }
             let inner: usize = self.shape()[dim + 1..].iter().product();
-            let out = crate::gpu::gather(x, idx, size, ishape[dim], inner)?;
+            let out = crate::gpu::gather(x, idx, (size, ishape[dim], inner), ishape, false)?;
             return Ok(Tensor::from_gpu(out));
         }
         let idx = index.i64_array("gather")?;

@@ -248,7 +248,18 @@ proptest! {
         let x = randn(&[rows, classes], seed);
         let idx: Vec<i64> = (0..rows).map(|r| ((r as u64 * 7 + seed) % classes as u64) as i64).collect();
         let idx = Tensor::from_vec_i64(idx, &[rows, 1]).unwrap();
-        check_all(&[x, idx], |t| Ok(vec![t[0].gather(1, &t[1])?, Tensor::one_hot(&t[1].squeeze(1)?, classes)?]))?;
+        check_all(&[x, idx], |t| {
+            let picks = t[1].squeeze(1)?;
+            Ok(vec![
+                t[0].gather(1, &t[1])?,
+                Tensor::one_hot(&picks, classes)?,
+                t[0].index_select(1, &picks)?,
+                t[0].index_select(0, &Tensor::from_vec_i64(vec![0, (rows - 1) as i64, 0], &[3])?.to_device(t[0].device())?)?,
+                Tensor::cat(&[&t[0], &t[0].narrow(1, 0, 1)?, &t[0]], 1)?,
+                Tensor::stack(&[&t[0], &t[0]], 0)?,
+                Tensor::cat(&[&t[1], &t[1]], 0)?,
+            ])
+        })?;
     }
 }
 
@@ -311,6 +322,8 @@ fn mixed_devices_and_host_only_ops_are_clear_errors() {
         let bad = Tensor::from_vec_i64(vec![0, 3], &[2, 1]).unwrap().to_device(d).unwrap();
         let err = g.gather(1, &bad).unwrap_err();
         assert!(matches!(err, TensorError::IndexOutOfRange { index: 3, size: 3, .. }), "{err}");
+        let err = g.index_select(0, &Tensor::from_vec_i64(vec![2], &[1]).unwrap().to_device(d).unwrap()).unwrap_err();
+        assert!(matches!(err, TensorError::IndexOutOfRange { index: 2, size: 2, .. }), "{err}");
         let err = g.map("custom", |v| v * 2.0).unwrap_err();
         assert!(matches!(err, TensorError::Unsupported { .. }) && err.to_string().contains("to_device"), "{err}");
         assert!(g.f32_data("borrow").is_err());

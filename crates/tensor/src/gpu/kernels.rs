@@ -138,6 +138,30 @@ pub(crate) fn strided_copy_kernel<T: CubePrimitive>(
     }
 }
 
+/// `out[base + sum_d idx_d * out_stride_d] = src[i]` where `idx` is `i` in `src`'s shape: writes
+/// one part of a concatenation into its place. `meta` holds `src`'s shape, then `out`'s strides.
+#[cube(launch_unchecked)]
+pub(crate) fn copy_into_kernel<T: CubePrimitive>(
+    src: &Array<T>,
+    out: &mut Array<T>,
+    meta: &Array<u32>,
+    base: u32,
+    rank: u32,
+) {
+    let i = ABSOLUTE_POS;
+    if i < src.len() {
+        let mut rem = i as u32;
+        let mut oi = base;
+        for d in 0..rank {
+            let dim = rank - 1 - d;
+            let size = meta[dim as usize];
+            oi += (rem % size) * meta[(rank + dim) as usize];
+            rem /= size;
+        }
+        out[oi as usize] = src[i];
+    }
+}
+
 /// `f32 -> i32`, truncating toward zero (saturating at the i32 range).
 #[cube(launch_unchecked)]
 pub(crate) fn cast_to_int_kernel(x: &Array<f32>, out: &mut Array<i32>) {
@@ -243,29 +267,34 @@ pub(crate) fn argmax_kernel(x: &Array<f32>, out: &mut Array<i32>, red: u32, inne
     }
 }
 
-/// Picks `x[.., index[..], ..]` along the middle axis of `[outer, red, inner]` (`gather` with an
-/// index of the output's shape, `[outer, idx_len, inner]`).
+/// Picks `x[.., index[..], ..]` along the middle axis of `[outer, red, inner]` into
+/// `[outer, idx_len, inner]`: `gather` (an index of the output's shape) or, with `one_d`,
+/// `index_select` (a 1-D index of `idx_len` entries, the same for every outer and inner
+/// position).
 #[cube(launch_unchecked)]
-pub(crate) fn gather_kernel(
-    x: &Array<f32>,
+pub(crate) fn gather_kernel<T: CubePrimitive>(
+    x: &Array<T>,
     index: &Array<i32>,
-    out: &mut Array<f32>,
+    out: &mut Array<T>,
     red: u32,
     idx_len: u32,
     inner: u32,
+    #[comptime] one_d: bool,
 ) {
     let o = ABSOLUTE_POS;
     if o < out.len() {
         let o = o as u32;
         let outer = o / (idx_len * inner);
         let within = o % inner;
-        let k = index[o as usize];
-        // The host checked the indices; out of range would read past the row, so it reads 0.
-        let mut v = f32::new(0.0);
-        if k >= 0 && (k as u32) < red {
-            v = x[(outer * red * inner + (k as u32) * inner + within) as usize];
+        let mut at = o;
+        if comptime![one_d] {
+            at = (o / inner) % idx_len;
         }
-        out[o as usize] = v;
+        let k = index[at as usize];
+        // The host checked the indices; one out of range would read past the row, so it is
+        // clamped into it instead.
+        let kk = select(k < 0, 0u32, min(k as u32, red - 1));
+        out[o as usize] = x[(outer * red * inner + kk * inner + within) as usize];
     }
 }
 

@@ -400,29 +400,63 @@ pub(crate) fn argmax(x: &GpuArray, outer: usize, red: usize, inner: usize, out_s
     })
 }
 
-/// `gather` along the middle axis of `[outer, red, inner]` with an index `[outer, idx_len, inner]`.
-pub(crate) fn gather(x: &GpuArray, index: &GpuArray, red: usize, idx_len: usize, inner: usize) -> Result<GpuArray> {
+/// `gather` (`select` false: an index `[outer, idx_len, inner]`) or `index_select` (`select`
+/// true: a 1-D index of `idx_len`) along the middle axis of `[outer, red, inner]`.
+pub(crate) fn gather(
+    x: &GpuArray,
+    index: &GpuArray,
+    (red, idx_len, inner): (usize, usize, usize),
+    out_shape: &[usize],
+    select: bool,
+) -> Result<GpuArray> {
     on_runtime!(x.device, R => {
         let client = client::<R>()?;
-        let n = index.numel();
+        let n: usize = out_shape.iter().product();
         let out = f32_buffer(&client, n)?;
-        if n > 0 {
+        if n > 0 && red > 0 {
             let (count, dim) = grid_1d(n);
+            let (src, idx, dst) = (arg(&x.handle, x.numel()), arg(&index.handle, index.numel()), arg(&out, n));
+            let (r, l, i) = (u32_of("gather", red)?, u32_of("gather", idx_len)?, u32_of("gather", inner)?);
             unsafe {
-                kernels::gather_kernel::launch_unchecked::<R>(
-                    &client,
-                    count,
-                    dim,
-                    arg(&x.handle, x.numel()),
-                    arg(&index.handle, n),
-                    arg(&out, n),
-                    u32_of("gather", red)?,
-                    u32_of("gather", idx_len)?,
-                    u32_of("gather", inner)?,
-                )
+                match x.dtype {
+                    DType::F32 => kernels::gather_kernel::launch_unchecked::<f32, R>(&client, count, dim, src, idx, dst, r, l, i, select),
+                    DType::I64 => kernels::gather_kernel::launch_unchecked::<i32, R>(&client, count, dim, src, idx, dst, r, l, i, select),
+                }
             };
         }
-        Ok(new_array::<R>(out, &index.shape, DType::F32))
+        Ok(new_array::<R>(out, out_shape, x.dtype))
+    })
+}
+
+/// Concatenation along `dim` of parts of one dtype whose shapes agree elsewhere.
+pub(crate) fn cat(parts: &[&GpuArray], dim: usize, out_shape: &[usize]) -> Result<GpuArray> {
+    let first = parts.first().ok_or_else(|| gpu_err("cat", "needs at least one tensor"))?;
+    on_runtime!(first.device, R => {
+        let client = client::<R>()?;
+        let n: usize = out_shape.iter().product();
+        let out = f32_buffer(&client, n)?;
+        let strides = contiguous_strides(out_shape);
+        let rank = out_shape.len();
+        let mut offset = 0;
+        for part in parts {
+            let len = part.numel();
+            if len > 0 {
+                let mut m = part.shape.clone();
+                m.extend_from_slice(&strides);
+                let m = meta(&client, "cat", &m)?;
+                let (count, grid) = grid_1d(len);
+                let (src, dst, mm) = (arg(&part.handle, len), arg(&out, n), arg(&m, 2 * rank));
+                let (base, r) = (u32_of("cat", offset * strides[dim])?, u32_of("cat", rank)?);
+                unsafe {
+                    match part.dtype {
+                        DType::F32 => kernels::copy_into_kernel::launch_unchecked::<f32, R>(&client, count, grid, src, dst, mm, base, r),
+                        DType::I64 => kernels::copy_into_kernel::launch_unchecked::<i32, R>(&client, count, grid, src, dst, mm, base, r),
+                    }
+                };
+            }
+            offset += part.shape[dim];
+        }
+        Ok(new_array::<R>(out, out_shape, first.dtype))
     })
 }
 
