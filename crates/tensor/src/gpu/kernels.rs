@@ -497,9 +497,11 @@ pub(crate) fn col2im_kernel(col: &Array<f32>, dx: &mut Array<f32>, meta: &Array<
     }
 }
 
-/// `out[n, c, ..] = x[n, c, ..] * scale[c] + shift[c]` (+ residual) (then ReLU): batch norm's
-/// normalisation, a conv's bias, and the fused conv + BN (+ add) + ReLU epilogue.
+/// `out[n, c, ..] = x[n, c, ..] * scale[c] + shift[c]` (+ residual) (then ReLU), each part
+/// optional (a comptime flag; an absent array is never read): batch norm's normalisation, a
+/// conv's bias, and the fused conv + BN (+ add) + ReLU epilogue.
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn channel_affine_kernel(
     x: &Array<f32>,
     scale: &Array<f32>,
@@ -508,13 +510,21 @@ pub(crate) fn channel_affine_kernel(
     out: &mut Array<f32>,
     channels: u32,
     spatial: u32,
+    #[comptime] has_scale: bool,
+    #[comptime] has_shift: bool,
     #[comptime] has_residual: bool,
     #[comptime] relu: bool,
 ) {
     let i = ABSOLUTE_POS;
     if i < out.len() {
         let ch = ((i as u32 / spatial) % channels) as usize;
-        let mut v = x[i] * scale[ch] + shift[ch];
+        let mut v = x[i];
+        if comptime![has_scale] {
+            v *= scale[ch];
+        }
+        if comptime![has_shift] {
+            v += shift[ch];
+        }
         if comptime![has_residual] {
             v += residual[i];
         }

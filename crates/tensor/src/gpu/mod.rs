@@ -727,12 +727,7 @@ pub(crate) fn conv2d(
         if bias.is_none() && residual.is_none() && !relu {
             return Ok(out);
         }
-        let ones = full(&[s.o], 1.0, R::DEVICE)?;
-        let shift = match bias {
-            Some(b) => b.clone(),
-            None => zeros(&[s.o], R::DEVICE)?,
-        };
-        channel_affine(&out, &ones, &shift, residual, relu)
+        channel_affine(&out, None, bias, residual, relu)
     })
 }
 
@@ -833,11 +828,11 @@ pub(crate) fn conv2d_backward_weight(x: &GpuArray, dy: &GpuArray, s: ConvSizes) 
 // Batch norm and per-channel affine maps
 // ---------------------------------------------------------------------------------------------
 
-/// `x * scale[c] + shift[c]` (+ residual) (then ReLU) over `[n, c, ...]`.
+/// `x * scale[c] + shift[c]` (+ residual) (then ReLU) over `[n, c, ...]`, each part optional.
 pub(crate) fn channel_affine(
     x: &GpuArray,
-    scale: &GpuArray,
-    shift: &GpuArray,
+    scale: Option<&GpuArray>,
+    shift: Option<&GpuArray>,
     residual: Option<&GpuArray>,
     relu: bool,
 ) -> Result<GpuArray> {
@@ -849,19 +844,22 @@ pub(crate) fn channel_affine(
         let out = f32_buffer(&client, n)?;
         if n > 0 {
             let (count, dim) = grid_1d(n);
-            let res = residual.map_or(&x.handle, |r| &r.handle);
+            // An absent operand is bound to `x` (never read: its flag compiles the read out).
+            let or_x = |a: Option<&GpuArray>, len: usize| a.map_or_else(|| arg(&x.handle, n), |a| arg(&a.handle, len));
             unsafe {
                 kernels::channel_affine_kernel::launch_unchecked::<R>(
                     &client,
                     count,
                     dim,
                     arg(&x.handle, n),
-                    arg(&scale.handle, channels),
-                    arg(&shift.handle, channels),
-                    arg(res, n),
+                    or_x(scale, channels),
+                    or_x(shift, channels),
+                    or_x(residual, n),
                     arg(&out, n),
                     u32_of("channel_affine", channels)?,
                     u32_of("channel_affine", spatial.max(1))?,
+                    scale.is_some(),
+                    shift.is_some(),
                     residual.is_some(),
                     relu,
                 )

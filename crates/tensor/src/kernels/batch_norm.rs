@@ -157,7 +157,13 @@ pub fn batch_norm_eval(
     #[cfg(gpu)]
     if crate::tensor::gpu_device(OP, &[Some(input), weight, bias, Some(running_mean), Some(running_var)])?.is_some() {
         let (scale, shift) = on_gpu::eval_affine(OP, c, weight, bias, running_mean, running_var, eps)?;
-        let out = crate::gpu::channel_affine(input.gpu_f32(OP)?, scale.gpu_f32(OP)?, shift.gpu_f32(OP)?, None, false)?;
+        let out = crate::gpu::channel_affine(
+            input.gpu_f32(OP)?,
+            Some(scale.gpu_f32(OP)?),
+            Some(shift.gpu_f32(OP)?),
+            None,
+            false,
+        )?;
         return Ok(Tensor::from_gpu(out));
     }
     let (scale, shift) = eval_affine(OP, c, weight, bias, running_mean, running_var, eps)?;
@@ -408,7 +414,8 @@ mod on_gpu {
         let beta = channel(OP, bias, c, 0.0, device)?;
         let scale = gamma.mul(&invstd)?;
         let shift = beta.sub(&mean.mul(&scale)?)?;
-        let output = Tensor::from_gpu(gpu::channel_affine(x, scale.gpu_f32(OP)?, shift.gpu_f32(OP)?, None, false)?);
+        let output =
+            Tensor::from_gpu(gpu::channel_affine(x, Some(scale.gpu_f32(OP)?), Some(shift.gpu_f32(OP)?), None, false)?);
         let (running_mean, running_var) = match running {
             None => (None, None),
             Some((rm, rv)) => {
@@ -461,9 +468,8 @@ mod on_gpu {
         let mean = channel(OP, Some(running_mean), c, 0.0, device)?;
         let invstd = rsqrt_eps(OP, &channel(OP, Some(running_var), c, 1.0, device)?, eps)?;
         let scale = gamma.mul(&invstd)?;
-        let zeros = Tensor::zeros(&[c]).to_device(device)?;
         let dy = grad_output.gpu_f32(OP)?;
-        let dx = gpu::channel_affine(dy, scale.gpu_f32(OP)?, zeros.gpu_f32(OP)?, None, false)?;
+        let dx = gpu::channel_affine(dy, Some(scale.gpu_f32(OP)?), None, None, false)?;
         let (sum_dy, sum_dy_xhat) =
             gpu::channel_grad_sums(dy, input.gpu_f32(OP)?, mean.gpu_f32(OP)?, invstd.gpu_f32(OP)?)?;
         Ok(BatchNormGrads {
