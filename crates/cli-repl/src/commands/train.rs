@@ -481,7 +481,7 @@ fn gradients_finite(params: &[Var]) -> Result<bool> {
     }
     for p in params {
         if let Some(g) = p.grad() {
-            if !g.to_vec_f32()?.iter().all(|v| v.is_finite()) {
+            if !g.f32_data("gradient check")?.iter().all(|v| v.is_finite()) {
                 return Ok(false);
             }
         }
