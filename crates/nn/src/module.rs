@@ -171,9 +171,9 @@ pub trait ModuleExt: Module {
         Ok(report)
     }
 
-    /// Moves every f32 parameter and buffer to `device` (`net.to(device)`), dropping stale
-    /// gradients. Integer buffers (`num_batches_tracked`) stay on the host: they are counters the
-    /// host reads every step, and reading them from a GPU would wait for it each time.
+    /// Moves every f32 parameter and buffer, and their gradients, to `device` (`net.to(device)`).
+    /// Integer buffers (`num_batches_tracked`) stay on the host: they are counters the host reads
+    /// every step, and reading them from a GPU would wait for it each time.
     fn to_device(&self, device: tensor::Device) -> Result<()> {
         let mut vars = self.named_parameters();
         vars.extend(self.named_buffers());
@@ -181,13 +181,14 @@ pub trait ModuleExt: Module {
         for (_, var) in &vars {
             let value = var.value();
             if value.dtype() == tensor::DType::F32 {
-                moved.push((var, value.to_device(device)?));
+                let grad = var.grad().map(|g| g.to_device(device)).transpose()?;
+                moved.push((var, value.to_device(device)?, grad));
             }
         }
         // Every transfer succeeded before anything changes: a failure leaves the model whole.
-        for (var, value) in moved {
+        for (var, value, grad) in moved {
             var.set_value(value);
-            var.set_grad(None);
+            var.set_grad(grad);
         }
         Ok(())
     }
