@@ -264,6 +264,22 @@ proptest! {
 }
 
 #[test]
+fn grouped_pointwise_convs_read_the_input_in_place() {
+    // 1x1, stride 1, no padding: the GPU skips im2col and reads each group's rows directly.
+    let p = Conv2dParams::new().groups(4);
+    let (xs, ws) = ([3, 8, 5, 7], [12, 2, 1, 1]);
+    let inputs = [randn(&xs, 1), randn(&ws, 2), randn(&[3, 12, 5, 7], 3)];
+    check_all(&inputs, |t| {
+        Ok(vec![
+            conv2d(&t[0], &t[1], None, p)?,
+            conv2d_backward_input(&t[2], &t[1], &xs, p)?,
+            conv2d_backward_weight(&t[0], &t[2], &ws, p)?,
+        ])
+    })
+    .unwrap();
+}
+
+#[test]
 fn nan_propagates_as_on_the_host() {
     let v = vec![1.0, f32::NAN, -2.0, 3.0, 0.5, f32::NAN, -1.0, 2.0, 4.0];
     let x = Tensor::from_vec(v, &[1, 1, 3, 3]).unwrap();

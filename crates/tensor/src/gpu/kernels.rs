@@ -113,6 +113,21 @@ pub(crate) fn binary_bcast_kernel(
     }
 }
 
+/// `base + sum_d idx_d * stride_d`, where `idx` is row-major position `pos` in a shape: `meta`
+/// holds the shape (`rank` entries), then the strides.
+#[cube]
+fn strided_position(pos: u32, meta: &Array<u32>, rank: u32, base: u32) -> u32 {
+    let mut rem = pos;
+    let mut at = base;
+    for d in 0..rank {
+        let dim = rank - 1 - d;
+        let size = meta[dim as usize];
+        at += (rem % size) * meta[(rank + dim) as usize];
+        rem /= size;
+    }
+    at
+}
+
 /// `out[i] = src[offset + sum_d idx_d * stride_d]`: materialises a permuted, narrowed or
 /// broadcast view (of f32 data, or the i32 that holds i64). `meta` holds the output shape then
 /// the source strides.
@@ -126,15 +141,7 @@ pub(crate) fn strided_copy_kernel<T: CubePrimitive>(
 ) {
     let i = ABSOLUTE_POS;
     if i < out.len() {
-        let mut rem = i as u32;
-        let mut si = offset;
-        for d in 0..rank {
-            let dim = rank - 1 - d;
-            let size = meta[dim as usize];
-            si += (rem % size) * meta[(rank + dim) as usize];
-            rem /= size;
-        }
-        out[i] = src[si as usize];
+        out[i] = src[strided_position(i as u32, meta, rank, offset) as usize];
     }
 }
 
@@ -150,15 +157,7 @@ pub(crate) fn copy_into_kernel<T: CubePrimitive>(
 ) {
     let i = ABSOLUTE_POS;
     if i < src.len() {
-        let mut rem = i as u32;
-        let mut oi = base;
-        for d in 0..rank {
-            let dim = rank - 1 - d;
-            let size = meta[dim as usize];
-            oi += (rem % size) * meta[(rank + dim) as usize];
-            rem /= size;
-        }
-        out[oi as usize] = src[i];
+        out[strided_position(i as u32, meta, rank, base) as usize] = src[i];
     }
 }
 

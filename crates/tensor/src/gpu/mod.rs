@@ -19,6 +19,7 @@
 pub(crate) mod kernels;
 
 use crate::error::{Result, TensorError};
+use crate::kernels::conv::ConvGeom;
 use crate::{DType, Device};
 use cubecl::prelude::*;
 use cubecl::server::Handle;
@@ -593,60 +594,32 @@ pub(crate) fn matmul(
 // Convolution
 // ---------------------------------------------------------------------------------------------
 
-/// The sizes of a convolution (validated by the caller).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ConvSizes {
-    pub n: usize,
-    pub c: usize,
-    pub h: usize,
-    pub w: usize,
-    pub o: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub oh: usize,
-    pub ow: usize,
-    pub stride: [usize; 2],
-    pub padding: [usize; 2],
-    pub dilation: [usize; 2],
-    pub groups: usize,
-}
-
-impl ConvSizes {
-    fn kg(&self) -> usize {
-        self.c / self.groups * self.kh * self.kw
-    }
-    fn og(&self) -> usize {
-        self.o / self.groups
-    }
-    fn p(&self) -> usize {
-        self.oh * self.ow
-    }
-    fn pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.stride == [1, 1] && self.padding == [0, 0] && self.groups == 1
-    }
+/// What the GPU convolutions derive from a validated [`ConvGeom`].
+impl ConvGeom {
     /// Images per im2col chunk: the column buffer stays under 64 Mi floats.
-    fn chunk(&self) -> usize {
-        let per_image = (self.groups * self.kg() * self.p()).max(1);
+    fn gpu_chunk(&self) -> usize {
+        let per_image = (self.p.groups * self.k() * self.out_hw()).max(1);
         // At most 65,535 (image, group) batches per product (the grid's limit); at least one image.
-        ((64usize << 20) / per_image).clamp(1, self.n.max(1)).min((65_535 / self.groups).max(1))
+        ((64usize << 20) / per_image).clamp(1, self.n.max(1)).min((65_535 / self.p.groups).max(1))
     }
-    fn im2col_meta(&self, n0: usize) -> [usize; 15] {
+    fn gpu_im2col_meta(&self, n0: usize) -> [usize; 15] {
         // Rows run over all channels, so group g's rows are g * kg.. of each image's block.
+        let p = &self.p;
         [
-            self.c,
+            self.cin,
             self.h,
             self.w,
             self.kh,
             self.kw,
             self.oh,
             self.ow,
-            self.stride[0],
-            self.stride[1],
-            self.padding[0],
-            self.padding[1],
-            self.dilation[0],
-            self.dilation[1],
-            self.groups,
+            p.stride[0],
+            p.stride[1],
+            p.padding[0],
+            p.padding[1],
+            p.dilation[0],
+            p.dilation[1],
+            p.groups,
             n0,
         ]
     }
@@ -655,13 +628,13 @@ impl ConvSizes {
 fn im2col<R: GpuRuntime>(
     client: &ComputeClient<R>,
     x: &GpuArray,
-    s: &ConvSizes,
+    s: &ConvGeom,
     n0: usize,
     nb: usize,
     col: &Handle,
 ) -> Result<()> {
-    let len = nb * s.c * s.kh * s.kw * s.p();
-    let m = meta(client, "im2col", &s.im2col_meta(n0))?;
+    let len = nb * s.cin * s.kh * s.kw * s.out_hw();
+    let m = meta(client, "im2col", &s.gpu_im2col_meta(n0))?;
     let (count, dim) = grid_1d(len);
     unsafe {
         kernels::im2col_kernel::launch_unchecked::<R>(
@@ -683,15 +656,15 @@ pub(crate) fn conv2d(
     bias: Option<&GpuArray>,
     residual: Option<&GpuArray>,
     relu: bool,
-    s: ConvSizes,
+    s: &ConvGeom,
 ) -> Result<GpuArray> {
     on_runtime!(x.device, R => {
         let client = client::<R>()?;
-        let (kg, og, p) = (s.kg(), s.og(), s.p());
-        let len = s.n * s.o * p;
+        let (kg, og, p) = (s.k(), s.cout_g, s.out_hw());
+        let len = s.n * s.cout * p;
         let out = f32_buffer(&client, len)?;
-        let nb = s.chunk();
-        let col = if s.pointwise() { None } else { Some(f32_buffer(&client, nb * s.groups * kg * p)?) };
+        let nb = s.gpu_chunk();
+        let col = if s.pointwise() { None } else { Some(f32_buffer(&client, nb * s.p.groups * kg * p)?) };
         for n0 in (0..s.n).step_by(nb) {
             let nb = nb.min(s.n - n0);
             let mut l = MatmulLayout {
@@ -699,8 +672,8 @@ pub(crate) fn conv2d(
                 n: p,
                 k: kg,
                 k_inner: kg,
-                batches: nb * s.groups,
-                a_mod: s.groups,
+                batches: nb * s.p.groups,
+                a_mod: s.p.groups,
                 a_zs: og * kg,
                 a_rs: kg,
                 a_ks: 1,
@@ -709,21 +682,21 @@ pub(crate) fn conv2d(
                 b_cs: 1,
                 c_zs: og * p,
                 c_rs: p,
-                c_off: n0 * s.o * p,
+                c_off: n0 * s.cout * p,
                 ..Default::default()
             };
             match &col {
                 Some(col) => {
-                    im2col::<R>(&client, x, &s, n0, nb, col)?;
-                    launch_matmul::<R>(&client, &w.handle, w.numel(), col, nb * s.groups * kg * p, &out, len, &l, false)?;
+                    im2col::<R>(&client, x, s, n0, nb, col)?;
+                    launch_matmul::<R>(&client, &w.handle, w.numel(), col, nb * s.p.groups * kg * p, &out, len, &l, false)?;
                 }
                 None => {
-                    l.b_off = n0 * s.c * p;
+                    l.b_off = n0 * s.cin * p;
                     launch_matmul::<R>(&client, &w.handle, w.numel(), &x.handle, x.numel(), &out, len, &l, false)?;
                 }
             }
         }
-        let out = new_array::<R>(out, &[s.n, s.o, s.oh, s.ow], DType::F32);
+        let out = new_array::<R>(out, &[s.n, s.cout, s.oh, s.ow], DType::F32);
         if bias.is_none() && residual.is_none() && !relu {
             return Ok(out);
         }
@@ -732,28 +705,28 @@ pub(crate) fn conv2d(
 }
 
 /// Gradient of the convolution with respect to its input.
-pub(crate) fn conv2d_backward_input(dy: &GpuArray, w: &GpuArray, s: ConvSizes) -> Result<GpuArray> {
+pub(crate) fn conv2d_backward_input(dy: &GpuArray, w: &GpuArray, s: &ConvGeom) -> Result<GpuArray> {
     on_runtime!(dy.device, R => {
         let client = client::<R>()?;
-        let (kg, og, p) = (s.kg(), s.og(), s.p());
-        let len = s.n * s.c * s.h * s.w;
+        let (kg, og, p) = (s.k(), s.cout_g, s.out_hw());
+        let len = s.n * s.cin * s.h * s.w;
         let dx = f32_buffer(&client, len)?;
-        let nb = s.chunk();
-        let col = f32_buffer(&client, nb * s.groups * kg * p)?;
+        let nb = s.gpu_chunk();
+        let col = f32_buffer(&client, nb * s.p.groups * kg * p)?;
         for n0 in (0..s.n).step_by(nb) {
             let nb = nb.min(s.n - n0);
-            let col_len = nb * s.groups * kg * p;
+            let col_len = nb * s.p.groups * kg * p;
             let l = MatmulLayout {
                 m: kg,
                 n: p,
                 k: og,
                 k_inner: og,
-                batches: nb * s.groups,
-                a_mod: s.groups,
+                batches: nb * s.p.groups,
+                a_mod: s.p.groups,
                 a_zs: og * kg,
                 a_rs: 1,
                 a_ks: kg,
-                b_off: n0 * s.o * p,
+                b_off: n0 * s.cout * p,
                 b_zs: og * p,
                 b_ks: p,
                 b_cs: 1,
@@ -762,8 +735,8 @@ pub(crate) fn conv2d_backward_input(dy: &GpuArray, w: &GpuArray, s: ConvSizes) -
                 ..Default::default()
             };
             launch_matmul::<R>(&client, &w.handle, w.numel(), &dy.handle, dy.numel(), &col, col_len, &l, false)?;
-            let m = meta(&client, "conv2d_backward_input", &s.im2col_meta(n0))?;
-            let chunk_len = nb * s.c * s.h * s.w;
+            let m = meta(&client, "conv2d_backward_input", &s.gpu_im2col_meta(n0))?;
+            let chunk_len = nb * s.cin * s.h * s.w;
             let (count, dim) = grid_1d(chunk_len);
             unsafe {
                 kernels::col2im_kernel::launch_unchecked::<R>(
@@ -771,19 +744,19 @@ pub(crate) fn conv2d_backward_input(dy: &GpuArray, w: &GpuArray, s: ConvSizes) -
                 )
             };
         }
-        Ok(new_array::<R>(dx, &[s.n, s.c, s.h, s.w], DType::F32))
+        Ok(new_array::<R>(dx, &[s.n, s.cin, s.h, s.w], DType::F32))
     })
 }
 
 /// Gradient of the convolution with respect to its weight (images folded into the k axis).
-pub(crate) fn conv2d_backward_weight(x: &GpuArray, dy: &GpuArray, s: ConvSizes) -> Result<GpuArray> {
+pub(crate) fn conv2d_backward_weight(x: &GpuArray, dy: &GpuArray, s: &ConvGeom) -> Result<GpuArray> {
     on_runtime!(x.device, R => {
         let client = client::<R>()?;
-        let (kg, og, p) = (s.kg(), s.og(), s.p());
-        let len = s.o * kg;
+        let (kg, og, p) = (s.k(), s.cout_g, s.out_hw());
+        let len = s.cout * kg;
         let dw = f32_buffer(&client, len)?;
-        let nb = s.chunk();
-        let col = if s.pointwise() { None } else { Some(f32_buffer(&client, nb * s.groups * kg * p)?) };
+        let nb = s.gpu_chunk();
+        let col = if s.pointwise() { None } else { Some(f32_buffer(&client, nb * s.p.groups * kg * p)?) };
         for (chunk, n0) in (0..s.n).step_by(nb).enumerate() {
             let nb = nb.min(s.n - n0);
             let mut l = MatmulLayout {
@@ -791,15 +764,15 @@ pub(crate) fn conv2d_backward_weight(x: &GpuArray, dy: &GpuArray, s: ConvSizes) 
                 n: kg,
                 k: nb * p,
                 k_inner: p,
-                batches: s.groups,
-                a_mod: s.groups,
-                a_off: n0 * s.o * p,
+                batches: s.p.groups,
+                a_mod: s.p.groups,
+                a_off: n0 * s.cout * p,
                 a_zs: og * p,
                 a_rs: p,
-                a_kos: s.o * p,
+                a_kos: s.cout * p,
                 a_ks: 1,
                 b_zs: kg * p,
-                b_kos: s.groups * kg * p,
+                b_kos: s.p.groups * kg * p,
                 b_ks: 1,
                 b_cs: p,
                 c_zs: og * kg,
@@ -808,19 +781,19 @@ pub(crate) fn conv2d_backward_weight(x: &GpuArray, dy: &GpuArray, s: ConvSizes) 
             };
             match &col {
                 Some(col) => {
-                    im2col::<R>(&client, x, &s, n0, nb, col)?;
-                    launch_matmul::<R>(&client, &dy.handle, dy.numel(), col, nb * s.groups * kg * p, &dw, len, &l, chunk > 0)?;
+                    im2col::<R>(&client, x, s, n0, nb, col)?;
+                    launch_matmul::<R>(&client, &dy.handle, dy.numel(), col, nb * s.p.groups * kg * p, &dw, len, &l, chunk > 0)?;
                 }
                 None => {
-                    l.b_off = n0 * s.c * p;
+                    l.b_off = n0 * s.cin * p;
                     launch_matmul::<R>(&client, &dy.handle, dy.numel(), &x.handle, x.numel(), &dw, len, &l, chunk > 0)?;
                 }
             }
         }
         if s.n == 0 {
-            return zeros(&[s.o, s.c / s.groups, s.kh, s.kw], R::DEVICE);
+            return zeros(&[s.cout, s.cin / s.p.groups, s.kh, s.kw], R::DEVICE);
         }
-        Ok(new_array::<R>(dw, &[s.o, s.c / s.groups, s.kh, s.kw], DType::F32))
+        Ok(new_array::<R>(dw, &[s.cout, s.cin / s.p.groups, s.kh, s.kw], DType::F32))
     })
 }
 

@@ -119,30 +119,11 @@ impl ConvGeom {
         Ok(ConvGeom { n, cin, h, w, cout, kh, kw, oh, ow, p, cin_g, cout_g: cout / p.groups })
     }
 
-    #[cfg(gpu)]
-    fn gpu_sizes(&self) -> crate::gpu::ConvSizes {
-        crate::gpu::ConvSizes {
-            n: self.n,
-            c: self.cin,
-            h: self.h,
-            w: self.w,
-            o: self.cout,
-            kh: self.kh,
-            kw: self.kw,
-            oh: self.oh,
-            ow: self.ow,
-            stride: self.p.stride,
-            padding: self.p.padding,
-            dilation: self.p.dilation,
-            groups: self.p.groups,
-        }
-    }
-
     /// Rows of one group's im2col matrix (= columns of its weight matrix).
-    fn k(&self) -> usize {
+    pub(crate) fn k(&self) -> usize {
         self.cin_g * self.kh * self.kw
     }
-    fn out_hw(&self) -> usize {
+    pub(crate) fn out_hw(&self) -> usize {
         self.oh * self.ow
     }
     pub(crate) fn in_hw(&self) -> usize {
@@ -152,7 +133,7 @@ impl ConvGeom {
         [self.n, self.cout, self.oh, self.ow]
     }
     /// 1x1, stride 1, no padding: the input is its own im2col matrix.
-    fn pointwise(&self) -> bool {
+    pub(crate) fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.p.stride == [1, 1] && self.p.padding == [0, 0]
     }
     /// Grouped convs with few channels per group: products too small for GEMM to pay off.
@@ -518,7 +499,7 @@ fn fused(
             bias.map(|b| b.gpu_f32(OP)).transpose()?,
             residual.map(|r| r.gpu_f32(OP)).transpose()?,
             relu,
-            g.gpu_sizes(),
+            &g,
         )?;
         return Ok(Tensor::from_gpu(out));
     }
@@ -632,7 +613,7 @@ pub fn conv2d_backward_input(
     }
     #[cfg(gpu)]
     if crate::tensor::gpu_device(OP, &[Some(grad_output), Some(weight)])?.is_some() {
-        let dx = crate::gpu::conv2d_backward_input(grad_output.gpu_f32(OP)?, weight.gpu_f32(OP)?, g.gpu_sizes())?;
+        let dx = crate::gpu::conv2d_backward_input(grad_output.gpu_f32(OP)?, weight.gpu_f32(OP)?, &g)?;
         return Ok(Tensor::from_gpu(dx));
     }
     let dy = grad_output.f32_data(OP)?;
@@ -732,7 +713,7 @@ pub fn conv2d_backward_weight(
     }
     #[cfg(gpu)]
     if crate::tensor::gpu_device(OP, &[Some(input), Some(grad_output)])?.is_some() {
-        let dw = crate::gpu::conv2d_backward_weight(input.gpu_f32(OP)?, grad_output.gpu_f32(OP)?, g.gpu_sizes())?;
+        let dw = crate::gpu::conv2d_backward_weight(input.gpu_f32(OP)?, grad_output.gpu_f32(OP)?, &g)?;
         return Ok(Tensor::from_gpu(dw));
     }
     let x = input.f32_data(OP)?;
