@@ -885,7 +885,12 @@ impl Tensor {
             return Ok(Tensor::from_gpu(g));
         }
         let (g, y) = (self.f32_data(OP)?, output.f32_data(OP)?);
-        let v = g.iter().zip(y.iter()).map(|(&g, &y)| if y > 0.0 { g } else { 0.0 }).collect();
+        let pick = |(&g, &y): (&f32, &f32)| if y > 0.0 { g } else { 0.0 };
+        let v = if g.len() >= PARALLEL_THRESHOLD {
+            g.par_iter().zip(y.par_iter()).map(pick).collect()
+        } else {
+            g.iter().zip(y.iter()).map(pick).collect()
+        };
         Ok(Tensor::from_vec_unchecked(v, self.shape()))
     }
 
