@@ -84,7 +84,7 @@ proptest! {
 }
 
 /// Shapes big enough for several im2col tiles per image, under 1 and 4 threads (the
-/// parallel-GEMM and the parallel-items strategies), checked by the adjoint identities
+/// parallel-GEMM and the parallel-items strategies; the GEMM's blocks per thread), checked by the adjoint identities
 /// `<conv(x, w), g> = <x, dX(g)> = <w, dW(x, g)>` and the oracle.
 #[test]
 fn multi_tile_shapes_match_reference_and_adjoints() {
@@ -95,6 +95,9 @@ fn multi_tile_shapes_match_reference_and_adjoints() {
         ([2, 3, 64, 64], [8, 3, 7, 7], Conv2dParams::new().padding(3).stride(2)),
         ([2, 128, 24, 24], [128, 4, 3, 3], Conv2dParams::new().padding(1).groups(32)),
         ([1, 64, 12, 12], [64, 2, 1, 1], Conv2dParams::new().groups(32)),
+        // Batch 1, one tile: im2col shared out by channels, the GEMM by bands of output rows.
+        ([1, 96, 29, 29], [96, 96, 3, 3], Conv2dParams::new().padding(1).stride(2)),
+        ([1, 256, 14, 14], [256, 256, 3, 3], Conv2dParams::new().padding(1)),
     ];
     for (xs, ws, p) in cases {
         let x = randn(&xs, 10);

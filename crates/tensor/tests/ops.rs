@@ -163,6 +163,13 @@ fn matmul_large_and_errors() {
         let got = with_threads(threads, || a2.matmul(&b2)).unwrap();
         assert_close("matmul row bands", &got.to_vec_f32().unwrap(), &want, 1e-5);
     }
+    // One sequential GEMM per block: column bands (wide output), and a grid of 2 x 4 blocks.
+    for (m, k, n, threads) in [(40, 50, 500, 3), (70, 60, 300, 8)] {
+        let (a3, b3) = (randn(&[m, k], 6), randn(&[k, n], 7));
+        let want = reference::matmul(&f64s(&a3), &f64s(&b3), m, k, n);
+        let got = with_threads(threads, || a3.matmul(&b3)).unwrap();
+        assert_close(&format!("matmul {m}x{k}x{n} blocks"), &got.to_vec_f32().unwrap(), &want, 1e-5);
+    }
     assert!(a.matmul(&a).is_err());
     assert!(Tensor::zeros(&[3]).matmul(&Tensor::zeros(&[3, 1])).is_err());
     assert!(randn(&[2, 3, 4], 1).matmul(&randn(&[3, 4, 5], 2)).is_err(), "batch 2 vs 3");

@@ -13,6 +13,7 @@
 //!   is still in cache: this is the fused conv + BN + ReLU path of inference.
 
 use super::matmul::{parallelism, product, MatRef, SyncPtr};
+use super::scratch::Scratch;
 use crate::error::{bad_shape, invalid, mismatch, Result};
 use crate::Tensor;
 use gemm::Parallelism;
@@ -243,6 +244,23 @@ fn im2col(
     }
 }
 
+/// [`im2col`] of all channels into `col` (`ld == p1 - p0`), the channels shared out across
+/// threads when `parallel` (the caller has too few work items to keep them busy otherwise).
+fn im2col_all(g: &ConvGeom, image: &[f32], p0: usize, p1: usize, col: &mut [f32], parallel: bool) {
+    let len = p1 - p0;
+    let per_channel = g.kh * g.kw * len;
+    let threads = rayon::current_num_threads();
+    if !parallel || threads < 2 || g.cin < 2 || per_channel == 0 {
+        im2col(g, image, 0..g.cin, p0, p1, col, len);
+        return;
+    }
+    let chunk = g.cin.div_ceil(2 * threads);
+    col[..g.cin * per_channel].par_chunks_mut(chunk * per_channel).enumerate().for_each(|(i, part)| {
+        let c0 = i * chunk;
+        im2col(g, image, c0..c0 + part.len() / per_channel, p0, p1, part, len);
+    });
+}
+
 /// The adjoint of [`im2col`]: adds each column entry back into the input position it came from.
 fn col2im(
     g: &ConvGeom,
@@ -293,10 +311,10 @@ fn col2im(
 
 /// The input columns of images `i0..i0 + nb` side by side, `nb * ohw` columns per row: for a
 /// pointwise conv the images' channels, otherwise their im2col taps.
-fn gather_block(g: &ConvGeom, x: &[f32], i0: usize, nb: usize, col: &mut Vec<f32>) {
+fn gather_block(g: &ConvGeom, x: &[f32], i0: usize, nb: usize, col: &mut Scratch) {
     let (ohw, in_len) = (g.out_hw(), g.cin * g.in_hw());
     let cols = nb * ohw;
-    col.resize(g.cin * g.kh * g.kw * cols, 0.0);
+    col.at_least(g.cin * g.kh * g.kw * cols);
     for b in 0..nb {
         let image = &x[(i0 + b) * in_len..(i0 + b + 1) * in_len];
         if g.pointwise() {
@@ -311,9 +329,9 @@ fn gather_block(g: &ConvGeom, x: &[f32], i0: usize, nb: usize, col: &mut Vec<f32
 
 /// Planes `[channels, hw]` of images `i0..i0 + nb` of `src` (`[n, channels, hw]`) side by
 /// side: `dst` is `[channels, nb * hw]`.
-fn gather_planes(src: &[f32], channels: usize, hw: usize, i0: usize, nb: usize, dst: &mut Vec<f32>) {
+fn gather_planes(src: &[f32], channels: usize, hw: usize, i0: usize, nb: usize, dst: &mut Scratch) {
     let cols = nb * hw;
-    dst.resize(channels * cols, 0.0);
+    dst.at_least(channels * cols);
     for b in 0..nb {
         for c in 0..channels {
             let from = ((i0 + b) * channels + c) * hw;
@@ -370,14 +388,14 @@ fn forward_slices(
     let par = parallelism(items);
     let out_ptr = SyncPtr(out.as_mut_ptr());
     let rows_all = g.cin * g.kh * g.kw;
-    let run_item = |item: usize, col: &mut Vec<f32>| {
+    let run_item = |item: usize, col: &mut Scratch| {
         let (ni, ti) = (item / tiles, item % tiles);
         let (p0, p1) = (ti * tile, ((ti + 1) * tile).min(ohw));
         let len = p1 - p0;
         let image = &x[ni * g.cin * g.in_hw()..(ni + 1) * g.cin * g.in_hw()];
         if !g.pointwise() {
-            col.resize(rows_all * len, 0.0);
-            im2col(g, image, 0..g.cin, p0, p1, col, len);
+            col.at_least(rows_all * len);
+            im2col_all(g, image, p0, p1, col, !matches!(par, Parallelism::None));
         }
         let out_base = ni * g.cout * ohw;
         for gi in 0..g.p.groups {
@@ -401,9 +419,9 @@ fn forward_slices(
         }
     };
     if matches!(par, Parallelism::None) {
-        (0..items).into_par_iter().for_each_init(Vec::new, |col, item| run_item(item, col));
+        (0..items).into_par_iter().for_each_init(Scratch::take, |col, item| run_item(item, col));
     } else {
-        let mut col = Vec::new();
+        let mut col = Scratch::take();
         (0..items).for_each(|item| run_item(item, &mut col));
     }
 }
@@ -414,12 +432,12 @@ fn forward_blocks(g: &ConvGeom, x: &[f32], w: &[f32], epi: Epilogue<'_>, out: &m
     let (ohw, k) = (g.out_hw(), g.k());
     let items = g.n.div_ceil(nb);
     let par = parallelism(items);
-    let run_item = |(item, out_block): (usize, &mut [f32]), bufs: &mut (Vec<f32>, Vec<f32>)| {
+    let run_item = |(item, out_block): (usize, &mut [f32]), bufs: &mut (Scratch, Scratch)| {
         let (col, tmp) = bufs;
         let (i0, count) = (item * nb, out_block.len() / (g.cout * ohw));
         let cols = count * ohw;
         gather_block(g, x, i0, count, col);
-        tmp.resize(g.cout * cols, 0.0);
+        tmp.at_least(g.cout * cols);
         for gi in 0..g.p.groups {
             let lhs = MatRef::of(w, gi * g.cout_g * k, g.cout_g, k, k, 1);
             let rhs = MatRef::of(col, gi * k * cols, k, cols, cols, 1);
@@ -440,9 +458,9 @@ fn forward_blocks(g: &ConvGeom, x: &[f32], w: &[f32], epi: Epilogue<'_>, out: &m
     if matches!(par, Parallelism::None) {
         out.par_chunks_mut(block_len)
             .enumerate()
-            .for_each_init(|| (Vec::new(), Vec::new()), |bufs, item| run_item(item, bufs));
+            .for_each_init(|| (Scratch::take(), Scratch::take()), |bufs, item| run_item(item, bufs));
     } else {
-        let mut bufs = (Vec::new(), Vec::new());
+        let mut bufs = (Scratch::take(), Scratch::take());
         out.chunks_mut(block_len).enumerate().for_each(|item| run_item(item, &mut bufs));
     }
 }
@@ -553,12 +571,12 @@ fn backward_input_blocks(g: &ConvGeom, dy: &[f32], w: &[f32], dx: &mut [f32], nb
     let items = g.n.div_ceil(nb);
     let par = parallelism(items);
     let image_len = g.cin * in_hw;
-    let run_item = |(item, dx_block): (usize, &mut [f32]), bufs: &mut (Vec<f32>, Vec<f32>)| {
+    let run_item = |(item, dx_block): (usize, &mut [f32]), bufs: &mut (Scratch, Scratch)| {
         let (dys, col) = bufs;
         let (i0, count) = (item * nb, dx_block.len() / image_len);
         let cols = count * ohw;
         gather_planes(dy, g.cout, ohw, i0, count, dys);
-        col.resize(g.cin * g.kh * g.kw * cols, 0.0);
+        col.at_least(g.cin * g.kh * g.kw * cols);
         for gi in 0..g.p.groups {
             let lhs = MatRef::of(w, gi * g.cout_g * k, k, g.cout_g, 1, k);
             let rhs = MatRef::of(dys, gi * g.cout_g * cols, g.cout_g, cols, cols, 1);
@@ -580,9 +598,9 @@ fn backward_input_blocks(g: &ConvGeom, dy: &[f32], w: &[f32], dx: &mut [f32], nb
     if matches!(par, Parallelism::None) {
         dx.par_chunks_mut(nb * image_len)
             .enumerate()
-            .for_each_init(|| (Vec::new(), Vec::new()), |bufs, item| run_item(item, bufs));
+            .for_each_init(|| (Scratch::take(), Scratch::take()), |bufs, item| run_item(item, bufs));
     } else {
-        let mut bufs = (Vec::new(), Vec::new());
+        let mut bufs = (Scratch::take(), Scratch::take());
         dx.chunks_mut(nb * image_len).enumerate().for_each(|item| run_item(item, &mut bufs));
     }
 }
@@ -674,11 +692,11 @@ pub fn conv2d_backward_input(
         let (tile, tiles) = (g.tile(), g.tiles());
         let par = parallelism(g.n);
         let rows_all = g.cin * g.kh * g.kw;
-        let run = |(ni, dx_img): (usize, &mut [f32]), col: &mut Vec<f32>| {
+        let run = |(ni, dx_img): (usize, &mut [f32]), col: &mut Scratch| {
             for ti in 0..tiles {
                 let (p0, p1) = (ti * tile, ((ti + 1) * tile).min(ohw));
                 let len = p1 - p0;
-                col.resize(rows_all * len, 0.0);
+                col.at_least(rows_all * len);
                 for gi in 0..g.p.groups {
                     let lhs = MatRef::of(&w, gi * g.cout_g * k, k, g.cout_g, 1, k);
                     let rhs = MatRef::of(&dy, (ni * g.cout + gi * g.cout_g) * ohw + p0, g.cout_g, len, ohw, 1);
@@ -690,9 +708,9 @@ pub fn conv2d_backward_input(
             }
         };
         if matches!(par, Parallelism::None) {
-            dx.par_chunks_mut(image_len).enumerate().for_each_init(Vec::new, |col, item| run(item, col));
+            dx.par_chunks_mut(image_len).enumerate().for_each_init(Scratch::take, |col, item| run(item, col));
         } else {
-            let mut col = Vec::new();
+            let mut col = Scratch::take();
             dx.chunks_mut(image_len).enumerate().for_each(|item| run(item, &mut col));
         }
     }
@@ -727,7 +745,7 @@ pub fn conv2d_backward_weight(
     let wlen = g.cout * k;
     let rows_all = g.cin * g.kh * g.kw;
     // dW_g += dy[items' columns] * col_g[items' columns]^T, accumulated into `acc`.
-    let run = |item: usize, bufs: &mut (Vec<f32>, Vec<f32>), acc: &mut [f32]| {
+    let run = |item: usize, bufs: &mut (Scratch, Scratch), acc: &mut [f32]| {
         let (col, dys) = bufs;
         if nb > 1 {
             let (i0, count) = (item * nb, nb.min(g.n - item * nb));
@@ -748,8 +766,8 @@ pub fn conv2d_backward_weight(
         let len = p1 - p0;
         let image = &x[ni * g.cin * in_hw..(ni + 1) * g.cin * in_hw];
         if !g.pointwise() {
-            col.resize(rows_all * len, 0.0);
-            im2col(&g, image, 0..g.cin, p0, p1, col, len);
+            col.at_least(rows_all * len);
+            im2col_all(&g, image, p0, p1, col, !matches!(par, Parallelism::None));
         }
         for gi in 0..g.p.groups {
             let lhs = MatRef::of(&dy, (ni * g.cout + gi * g.cout_g) * ohw + p0, g.cout_g, len, ohw, 1);
@@ -771,7 +789,7 @@ pub fn conv2d_backward_weight(
         .into_par_iter()
         .map(|part| {
             let mut acc = vec![0f32; wlen];
-            let mut bufs = (Vec::new(), Vec::new());
+            let mut bufs = (Scratch::take(), Scratch::take());
             for item in part * items / parts..(part + 1) * items / parts {
                 run(item, &mut bufs, &mut acc);
             }

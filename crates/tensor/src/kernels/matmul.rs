@@ -93,9 +93,83 @@ pub(crate) unsafe fn sgemm_raw(
         }
         return;
     }
+    let threads = match par {
+        Parallelism::Rayon(t) if t > 1 => t,
+        _ => 1,
+    };
+    let (row_bands, col_bands) = bands(lhs.rows, rhs.cols, lhs.cols, threads);
+    if row_bands * col_bands <= 1 {
+        gemm_call(dst, dst_rs, dst_cs, lhs, rhs, accumulate);
+        return;
+    }
+    // One sequential GEMM per block of the output, instead of the `gemm` crate's own threading:
+    // on the narrow, deep products of batch-1 convolutions (k of 2304 against 196 or 49
+    // columns) its split left the threads idle much of the time (84 against 148 GFLOP/s on two
+    // threads for 256 x 196 x 2304).
+    let row_len = lhs.rows.div_ceil(row_bands);
+    let col_len = rhs.cols.div_ceil(col_bands);
+    let dst = SyncPtr(dst);
+    (0..row_bands * col_bands).into_par_iter().for_each(|block| {
+        let (r0, c0) = ((block / col_bands) * row_len, (block % col_bands) * col_len);
+        if r0 >= lhs.rows || c0 >= rhs.cols {
+            return;
+        }
+        let l = MatRef { rows: row_len.min(lhs.rows - r0), ..lhs.offset(r0 as isize * lhs.rs) };
+        let r = MatRef { cols: col_len.min(rhs.cols - c0), ..rhs.offset(c0 as isize * rhs.cs) };
+        let d = dst.get().wrapping_offset(r0 as isize * dst_rs + c0 as isize * dst_cs);
+        // SAFETY: the blocks (r0.., c0..) are disjoint parts of the caller's output.
+        unsafe { gemm_call(d, dst_rs, dst_cs, l, r, accumulate) };
+    });
+}
+
+/// How to cut an `m x n` (depth `k`) product into blocks for `threads` sequential GEMMs:
+/// `(row bands, column bands)`. Whole bands of the longer side when each stays at least a
+/// microkernel-friendly size, a grid otherwise; `(1, 1)` when the product is too small for the
+/// threads to pay.
+fn bands(m: usize, n: usize, k: usize, threads: usize) -> (usize, usize) {
+    const MIN_ROWS: usize = 32;
+    const MIN_COLS: usize = 64;
+    if threads <= 1 || m * n * k < 1 << 18 {
+        return (1, 1);
+    }
+    // The `gemm` crate's microkernel runs along the output's rows in 16s: a row band of at
+    // least 32 wastes little; measured on ResNet's conv shapes, row bands win unless the
+    // output is much wider than tall.
+    if 4 * m >= n && m >= MIN_ROWS * threads {
+        return (threads, 1);
+    }
+    if n >= MIN_COLS * threads {
+        return (1, threads);
+    }
+    let rows = (m / MIN_ROWS).clamp(1, threads);
+    (rows, (threads / rows).max(1))
+}
+
+/// One sequential `gemm` call on row-major-or-strided operands.
+///
+/// # Safety
+/// As for [`sgemm_raw`].
+unsafe fn gemm_call(dst: *mut f32, dst_rs: isize, dst_cs: isize, lhs: MatRef, rhs: MatRef, accumulate: bool) {
     gemm::gemm(
-        lhs.rows, rhs.cols, lhs.cols, dst, dst_cs, dst_rs, accumulate, lhs.ptr, lhs.cs, lhs.rs, rhs.ptr, rhs.cs,
-        rhs.rs, 1.0, 1.0, false, false, false, par,
+        lhs.rows,
+        rhs.cols,
+        lhs.cols,
+        dst,
+        dst_cs,
+        dst_rs,
+        accumulate,
+        lhs.ptr,
+        lhs.cs,
+        lhs.rs,
+        rhs.ptr,
+        rhs.cs,
+        rhs.rs,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        Parallelism::None,
     );
 }
 

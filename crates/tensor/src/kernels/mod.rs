@@ -6,5 +6,6 @@ pub mod conv;
 pub(crate) mod matmul;
 pub mod optim;
 pub mod pool;
+mod scratch;
 mod small_gemm;
 pub(crate) mod winograd;

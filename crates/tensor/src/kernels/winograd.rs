@@ -15,6 +15,7 @@
 
 use super::conv::{ConvGeom, Epilogue};
 use super::matmul::{parallelism, product, MatRef, SyncPtr};
+use super::scratch::Scratch;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -421,13 +422,13 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], u: &[f32], epi: Epilogue<'_>, out
     let items = tl.total.div_ceil(tl.chunk);
     let par = parallelism(items);
     let out_ptr = SyncPtr(out.as_mut_ptr());
-    let run_item = |item: usize, bufs: &mut (Vec<f32>, Vec<f32>)| {
+    let run_item = |item: usize, bufs: &mut (Scratch, Scratch)| {
         let t0 = item * tl.chunk;
         let len = tl.chunk.min(tl.total - t0);
         let (v, m) = bufs;
         let (sv, sm) = (plane_stride(g.cin, len), plane_stride(g.cout, len));
-        v.resize(T * sv, 0.0);
-        m.resize(T * sm, 0.0);
+        v.at_least(T * sv);
+        m.at_least(T * sm);
         transform_input(g, &tl, x, t0, len, v);
         for xi in 0..T {
             let lhs = MatRef::of(u, xi * g.cout * g.cin, g.cout, g.cin, g.cin, 1);
@@ -440,9 +441,9 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], u: &[f32], epi: Epilogue<'_>, out
         unsafe { transform_output(g, &tl, m, t0, len, epi, out_ptr) };
     };
     if matches!(par, Parallelism::None) {
-        (0..items).into_par_iter().for_each_init(|| (Vec::new(), Vec::new()), |b, item| run_item(item, b));
+        (0..items).into_par_iter().for_each_init(|| (Scratch::take(), Scratch::take()), |b, item| run_item(item, b));
     } else {
-        let mut bufs = (Vec::new(), Vec::new());
+        let mut bufs = (Scratch::take(), Scratch::take());
         (0..items).for_each(|item| run_item(item, &mut bufs));
     }
 }
