@@ -77,7 +77,7 @@ impl FusedResNet {
     /// Logits (or pooled features without a head) for an NCHW batch.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.stem.run(x, None, true)?;
-        let (mut h, _) = tensor::max_pool2d(&h, self.maxpool)?;
+        let mut h = tensor::max_pool2d_values(&h, self.maxpool)?;
         for b in &self.blocks {
             let identity = match &b.downsample {
                 Some(d) => d.run(&h, None, false)?,

@@ -59,7 +59,7 @@ pub use kernels::conv::{
 pub use kernels::optim::{adam_step, sgd_step, AdamStep, SgdStep};
 pub use kernels::pool::{
     adaptive_avg_pool2d, adaptive_avg_pool2d_backward, avg_pool2d, avg_pool2d_backward, max_pool2d,
-    max_pool2d_backward, pool2d_output_shape, Pool2dParams,
+    max_pool2d_backward, max_pool2d_values, pool2d_output_shape, Pool2dParams,
 };
 pub use npy::{npy_bytes, read_npy, read_npy_bytes, write_atomic, write_npy};
 pub use rng::{fans, FanMode, Nonlinearity, Rng};

@@ -85,7 +85,7 @@ pub fn max_pool2d(x: &[f64], xs: [usize; 4], p: Pool2dParams) -> (Vec<f64>, Vec<
                         let ix = (x_ * p.stride[1] + kj) as isize - p.padding[1] as isize;
                         if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
                             let v = x[pl * h * w + iy as usize * w + ix as usize];
-                            if v > best || bi < 0 {
+                            if v > best || bi < 0 || (v.is_nan() && !best.is_nan()) {
                                 best = v;
                                 bi = (iy as usize * w + ix as usize) as i64;
                             }

@@ -38,6 +38,23 @@ proptest! {
         assert_close("max pool grad", &dx.to_vec_f32().unwrap(), &fd, 1e-4);
     }
 
+    /// The values-only pooling of inference gives the reference's values, NaN included.
+    #[test]
+    fn max_pool_values_match_reference((xs, p, seed) in pool_case(), nan_at in proptest::option::of(any::<prop::sample::Index>())) {
+        let mut data = randn(&xs, seed).to_vec_f32().unwrap();
+        if let Some(at) = nan_at {
+            let i = at.index(data.len());
+            data[i] = f32::NAN;
+        }
+        let x = Tensor::from_vec(data, &xs).unwrap();
+        let (want, _, os) = reference::max_pool2d(&f64s(&x), xs, p);
+        let y = max_pool2d_values(&x, p).unwrap();
+        prop_assert_eq!(y.shape(), &os[..]);
+        for (i, (&got, &want)) in y.to_vec_f32().unwrap().iter().zip(&want).enumerate() {
+            prop_assert!(got as f64 == want || (got.is_nan() && want.is_nan()), "output {}: {} vs {}", i, got, want);
+        }
+    }
+
     #[test]
     fn avg_pool_matches_reference((xs, p, seed) in pool_case(), include_pad in any::<bool>()) {
         let x = randn(&xs, seed);
@@ -100,4 +117,7 @@ fn max_pool_propagates_nan_with_the_first_nan_index_as_pytorch_does() {
     assert_eq!(&y[2..], &[7.0, -0.5]);
     // The NaN window reports its first NaN (row-major); ties keep the first maximum.
     assert_eq!(i.to_vec_i64().unwrap(), vec![1, 3, 8, 15]);
+    let v = tensor::max_pool2d_values(&x, p).unwrap().to_vec_f32().unwrap();
+    assert_eq!((v[0], v[2], v[3]), (5.0, 7.0, -0.5));
+    assert!(v[1].is_nan());
 }

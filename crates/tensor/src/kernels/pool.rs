@@ -157,6 +157,74 @@ pub fn max_pool2d(input: &Tensor, p: Pool2dParams) -> Result<(Tensor, Tensor)> {
     Ok((Tensor::from_vec_unchecked(out, &shape), Tensor::from_i64_vec_unchecked(idx, &shape)))
 }
 
+/// `torch.nn.functional.max_pool2d` without indices, for inference: the pooled values of
+/// [`max_pool2d`] (NaN propagating as in PyTorch) by a separable pass, the maximum over each
+/// window's rows first (whole contiguous rows, vectorised) and then across its columns. Without
+/// the index search and the i64 index tensor it is several times faster on ResNet's stem.
+pub fn max_pool2d_values(input: &Tensor, p: Pool2dParams) -> Result<Tensor> {
+    const OP: &str = "max_pool2d_values";
+    let g = geometry(OP, input.shape(), &p)?;
+    #[cfg(gpu)]
+    if input.device().is_gpu() {
+        return Ok(max_pool2d(input, p)?.0);
+    }
+    let shape = [input.shape()[0], input.shape()[1], g.oh, g.ow];
+    let x = input.f32_data(OP)?;
+    let (ohw, ihw) = (g.oh * g.ow, g.h * g.w);
+    let mut out = vec![0f32; g.planes * ohw];
+    out.par_chunks_mut(ohw.max(1)).enumerate().for_each_init(Vec::new, |rows_max, (pl, o)| {
+        let plane = &x[pl * ihw..(pl + 1) * ihw];
+        rows_max.resize(g.w, 0.0);
+        for oh in 0..g.oh {
+            let (h0, h1) = window(oh, p.stride[0], p.padding[0], p.kernel[0], g.h);
+            rows_max.copy_from_slice(&plane[h0 * g.w..(h0 + 1) * g.w]);
+            for ih in h0 + 1..h1 {
+                let row = &plane[ih * g.w..(ih + 1) * g.w];
+                rows_max.iter_mut().zip(row).for_each(|(m, &v)| *m = nan_max(*m, v));
+            }
+            let o = &mut o[oh * g.ow..(oh + 1) * g.ow];
+            // Outputs whose windows lie inside the row: one tap at a time across all of them
+            // (strided loads the compiler vectorises); the clipped ones at either end directly.
+            let (s, k, pad) = (p.stride[1], p.kernel[1], p.padding[1]);
+            let first = pad.div_ceil(s).min(g.ow);
+            let last = if g.w + pad >= k { ((g.w + pad - k) / s + 1).clamp(first, g.ow) } else { first };
+            for tap in (0..k).filter(|_| first < last) {
+                let src = &rows_max[first * s + tap - pad..];
+                let dst = &mut o[first..last];
+                if tap == 0 {
+                    dst.iter_mut().zip(src.iter().step_by(s)).for_each(|(d, &v)| *d = v);
+                } else {
+                    dst.iter_mut().zip(src.iter().step_by(s)).for_each(|(d, &v)| *d = nan_max(*d, v));
+                }
+            }
+            for ow in (0..first).chain(last..g.ow) {
+                let (w0, w1) = window(ow, s, pad, k, g.w);
+                o[ow] = rows_max[w0 + 1..w1].iter().fold(rows_max[w0], |m, &v| nan_max(m, v));
+            }
+        }
+    });
+    Ok(Tensor::from_vec_unchecked(out, &shape))
+}
+
+/// The input range `[start, end)` of output position `o`'s window along one axis, clipped to
+/// the input (never empty: padding is at most half the kernel).
+#[inline]
+fn window(o: usize, stride: usize, padding: usize, kernel: usize, size: usize) -> (usize, usize) {
+    let start = (o * stride) as isize - padding as isize;
+    let end = (start + kernel as isize).min(size as isize) as usize;
+    (start.max(0) as usize, end)
+}
+
+/// The larger of two values, the first on ties, NaN if either is (PyTorch's max pooling).
+#[inline(always)]
+fn nan_max(a: f32, b: f32) -> f32 {
+    if a >= b || a.is_nan() {
+        a
+    } else {
+        b
+    }
+}
+
 /// Gradient of [`max_pool2d`]: each output gradient goes to the input element it came from.
 /// Indices outside the plane are an error on the host; on a GPU (where reading them back would
 /// stall every training step) they are skipped — only hand-made indices can be out of range.
