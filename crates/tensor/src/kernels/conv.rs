@@ -341,7 +341,7 @@ fn gather_planes(src: &[f32], channels: usize, hw: usize, i0: usize, nb: usize, 
 }
 
 /// Bias, residual and ReLU on one output row that starts at `start` in the output (channel `c`).
-fn apply_epilogue(epi: &Epilogue<'_>, row: &mut [f32], start: usize, c: usize) {
+pub(crate) fn apply_epilogue(epi: &Epilogue<'_>, row: &mut [f32], start: usize, c: usize) {
     let (b, len) = (epi.bias.map_or(0.0, |b| b[c]), row.len());
     match epi.residual {
         Some(r) => row.iter_mut().zip(&r[start..start + len]).for_each(|(o, &r)| *o += b + r),
@@ -372,6 +372,9 @@ fn forward_slices(
     out: &mut [f32],
     winograd_cache: Option<&OnceLock<Vec<f32>>>,
 ) {
+    if super::direct::suits(g) {
+        return super::direct::forward(g, x, w, epi, out);
+    }
     if super::winograd::suits(g) {
         let transform = || super::winograd::transform_weights(w, g.cout, g.cin);
         return match winograd_cache {
@@ -398,7 +401,8 @@ fn forward_slices(
             im2col_all(g, image, p0, p1, col, !matches!(par, Parallelism::None));
         }
         let out_base = ni * g.cout * ohw;
-        for gi in 0..g.p.groups {
+        let col: &[f32] = col;
+        let group_product = |gi: usize, gemm_par: Parallelism| {
             let lhs = MatRef::of(w, gi * g.cout_g * k, g.cout_g, k, k, 1);
             let rhs = if g.pointwise() {
                 MatRef::of(image, gi * g.cin_g * g.in_hw() + p0, k, len, g.in_hw(), 1)
@@ -406,16 +410,36 @@ fn forward_slices(
                 MatRef::of(col, gi * k * len, k, len, len, 1)
             };
             let dst = out_ptr.get().wrapping_add(out_base + gi * g.cout_g * ohw + p0);
-            // SAFETY: item (ni, ti) owns columns p0..p1 of image ni's output rows.
-            unsafe { product(dst, ohw as isize, lhs, rhs, false, par, g.small()) };
+            // SAFETY: item (ni, ti) owns columns p0..p1 of image ni's output rows; group gi
+            // its own rows of them.
+            unsafe { product(dst, ohw as isize, lhs, rhs, false, gemm_par, g.small()) };
+        };
+        let has_epilogue = epi.bias.is_some() || epi.residual.is_some() || epi.relu;
+        let channel_epilogue = |c: usize| {
+            let start = out_base + c * ohw + p0;
+            // SAFETY: the same disjoint block as the GEMM above, one row per call.
+            let row = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(start), len) };
+            apply_epilogue(&epi, row, start, c);
+        };
+        let few_items = !matches!(par, Parallelism::None);
+        if few_items && g.p.groups > 1 {
+            // Too few items to share out, but the groups are independent products (ResNeXt's
+            // 32 small ones would otherwise run one after another on one thread).
+            (0..g.p.groups).into_par_iter().for_each(|gi| {
+                group_product(gi, Parallelism::None);
+                if has_epilogue {
+                    (gi * g.cout_g..(gi + 1) * g.cout_g).for_each(channel_epilogue);
+                }
+            });
+            return;
         }
-        if epi.bias.is_some() || epi.residual.is_some() || epi.relu {
-            for c in 0..g.cout {
-                let start = out_base + c * ohw + p0;
-                // SAFETY: the same disjoint block as the GEMM above.
-                let row = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(start), len) };
-                apply_epilogue(&epi, row, start, c);
-            }
+        for gi in 0..g.p.groups {
+            group_product(gi, par);
+        }
+        if has_epilogue && few_items {
+            (0..g.cout).into_par_iter().with_min_len(8).for_each(channel_epilogue);
+        } else if has_epilogue {
+            (0..g.cout).for_each(channel_epilogue);
         }
     };
     if matches!(par, Parallelism::None) {

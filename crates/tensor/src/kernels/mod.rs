@@ -3,6 +3,7 @@
 
 pub mod batch_norm;
 pub mod conv;
+mod direct;
 pub(crate) mod matmul;
 pub mod optim;
 pub mod pool;

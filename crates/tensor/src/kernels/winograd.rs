@@ -18,14 +18,18 @@ use super::matmul::{parallelism, product, MatRef, SyncPtr};
 use super::scratch::Scratch;
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// Positions of a transformed tile.
 const T: usize = 36;
 /// Most floats one chunk's transformed input (or output) holds (4 MiB).
 const CHUNK_BUDGET: usize = 1 << 20;
 /// Fewer tiles than this in all: the 36 products would be matrix-vector shaped, and streaming
-/// the transformed weights (4x the size of the kernel) would cost more than it saves.
-const MIN_TILES: usize = 32;
+/// the transformed weights (4x the size of the kernel) would cost more than it saves. (ResNet's
+/// 7x7 maps at batch 1, four tiles, still gain: 512 channels 2.9 -> 2.4 ms on two threads.)
+const MIN_TILES: usize = 4;
+/// Fewest tiles per chunk when chunks are made for the threads rather than by the budget.
+const MIN_CHUNK: usize = 64;
 
 /// Whether the convolution is one Winograd computes, and is worth it for: enough tiles that
 /// the 36 products are real matrix products, and a fill of the 4x4 tiles high enough that their
@@ -157,8 +161,11 @@ impl Tiling {
         let per_image = th * tw;
         let total = g.n * per_image;
         let by_budget = (CHUNK_BUDGET / (T * g.cin.max(g.cout))).max(8);
-        // At least two chunks per thread, so that small inputs still keep every core busy.
-        let chunks = total.div_ceil(by_budget).max(2 * rayon::current_num_threads()).min(total);
+        // Two chunks per thread keep every core busy, but each chunk streams all the transformed
+        // weights: below MIN_CHUNK tiles per chunk, fewer chunks (down to one), whose 36
+        // products are shared out instead.
+        let for_threads = (total / MIN_CHUNK).clamp(1, 2 * rayon::current_num_threads());
+        let chunks = total.div_ceil(by_budget).max(for_threads).min(total);
         Tiling { tw, per_image, total, chunk: total.div_ceil(chunks) }
     }
 
@@ -223,9 +230,24 @@ fn patch(g: &ConvGeom, tl: &Tiling, t: usize) -> Patch {
     Patch { image, row, col, inside }
 }
 
-/// Fills `v` (`[36][cin][len]`) with the transformed input patches of tiles `t0..t0 + len`.
+/// Fills channels `channels` of `v` (`[36][cin][len]`, `v_len` floats) with the transformed
+/// input patches of tiles `t0..t0 + len`.
+///
+/// # Safety
+/// `v` must be valid for writes of `v_len` floats, and no other thread may write these
+/// channels' entries.
 #[inline(always)]
-fn transform_input_impl(g: &ConvGeom, tl: &Tiling, x: &[f32], t0: usize, len: usize, v: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn transform_input_impl(
+    g: &ConvGeom,
+    tl: &Tiling,
+    x: &[f32],
+    t0: usize,
+    len: usize,
+    channels: Range<usize>,
+    v: SyncPtr,
+    v_len: usize,
+) {
     let (h, w) = (g.h as isize, g.w as isize);
     let stride_xi = plane_stride(g.cin, len);
     for l0 in (0..len).step_by(L) {
@@ -239,8 +261,9 @@ fn transform_input_impl(g: &ConvGeom, tl: &Tiling, x: &[f32], t0: usize, len: us
         let dense = lanes == L && patches.iter().all(|p| p.inside);
         // d[i][j][lane]: the 6x6 patch of each tile.
         let mut d = [[[0f32; L]; 6]; 6];
-        for c in 0..g.cin {
-            if !dense && c > 0 {
+        let first = channels.start;
+        for c in channels.clone() {
+            if !dense && c > first {
                 d = [[[0f32; L]; 6]; 6];
             }
             for (k, p) in patches.iter().enumerate().take(lanes) {
@@ -280,7 +303,9 @@ fn transform_input_impl(g: &ConvGeom, tl: &Tiling, x: &[f32], t0: usize, len: us
                 let t = lanewise(input_1d, [&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
                 for (j, val) in t.iter().enumerate() {
                     let at = (i * 6 + j) * stride_xi + base;
-                    put_lanes(&mut v[at..], val, lanes);
+                    assert!(at + lanes <= v_len, "transformed input past its buffer");
+                    // SAFETY: in bounds (checked); channel c's entries are this call's.
+                    put_lanes(std::slice::from_raw_parts_mut(v.get().add(at), lanes), val, lanes);
                 }
             }
         }
@@ -293,12 +318,14 @@ fn transform_input_impl(g: &ConvGeom, tl: &Tiling, x: &[f32], t0: usize, len: us
 /// # Safety
 /// `out` must point at the whole output, and no other thread may write these tiles.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn transform_output_impl(
     g: &ConvGeom,
     tl: &Tiling,
     m: &[f32],
     t0: usize,
     len: usize,
+    channels: Range<usize>,
     epi: Epilogue<'_>,
     out: SyncPtr,
 ) {
@@ -312,7 +339,7 @@ unsafe fn transform_output_impl(
         }
         // Lanes past `lanes` keep stale values; their results are never written out.
         let mut mm = [[0f32; L]; T];
-        for co in 0..g.cout {
+        for co in channels.clone() {
             let bias = epi.bias.map_or(0.0, |b| b[co]);
             for (xi, lanes_xi) in mm.iter_mut().enumerate() {
                 let at = xi * stride_xi + co * len + l0;
@@ -367,29 +394,57 @@ unsafe fn transform_output_impl(
     }
 }
 
-fn transform_input(g: &ConvGeom, tl: &Tiling, x: &[f32], t0: usize, len: usize, v: &mut [f32]) {
+/// [`transform_input_impl`], with AVX2 when the CPU has it.
+///
+/// # Safety
+/// As for [`transform_input_impl`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn transform_input(
+    g: &ConvGeom,
+    tl: &Tiling,
+    x: &[f32],
+    t0: usize,
+    len: usize,
+    channels: Range<usize>,
+    v: SyncPtr,
+    v_len: usize,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") {
             #[target_feature(enable = "avx2")]
-            unsafe fn fast(g: &ConvGeom, tl: &Tiling, x: &[f32], t0: usize, len: usize, v: &mut [f32]) {
-                transform_input_impl(g, tl, x, t0, len, v)
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn fast(
+                g: &ConvGeom,
+                tl: &Tiling,
+                x: &[f32],
+                t0: usize,
+                len: usize,
+                channels: Range<usize>,
+                v: SyncPtr,
+                v_len: usize,
+            ) {
+                transform_input_impl(g, tl, x, t0, len, channels, v, v_len)
             }
-            // SAFETY: the CPU has AVX2.
-            return unsafe { fast(g, tl, x, t0, len, v) };
+            // SAFETY: the CPU has AVX2; the rest is the caller's contract.
+            return fast(g, tl, x, t0, len, channels, v, v_len);
         }
     }
-    transform_input_impl(g, tl, x, t0, len, v)
+    transform_input_impl(g, tl, x, t0, len, channels, v, v_len)
 }
 
+/// [`transform_output_impl`], with AVX2 when the CPU has it.
+///
 /// # Safety
 /// As for [`transform_output_impl`].
+#[allow(clippy::too_many_arguments)]
 unsafe fn transform_output(
     g: &ConvGeom,
     tl: &Tiling,
     m: &[f32],
     t0: usize,
     len: usize,
+    channels: Range<usize>,
     epi: Epilogue<'_>,
     out: SyncPtr,
 ) {
@@ -397,23 +452,31 @@ unsafe fn transform_output(
     {
         if std::is_x86_feature_detected!("avx2") {
             #[target_feature(enable = "avx2")]
+            #[allow(clippy::too_many_arguments)]
             unsafe fn fast(
                 g: &ConvGeom,
                 tl: &Tiling,
                 m: &[f32],
                 t0: usize,
                 len: usize,
+                channels: Range<usize>,
                 epi: Epilogue<'_>,
                 out: SyncPtr,
             ) {
-                transform_output_impl(g, tl, m, t0, len, epi, out)
+                transform_output_impl(g, tl, m, t0, len, channels, epi, out)
             }
             // SAFETY: the CPU has AVX2; the rest is the caller's contract.
-            return unsafe { fast(g, tl, m, t0, len, epi, out) };
+            return fast(g, tl, m, t0, len, channels, epi, out);
         }
     }
     // SAFETY: the caller's contract.
-    unsafe { transform_output_impl(g, tl, m, t0, len, epi, out) }
+    transform_output_impl(g, tl, m, t0, len, channels, epi, out)
+}
+
+/// `0..channels` cut into about `parts` ranges.
+fn channel_ranges(channels: usize, parts: usize) -> impl IndexedParallelIterator<Item = Range<usize>> {
+    let step = channels.div_ceil(parts.max(1)).max(1);
+    (0..channels.div_ceil(step)).into_par_iter().map(move |i| i * step..((i + 1) * step).min(channels))
 }
 
 /// The convolution of `x` with weights already transformed by [`transform_weights`].
@@ -429,16 +492,30 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], u: &[f32], epi: Epilogue<'_>, out
         let (sv, sm) = (plane_stride(g.cin, len), plane_stride(g.cout, len));
         v.at_least(T * sv);
         m.at_least(T * sm);
-        transform_input(g, &tl, x, t0, len, v);
-        for xi in 0..T {
+        // Too few items to share out: each item's three stages are shared out instead — the
+        // transforms by channels, the 36 products (each streaming its own transformed
+        // weights once, which dominates when tiles are few) by position.
+        let fan_out = !matches!(par, Parallelism::None);
+        let parts = if fan_out { 4 * rayon::current_num_threads() } else { 1 };
+        let (v_ptr, v_len) = (SyncPtr(v.as_mut_ptr()), v.len());
+        // SAFETY: `v` holds `v_len` floats; the ranges are disjoint channels.
+        channel_ranges(g.cin, parts).for_each(|cs| unsafe { transform_input(g, &tl, x, t0, len, cs, v_ptr, v_len) });
+        let v: &[f32] = v;
+        let m_ptr = SyncPtr(m.as_mut_ptr());
+        let position = |xi: usize| {
             let lhs = MatRef::of(u, xi * g.cout * g.cin, g.cout, g.cin, g.cin, 1);
             let rhs = MatRef::of(v, xi * sv, g.cin, len, len, 1);
-            let dst = m[xi * sm..].as_mut_ptr();
-            // SAFETY: `m` holds `cout x len` floats from this offset; nothing else writes it.
-            unsafe { product(dst, len as isize, lhs, rhs, false, par, false) };
+            // SAFETY: `m` holds `cout x len` floats from `xi * sm`; only this call writes them.
+            unsafe { product(m_ptr.get().add(xi * sm), len as isize, lhs, rhs, false, Parallelism::None, false) };
+        };
+        if fan_out {
+            (0..T).into_par_iter().for_each(position);
+        } else {
+            (0..T).for_each(position);
         }
-        // SAFETY: the item's tiles are its own.
-        unsafe { transform_output(g, &tl, m, t0, len, epi, out_ptr) };
+        let m: &[f32] = m;
+        // SAFETY: the item's tiles are its own; the ranges are disjoint output channels.
+        channel_ranges(g.cout, parts).for_each(|cs| unsafe { transform_output(g, &tl, m, t0, len, cs, epi, out_ptr) });
     };
     if matches!(par, Parallelism::None) {
         (0..items).into_par_iter().for_each_init(|| (Scratch::take(), Scratch::take()), |b, item| run_item(item, b));
