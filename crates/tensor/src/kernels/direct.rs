@@ -12,6 +12,7 @@ use super::conv::{apply_epilogue, ConvGeom, Epilogue};
 use super::matmul::SyncPtr;
 use super::scratch::Scratch;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Output channels per register block.
 const MB: usize = 4;
@@ -70,6 +71,9 @@ impl Phases {
                             if g.w + pw > b { (g.w + pw - b).div_ceil(self.sw).clamp(lo, self.row_len) } else { lo };
                         dst[..lo].fill(0.0);
                         dst[hi..].fill(0.0);
+                        if lo == hi {
+                            continue;
+                        }
                         let first = lo * self.sw + b - pw;
                         if self.sw == 1 {
                             dst[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
@@ -220,13 +224,13 @@ unsafe fn group<const NB: usize>(
 }
 
 /// The forward pass into `out` (`[n, cout, oh, ow]`), parallel over (image, group) pairs.
-pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], epi: Epilogue<'_>, out: &mut [f32]) {
+pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], epi: Epilogue<'_>, out: &mut [MaybeUninit<f32>]) {
     // 8-column blocks for narrow maps (7 wide: 16 would waste more than half).
     let nb = if g.ow >= 14 { 16 } else { 8 };
     let ph = Phases::new(g, nb);
     let planes_len = ph.sh * ph.sw * g.cin_g * ph.plane_len();
     let wpk_len = g.cout_g.div_ceil(MB) * g.cin_g * g.kh * g.kw * MB;
-    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let out_ptr = SyncPtr(out.as_mut_ptr().cast());
     let in_len = g.cin * g.in_hw();
     (0..g.n * g.p.groups).into_par_iter().for_each_init(
         || (Scratch::take(), Scratch::take()),

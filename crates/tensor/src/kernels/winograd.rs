@@ -18,6 +18,7 @@ use super::matmul::{parallelism, product, MatRef, SyncPtr};
 use super::scratch::Scratch;
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// Positions of a transformed tile.
@@ -480,11 +481,11 @@ fn channel_ranges(channels: usize, parts: usize) -> impl IndexedParallelIterator
 }
 
 /// The convolution of `x` with weights already transformed by [`transform_weights`].
-pub(crate) fn forward(g: &ConvGeom, x: &[f32], u: &[f32], epi: Epilogue<'_>, out: &mut [f32]) {
+pub(crate) fn forward(g: &ConvGeom, x: &[f32], u: &[f32], epi: Epilogue<'_>, out: &mut [MaybeUninit<f32>]) {
     let tl = Tiling::new(g);
     let items = tl.total.div_ceil(tl.chunk);
     let par = parallelism(items);
-    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let out_ptr = SyncPtr(out.as_mut_ptr().cast());
     let run_item = |item: usize, bufs: &mut (Scratch, Scratch)| {
         let t0 = item * tl.chunk;
         let len = tl.chunk.min(tl.total - t0);
