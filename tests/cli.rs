@@ -120,7 +120,9 @@ fn train_writes_every_output_resumes_and_predicts() {
     tiny_folder(&data_dir, 16);
     let out = dir.join("run");
     let common = ["--data", data_dir.to_str().unwrap(), "--image-size", "32", "--batch-size", "8", "--workers", "2"];
-    let mut args = vec!["train", "--epochs", "2", "--out", out.to_str().unwrap(), "--lr", "0.003"];
+    // At lr 0.003 two epochs of Adam + batch norm on 48 images were chaotic: which conv
+    // algorithm ran (rounding alone) decided between 1/3 and 2/3 validation accuracy.
+    let mut args = vec!["train", "--epochs", "2", "--out", out.to_str().unwrap(), "--lr", "0.001"];
     args.extend(common);
     let o = resnet(&args);
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
