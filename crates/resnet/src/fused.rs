@@ -76,6 +76,13 @@ impl FusedResNet {
 
     /// Logits (or pooled features without a head) for an NCHW batch.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // The whole pass runs on one of rayon's workers, so that each layer's parallel loops
+        // start inside the pool (the other workers steal from this one) instead of the caller
+        // handing every loop to the pool and sleeping until it is done.
+        rayon::scope(|_| self.forward_in_pool(x))
+    }
+
+    fn forward_in_pool(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.stem.run(x, None, true)?;
         let mut h = tensor::max_pool2d_values(&h, self.maxpool)?;
         for b in &self.blocks {
