@@ -935,7 +935,8 @@ impl Tensor {
     }
     /// `max(x, 0)`
     pub fn relu(&self) -> Result<Tensor> {
-        self.unary("relu", (codes::U_RELU, 0.0, 0.0), |x| if x > 0.0 { x } else { 0.0 })
+        // NaN stays NaN, as in PyTorch.
+        self.unary("relu", (codes::U_RELU, 0.0, 0.0), |x| if x < 0.0 { 0.0 } else { x })
     }
     /// `|x|`
     pub fn abs(&self) -> Result<Tensor> {
@@ -946,7 +947,16 @@ impl Tensor {
         if min > max {
             return Err(invalid("clamp", format!("min {min} is greater than max {max}")));
         }
-        self.unary("clamp", (codes::U_CLAMP, min, max), move |x| x.max(min).min(max))
+        // NaN stays NaN, as in PyTorch (`f32::max` would turn it into `min`).
+        self.unary("clamp", (codes::U_CLAMP, min, max), move |x| {
+            if x < min {
+                min
+            } else if x > max {
+                max
+            } else {
+                x
+            }
+        })
     }
     /// `x + s`
     pub fn add_scalar(&self, s: f32) -> Result<Tensor> {

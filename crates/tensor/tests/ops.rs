@@ -112,6 +112,16 @@ fn reductions() {
     assert_eq!(t(&[1.0, 3.0, 3.0], &[3]).argmax(0, false).unwrap().to_vec_i64().unwrap(), vec![1], "first maximum");
     assert_eq!(t(&[1.0, f32::NAN, 3.0], &[3]).argmax(0, false).unwrap().to_vec_i64().unwrap(), vec![1], "NaN wins");
     assert!(t(&[1.0, f32::NAN, 3.0], &[3]).max(0, false).unwrap().item().unwrap().is_nan());
+    // relu and clamp keep NaN, as torch.relu / torch.clamp do.
+    let r = t(&[f32::NAN, -1.0, 2.0], &[3]).relu().unwrap().to_vec_f32().unwrap();
+    assert!(r[0].is_nan() && r[1..] == [0.0, 2.0], "{r:?}");
+    let c = t(&[f32::NAN, -1.0, 2.0], &[3]).clamp(0.0, 1.0).unwrap().to_vec_f32().unwrap();
+    assert!(c[0].is_nan() && c[1..] == [0.0, 1.0], "{c:?}");
+    // So does the fused conv epilogue's ReLU (a NaN input poisons the outputs it reaches).
+    let x = t(&[1.0, f32::NAN, -3.0, 4.0], &[1, 1, 2, 2]);
+    let y = conv2d_fused(&x, &t(&[1.0], &[1, 1, 1, 1]), None, Conv2dParams::new(), None, true).unwrap();
+    let y = y.to_vec_f32().unwrap();
+    assert!(y[1].is_nan() && [y[0], y[2], y[3]] == [1.0, 0.0, 4.0], "{y:?}");
     // torch.var([1..6]) = 3.5 (unbiased); biased 35/12.
     assert!((a.var(&[0, 1], true, false).unwrap().item().unwrap() - 3.5).abs() < 1e-6);
     assert!((a.var(&[0, 1], false, false).unwrap().item().unwrap() - 35.0 / 12.0).abs() < 1e-6);

@@ -25,8 +25,8 @@ fn apply_unary(v: f32, a: f32, b: f32, #[comptime] op: u32) -> f32 {
     } else if comptime![op == U_SQRT] {
         r = v.sqrt();
     } else if comptime![op == U_RELU] {
-        // As the host kernel: NaN becomes 0.
-        r = select(v > 0.0, v, 0.0);
+        // As the host kernel and PyTorch: NaN stays NaN.
+        r = select(v < 0.0, 0.0, v);
     } else if comptime![op == U_ABS] {
         r = v.abs();
     } else if comptime![op == U_CLAMP] {
@@ -528,7 +528,7 @@ pub(crate) fn channel_affine_kernel(
             v += residual[i];
         }
         if comptime![relu] {
-            v = select(v > 0.0, v, 0.0);
+            v = select(v < 0.0, 0.0, v);
         }
         out[i] = v;
     }

@@ -350,7 +350,7 @@ pub(crate) fn apply_epilogue(epi: &Epilogue<'_>, row: &mut [f32], start: usize, 
         None => {}
     }
     if epi.relu {
-        row.iter_mut().for_each(|o| *o = o.max(0.0));
+        row.iter_mut().for_each(|o| *o = if *o < 0.0 { 0.0 } else { *o });
     }
 }
 

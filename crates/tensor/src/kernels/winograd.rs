@@ -384,7 +384,7 @@ unsafe fn transform_output_impl(
                             o += r[at];
                         }
                         if epi.relu {
-                            o = o.max(0.0);
+                            o = if o < 0.0 { 0.0 } else { o };
                         }
                         // SAFETY: this tile's outputs belong to this call (the caller's contract).
                         unsafe { *out.get().add(at) = o };
