@@ -31,12 +31,6 @@ impl Scratch {
     }
 }
 
-impl Default for Scratch {
-    fn default() -> Scratch {
-        Scratch::take()
-    }
-}
-
 impl Deref for Scratch {
     type Target = [f32];
     fn deref(&self) -> &[f32] {
