@@ -118,9 +118,11 @@ pub fn npy_bytes(t: &Tensor) -> Result<Vec<u8>> {
     out.extend_from_slice(&[1, 0]);
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
+    // A GPU tensor is copied down first, as `numpy.save(t.cpu())` would need.
+    let host = t.to_device(crate::Device::Cpu)?;
     match t.dtype() {
-        DType::F32 => t.f32_data("npy_bytes")?.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DType::I64 => t.i64_data("npy_bytes")?.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DType::F32 => host.f32_data("npy_bytes")?.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DType::I64 => host.i64_data("npy_bytes")?.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
     }
     Ok(out)
 }

@@ -321,6 +321,9 @@ fn transfers_are_exact_and_i64_is_range_checked() {
         assert_eq!(g.to_vec_f32().unwrap(), x.to_vec_f32().unwrap());
         assert_eq!(g.to_device(Device::Cpu).unwrap().to_vec_f32().unwrap(), x.to_vec_f32().unwrap());
         assert_eq!(labels.to_device(d).unwrap().to_vec_i64().unwrap(), labels.to_vec_i64().unwrap());
+        // `.npy` bytes of a GPU tensor are those of its host copy (it is copied down first).
+        assert_eq!(npy_bytes(&g).unwrap(), npy_bytes(&x).unwrap());
+        assert_eq!(npy_bytes(&labels.to_device(d).unwrap()).unwrap(), npy_bytes(&labels).unwrap());
         let too_big = Tensor::from_vec_i64(vec![1 << 40], &[1]).unwrap();
         let err = too_big.to_device(d).unwrap_err().to_string();
         assert!(err.contains("i32"), "{err}");
