@@ -145,7 +145,15 @@ impl ConvGeom {
     /// Output positions per tile.
     fn tile(&self) -> usize {
         let rows = self.cin * self.kh * self.kw;
-        (COL_BUDGET / rows.max(1)).clamp(64.min(self.out_hw()), self.out_hw()).max(1)
+        let tile = (COL_BUDGET / rows.max(1)).clamp(64.min(self.out_hw()), self.out_hw()).max(1);
+        // Too few (image, tile) items to share out: the tiles would run one after another,
+        // each GEMM split across the threads; one tile of up to twice the budget saves a round
+        // (a batch-1 stride-2 3x3 conv, 128 channels at 56x56: 2.06 -> 1.86 ms).
+        let few = self.n * self.out_hw().div_ceil(tile) < 2 * rayon::current_num_threads();
+        if few && rows * self.out_hw() <= 2 * COL_BUDGET {
+            return self.out_hw().max(1);
+        }
+        tile
     }
     fn tiles(&self) -> usize {
         self.out_hw().div_ceil(self.tile())
