@@ -164,7 +164,7 @@ fn matmul_large_and_errors() {
         let got = with_threads(threads, || a.matmul(&b)).unwrap();
         assert_close("matmul 130x300x70", &got.to_vec_f32().unwrap(), &want, 1e-5);
     }
-    // Large enough for the row-band split (m >= 256 per thread) under 2 and 3 threads.
+    // Large enough for the row-band split under 2 and 3 threads.
     let (m, k, n) = (800, 260, 270);
     let a2 = randn(&[m, k], 4);
     let b2 = randn(&[k, n], 5);

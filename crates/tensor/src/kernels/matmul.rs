@@ -230,23 +230,12 @@ pub(crate) fn batched_sgemm(
         return;
     }
     let par = parallelism(nb);
-    let threads = rayon::current_num_threads();
     let one = |(i, chunk): (usize, &mut [f32])| {
         let l = lhs.offset(lhs_offsets[i]);
         let r = rhs.offset(rhs_offsets[i]);
-        if !matches!(par, Parallelism::None) && m >= 256 * threads && n >= 256 && lhs.cols >= 256 {
-            // A large single product: one band of rows per thread, each a sequential GEMM, so
-            // every thread streams its own panel of A instead of synchronising inside one GEMM.
-            let band = m.div_ceil(threads);
-            chunk.par_chunks_mut(band * n).enumerate().for_each(|(t, rows)| {
-                let rows_here = rows.len() / n;
-                let lt = MatRef { rows: rows_here, ..l.offset((t * band) as isize * l.rs) };
-                // SAFETY: each band is a distinct block of rows of this product.
-                unsafe { sgemm_raw(rows.as_mut_ptr(), n as isize, 1, lt, r, false, Parallelism::None) };
-            });
-            return;
-        }
         // SAFETY: each chunk is a distinct m*n block of `out`; l and r point into live views.
+        // (A single large product is cut into bands of rows, one sequential GEMM per thread,
+        // inside `sgemm_raw`.)
         unsafe { sgemm_raw(chunk.as_mut_ptr(), n as isize, 1, l, r, false, par) };
     };
     if matches!(par, Parallelism::None) && nb > 1 {
