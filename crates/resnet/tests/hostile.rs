@@ -334,8 +334,13 @@ fn load_err(name: &str, bytes: &[u8]) -> String {
     e
 }
 
-/// A valid one-tensor state dict `{"w": tensor}` as a zip `.pth`.
+/// A valid one-tensor state dict `{"w": tensor}` as a zip `.pth`, its storage all zeros.
 fn valid(numel: i64, offset: i64, size: &[i64], stride: &[i64], data_floats: usize) -> Vec<u8> {
+    with_storage(numel, offset, size, stride, &vec![0.0; data_floats])
+}
+
+/// `{"w": tensor}` viewing the given f32 storage.
+fn with_storage(numel: i64, offset: i64, size: &[i64], stride: &[i64], storage: &[f32]) -> Vec<u8> {
     let pickle = Pickle::new()
         .global("collections", "OrderedDict")
         .op(b")")
@@ -344,7 +349,7 @@ fn valid(numel: i64, offset: i64, size: &[i64], stride: &[i64], data_floats: usi
         .tensor("0", numel, offset, size, stride)
         .op(b"s")
         .stop();
-    zip_pth(&pickle, &[("0", vec![0u8; data_floats * 4])])
+    zip_pth(&pickle, &[("0", storage.iter().flat_map(|v| v.to_le_bytes()).collect())])
 }
 
 #[test]
@@ -354,8 +359,17 @@ fn a_well_formed_crafted_file_loads() {
     assert_eq!(sd.entries[0].0, "w");
     assert_eq!(sd.entries[0].1.shape(), &[2, 3]);
     // A transposed (strided) view is gathered correctly.
-    let path = temp_file("t.pth", &valid(6, 0, &[3, 2], &[1, 3], 6));
-    assert_eq!(read_weights(&path).unwrap().entries[0].1.shape(), &[3, 2]);
+    let storage = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+    let path = temp_file("t.pth", &with_storage(7, 1, &[3, 2], &[1, 3], &storage));
+    let t = &read_weights(&path).unwrap().entries[0].1;
+    assert_eq!(t.shape(), &[3, 2]);
+    assert_eq!(t.to_vec_f32().unwrap(), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+    // A contiguous view from an offset is the storage's run of elements.
+    let path = temp_file("c.pth", &with_storage(7, 3, &[2, 2], &[2, 1], &storage));
+    assert_eq!(read_weights(&path).unwrap().entries[0].1.to_vec_f32().unwrap(), vec![3.0, 4.0, 5.0, 6.0]);
+    // An empty view reads nothing, whatever its offset.
+    let path = temp_file("e.pth", &with_storage(7, 100, &[0, 3], &[3, 1], &storage));
+    assert_eq!(read_weights(&path).unwrap().entries[0].1.shape(), &[0, 3]);
 }
 
 #[test]

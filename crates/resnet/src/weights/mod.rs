@@ -89,6 +89,13 @@ pub fn read_pth_bytes(bytes: &[u8], path: &Path) -> Result<StateDict> {
     Ok(StateDict { entries: pth::read_pth_bytes(bytes, path)?, metadata: HashMap::new() })
 }
 
+/// Little-endian elements of `N` bytes each, converted by `conv` (statically dispatched, so the
+/// f32 case compiles to a plain copy: a per-element `dyn Fn` made loading resnet50 2.3x slower
+/// than `torch.load`).
+pub(crate) fn decode<T, const N: usize>(bytes: &[u8], conv: impl Fn([u8; N]) -> T) -> Vec<T> {
+    bytes.chunks_exact(N).map(|c| conv(c.try_into().expect("chunks of N bytes"))).collect()
+}
+
 /// Parses a safetensors image.
 pub fn read_safetensors_bytes(bytes: &[u8], path: &Path) -> Result<StateDict> {
     let bad = |msg: String| ResnetError::Format { path: path.to_path_buf(), msg };
@@ -101,18 +108,16 @@ pub fn read_safetensors_bytes(bytes: &[u8], path: &Path) -> Result<StateDict> {
     for (name, v) in views {
         let shape = v.shape().to_vec();
         let d = v.data();
-        let f = |n: usize, conv: &dyn Fn(&[u8]) -> f32| d.chunks_exact(n).map(conv).collect::<Vec<f32>>();
-        let i = |n: usize, conv: &dyn Fn(&[u8]) -> i64| d.chunks_exact(n).map(conv).collect::<Vec<i64>>();
         let t = match v.dtype() {
-            Dtype::F32 => Tensor::from_vec(f(4, &|c| f32::from_le_bytes(c.try_into().expect("4"))), &shape),
-            Dtype::F64 => Tensor::from_vec(f(8, &|c| f64::from_le_bytes(c.try_into().expect("8")) as f32), &shape),
-            Dtype::F16 => Tensor::from_vec(f(2, &|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()), &shape),
-            Dtype::BF16 => Tensor::from_vec(f(2, &|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()), &shape),
-            Dtype::I64 => Tensor::from_vec_i64(i(8, &|c| i64::from_le_bytes(c.try_into().expect("8"))), &shape),
-            Dtype::I32 => Tensor::from_vec_i64(i(4, &|c| i32::from_le_bytes(c.try_into().expect("4")) as i64), &shape),
-            Dtype::I16 => Tensor::from_vec_i64(i(2, &|c| i16::from_le_bytes([c[0], c[1]]) as i64), &shape),
-            Dtype::I8 => Tensor::from_vec_i64(i(1, &|c| c[0] as i8 as i64), &shape),
-            Dtype::U8 | Dtype::BOOL => Tensor::from_vec_i64(i(1, &|c| c[0] as i64), &shape),
+            Dtype::F32 => Tensor::from_vec(decode(d, f32::from_le_bytes), &shape),
+            Dtype::F64 => Tensor::from_vec(decode(d, |b| f64::from_le_bytes(b) as f32), &shape),
+            Dtype::F16 => Tensor::from_vec(decode(d, |b| half::f16::from_le_bytes(b).to_f32()), &shape),
+            Dtype::BF16 => Tensor::from_vec(decode(d, |b| half::bf16::from_le_bytes(b).to_f32()), &shape),
+            Dtype::I64 => Tensor::from_vec_i64(decode(d, i64::from_le_bytes), &shape),
+            Dtype::I32 => Tensor::from_vec_i64(decode(d, |b| i32::from_le_bytes(b) as i64), &shape),
+            Dtype::I16 => Tensor::from_vec_i64(decode(d, |b| i16::from_le_bytes(b) as i64), &shape),
+            Dtype::I8 => Tensor::from_vec_i64(decode(d, |[b]: [u8; 1]| b as i8 as i64), &shape),
+            Dtype::U8 | Dtype::BOOL => Tensor::from_vec_i64(decode(d, |[b]: [u8; 1]| b as i64), &shape),
             other => return Err(bad(format!("tensor {name}: unsupported dtype {other:?}"))),
         }
         .map_err(|e| bad(format!("tensor {name}: {e}")))?;

@@ -300,39 +300,30 @@ fn materialize(t: &TensorRef, data: &[u8]) -> std::result::Result<Tensor, String
         }
         ok
     };
-    let positions: Box<dyn Iterator<Item = usize>> =
-        if contiguous { Box::new(start as usize..(start + numel) as usize) } else { Box::new((0..numel).map(index)) };
-    let raw = |i: usize| &data[i * elem..(i + 1) * elem];
+    // The view's elements as one run of bytes: a slice of the storage when contiguous, a
+    // gathered copy otherwise; then one statically dispatched conversion per dtype.
+    let gathered: Vec<u8>;
+    let bytes: &[u8] = if numel == 0 {
+        // An empty view's offset is not checked against the storage: read nothing.
+        &[]
+    } else if contiguous {
+        &data[start as usize * elem..(start + numel) as usize * elem]
+    } else {
+        gathered = (0..numel).flat_map(|k| data[index(k) * elem..(index(k) + 1) * elem].iter().copied()).collect();
+        &gathered
+    };
+    use super::decode;
     use StorageDType as D;
     let tensor = match t.storage.dtype {
-        D::F32 => {
-            Tensor::from_vec(positions.map(|i| f32::from_le_bytes(raw(i).try_into().expect("4"))).collect(), &dims)
-        }
-        D::F64 => Tensor::from_vec(
-            positions.map(|i| f64::from_le_bytes(raw(i).try_into().expect("8")) as f32).collect(),
-            &dims,
-        ),
-        D::F16 => Tensor::from_vec(
-            positions.map(|i| half::f16::from_le_bytes(raw(i).try_into().expect("2")).to_f32()).collect(),
-            &dims,
-        ),
-        D::BF16 => Tensor::from_vec(
-            positions.map(|i| half::bf16::from_le_bytes(raw(i).try_into().expect("2")).to_f32()).collect(),
-            &dims,
-        ),
-        D::I64 => {
-            Tensor::from_vec_i64(positions.map(|i| i64::from_le_bytes(raw(i).try_into().expect("8"))).collect(), &dims)
-        }
-        D::I32 => Tensor::from_vec_i64(
-            positions.map(|i| i32::from_le_bytes(raw(i).try_into().expect("4")) as i64).collect(),
-            &dims,
-        ),
-        D::I16 => Tensor::from_vec_i64(
-            positions.map(|i| i16::from_le_bytes(raw(i).try_into().expect("2")) as i64).collect(),
-            &dims,
-        ),
-        D::I8 => Tensor::from_vec_i64(positions.map(|i| raw(i)[0] as i8 as i64).collect(), &dims),
-        D::U8 | D::Bool => Tensor::from_vec_i64(positions.map(|i| raw(i)[0] as i64).collect(), &dims),
+        D::F32 => Tensor::from_vec(decode(bytes, f32::from_le_bytes), &dims),
+        D::F64 => Tensor::from_vec(decode(bytes, |b| f64::from_le_bytes(b) as f32), &dims),
+        D::F16 => Tensor::from_vec(decode(bytes, |b| half::f16::from_le_bytes(b).to_f32()), &dims),
+        D::BF16 => Tensor::from_vec(decode(bytes, |b| half::bf16::from_le_bytes(b).to_f32()), &dims),
+        D::I64 => Tensor::from_vec_i64(decode(bytes, i64::from_le_bytes), &dims),
+        D::I32 => Tensor::from_vec_i64(decode(bytes, |b| i32::from_le_bytes(b) as i64), &dims),
+        D::I16 => Tensor::from_vec_i64(decode(bytes, |b| i16::from_le_bytes(b) as i64), &dims),
+        D::I8 => Tensor::from_vec_i64(decode(bytes, |[b]: [u8; 1]| b as i8 as i64), &dims),
+        D::U8 | D::Bool => Tensor::from_vec_i64(decode(bytes, |[b]: [u8; 1]| b as i64), &dims),
     };
     debug_assert!(t.storage.dtype.is_float() || tensor.as_ref().is_ok_and(|t| t.dtype() == tensor::DType::I64));
     tensor.map_err(|e| e.to_string())
