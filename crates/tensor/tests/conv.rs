@@ -268,3 +268,26 @@ proptest! {
         }
     }
 }
+
+/// `PreparedConv` (fixed weights, transforms kept) against the oracle with its epilogue: a
+/// batch-1 3x3 conv with few tiles takes Winograd only when the transform is kept (16 tiles
+/// at 14x14 and 4 at 7x7 here), with its transforms and products shared out across threads.
+#[test]
+fn prepared_convs_with_few_tiles_match_reference() {
+    for (c, hw) in [(48usize, 14usize), (40, 7), (24, 5)] {
+        let xs = [1, c, hw, hw];
+        let ws = [c, c, 3, 3];
+        let (x, w, b, r) = (randn(&xs, 20), randn(&ws, 21), randn(&[c], 22), randn(&xs, 23));
+        let p = Conv2dParams::new().padding(1);
+        let (want, _) = reference::conv2d(&f64s(&x), xs, &f64s(&w), ws, Some(&f64s(&b)), p);
+        let want: Vec<f64> = want.iter().zip(f64s(&r)).map(|(y, r)| (y + r).max(0.0)).collect();
+        let conv = tensor::PreparedConv::new(w, Some(b), p).unwrap();
+        for threads in [1, 4] {
+            for _ in 0..2 {
+                // Twice: the first call computes the kept transform, the second uses it.
+                let y = with_threads(threads, || conv.forward(&x, Some(&r), true)).unwrap();
+                assert_close(&format!("{xs:?} prepared ({threads} threads)"), &y.to_vec_f32().unwrap(), &want, 1e-4);
+            }
+        }
+    }
+}

@@ -400,7 +400,7 @@ fn forward_slices(
     if super::direct::suits(g) {
         return super::direct::forward(g, x, w, epi, out);
     }
-    if super::winograd::suits(g) {
+    if super::winograd::suits(g, winograd_cache.is_some()) {
         let transform = || super::winograd::transform_weights(w, g.cout, g.cin);
         return match winograd_cache {
             Some(cache) => super::winograd::forward(g, x, cache.get_or_init(transform), epi, out),
@@ -697,7 +697,7 @@ pub fn conv2d_backward_input(
     // the kernel flipped and its channels swapped, padded by 2 - padding. That one can take
     // the Winograd path.
     if let Some(t) = transposed_3x3(&g) {
-        if super::winograd::suits(&t) {
+        if super::winograd::suits(&t, false) {
             let mut flipped = vec![0f32; w.len()];
             for co in 0..g.cout {
                 for ci in 0..g.cin {

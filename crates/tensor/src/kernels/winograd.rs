@@ -29,6 +29,8 @@ const CHUNK_BUDGET: usize = 1 << 20;
 /// the transformed weights (4x the size of the kernel) would cost more than it saves. (ResNet's
 /// 7x7 maps at batch 1, four tiles, still gain: 512 channels 2.9 -> 2.4 ms on two threads.)
 const MIN_TILES: usize = 4;
+/// [`MIN_TILES`] when the weights' transform is computed on every call.
+const MIN_TILES_PER_CALL: usize = 32;
 /// Fewest tiles per chunk when chunks are made for the threads rather than by the budget.
 const MIN_CHUNK: usize = 64;
 
@@ -36,11 +38,18 @@ const MIN_CHUNK: usize = 64;
 /// the 36 products are real matrix products, and a fill of the 4x4 tiles high enough that their
 /// arithmetic (36 per tile, per channel pair) stays well under direct convolution's (9 per
 /// output): small feature maps waste most of each tile.
-pub(crate) fn suits(g: &ConvGeom) -> bool {
+///
+/// `kept`: whether the transformed weights are kept across calls ([`PreparedConv`]). When they
+/// are computed per call, their cost (a 512-channel kernel's transform is 9.4 M floats) needs
+/// the old, larger tile count to pay off.
+///
+/// [`PreparedConv`]: super::conv::PreparedConv
+pub(crate) fn suits(g: &ConvGeom, kept: bool) -> bool {
     let plain = g.kh == 3 && g.kw == 3 && g.p.stride == [1, 1] && g.p.dilation == [1, 1] && g.p.groups == 1;
     let tiles = g.n * g.oh.div_ceil(4) * g.ow.div_ceil(4);
     let outputs = g.n * g.oh * g.ow;
-    plain && tiles >= MIN_TILES && 36 * tiles * 10 <= 9 * outputs * 6
+    let min_tiles = if kept { MIN_TILES } else { MIN_TILES_PER_CALL };
+    plain && tiles >= min_tiles && 36 * tiles * 10 <= 9 * outputs * 6
 }
 
 /// `G g` for one column of three kernel taps (and, applied to rows, `(G g) Gᵀ`).
