@@ -1,5 +1,5 @@
 //! Direct convolution for grouped convs with few channels per group (ResNeXt's 32 groups of 4
-//! to 16 channels, depthwise convs). There the im2col matrix — `kh * kw` copies of the input —
+//! to 32 channels, depthwise convs). There the im2col matrix — `kh * kw` copies of the input —
 //! cost more than the arithmetic, and each group's product was too small for a GEMM.
 //!
 //! Per (image, group): the group's input channels are copied once into zero-padded planes, one
