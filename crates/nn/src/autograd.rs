@@ -157,9 +157,15 @@ impl Var {
         Var::constant(self.value())
     }
 
+    /// Whether an op on `inputs` is recorded: gradients are enabled and wanted through one of
+    /// them (an op may skip work that only its backward needs when not).
+    pub(crate) fn records(inputs: &[&Var]) -> bool {
+        is_grad_enabled() && inputs.iter().any(|v| v.requires_grad())
+    }
+
     /// Records the result of an op when gradients are wanted through any of `inputs`.
     pub(crate) fn record(value: Tensor, inputs: &[&Var], op: impl FnOnce() -> Op) -> Var {
-        if is_grad_enabled() && inputs.iter().any(|v| v.requires_grad()) {
+        if Var::records(inputs) {
             Var::make(value, true, Origin::Op(Box::new(op())))
         } else {
             Var::constant(value)

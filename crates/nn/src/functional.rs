@@ -41,7 +41,7 @@ pub fn linear(input: &Var, weight: &Var, bias: Option<&Var>) -> Result<Var> {
 
 /// Max pooling.
 pub fn max_pool2d(input: &Var, params: Pool2dParams) -> Result<Var> {
-    if !(crate::is_grad_enabled() && input.requires_grad()) {
+    if !Var::records(&[input]) {
         // Nothing will need the indices for a backward pass.
         return Ok(Var::constant(tensor::max_pool2d_values(&input.value(), params)?));
     }

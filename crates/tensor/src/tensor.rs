@@ -935,8 +935,7 @@ impl Tensor {
     }
     /// `max(x, 0)`
     pub fn relu(&self) -> Result<Tensor> {
-        // NaN stays NaN, as in PyTorch.
-        self.unary("relu", (codes::U_RELU, 0.0, 0.0), |x| if x < 0.0 { 0.0 } else { x })
+        self.unary("relu", (codes::U_RELU, 0.0, 0.0), crate::kernels::relu)
     }
     /// `|x|`
     pub fn abs(&self) -> Result<Tensor> {

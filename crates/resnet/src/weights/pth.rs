@@ -309,7 +309,7 @@ fn materialize(t: &TensorRef, data: &[u8]) -> std::result::Result<Tensor, String
     } else if contiguous {
         &data[start as usize * elem..(start + numel) as usize * elem]
     } else {
-        gathered = (0..numel).flat_map(|k| data[index(k) * elem..(index(k) + 1) * elem].iter().copied()).collect();
+        gathered = (0..numel).map(index).flat_map(|i| data[i * elem..(i + 1) * elem].iter().copied()).collect();
         &gathered
     };
     use super::decode;

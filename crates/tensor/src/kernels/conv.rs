@@ -358,7 +358,7 @@ pub(crate) fn apply_epilogue(epi: &Epilogue<'_>, row: &mut [f32], start: usize, 
         None => {}
     }
     if epi.relu {
-        row.iter_mut().for_each(|o| *o = if *o < 0.0 { 0.0 } else { *o });
+        row.iter_mut().for_each(|o| *o = super::relu(*o));
     }
 }
 

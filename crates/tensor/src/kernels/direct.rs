@@ -11,6 +11,7 @@
 use super::conv::{apply_epilogue, ConvGeom, Epilogue};
 use super::matmul::SyncPtr;
 use super::scratch::Scratch;
+use super::small_gemm::fmadd;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -101,15 +102,6 @@ fn pack_weights(g: &ConvGeom, w: &[f32], gi: usize, buf: &mut [f32]) {
                 }
             }
         }
-    }
-}
-
-#[inline(always)]
-fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
     }
 }
 

@@ -8,5 +8,15 @@ pub(crate) mod matmul;
 pub mod optim;
 pub mod pool;
 mod scratch;
-mod small_gemm;
+pub(crate) mod small_gemm;
 pub(crate) mod winograd;
+
+/// ReLU of one value, as `torch.relu`: NaN stays NaN (`f32::max` would make it 0).
+#[inline(always)]
+pub(crate) fn relu(x: f32) -> f32 {
+    if x < 0.0 {
+        0.0
+    } else {
+        x
+    }
+}

@@ -117,13 +117,9 @@ pub fn max_pool2d(input: &Tensor, p: Pool2dParams) -> Result<(Tensor, Tensor)> {
     out.par_chunks_mut(ohw.max(1)).zip(idx.par_chunks_mut(ohw.max(1))).enumerate().for_each(|(pl, (o, ix))| {
         let plane = &x[pl * ihw..(pl + 1) * ihw];
         for oh in 0..g.oh {
-            let h0 = (oh * p.stride[0]) as isize - p.padding[0] as isize;
-            let h1 = (h0 + p.kernel[0] as isize).min(g.h as isize) as usize;
-            let h0 = h0.max(0) as usize;
+            let (h0, h1) = window(oh, p.stride[0], p.padding[0], p.kernel[0], g.h);
             for ow in 0..g.ow {
-                let w0 = (ow * p.stride[1]) as isize - p.padding[1] as isize;
-                let w1 = (w0 + p.kernel[1] as isize).min(g.w as isize) as usize;
-                let w0 = w0.max(0) as usize;
+                let (w0, w1) = window(ow, p.stride[1], p.padding[1], p.kernel[1], g.w);
                 // Branch-free selects in the common case; a NaN (which PyTorch propagates,
                 // with the index of the first one) is looked for only when there is one.
                 let mut best = f32::NEG_INFINITY;

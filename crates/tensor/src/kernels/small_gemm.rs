@@ -11,8 +11,9 @@ const NB: usize = 16;
 /// Rows of the output per register block.
 const MB: usize = 4;
 
+/// `a * b + c`, fused into one instruction in the FMA build.
 #[inline(always)]
-fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+pub(crate) fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FMA {
         a.mul_add(b, c)
     } else {

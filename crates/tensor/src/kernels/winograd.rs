@@ -393,7 +393,7 @@ unsafe fn transform_output_impl(
                             o += r[at];
                         }
                         if epi.relu {
-                            o = if o < 0.0 { 0.0 } else { o };
+                            o = super::relu(o);
                         }
                         // SAFETY: this tile's outputs belong to this call (the caller's contract).
                         unsafe { *out.get().add(at) = o };
