@@ -114,7 +114,9 @@ fn allowed_global(module: &str, name: &str) -> Option<Global> {
         ("torch._tensor", "_rebuild_from_type_v2") => Global::RebuildFromTypeV2,
         ("torch", "Tensor") => Global::TensorClass,
         ("torch.nn.parameter", "Parameter") => Global::ParameterClass,
-        ("torch", storage) => Global::Storage(StorageDType::from_class(storage)?),
+        // `torch.cuda.FloatStorage` & co. name the element type of a tensor saved from a GPU
+        // (PyTorch < 1.0); the data is read to the CPU like any other.
+        ("torch" | "torch.cuda", storage) => Global::Storage(StorageDType::from_class(storage)?),
         _ => return None,
     })
 }
@@ -342,6 +344,14 @@ impl Machine<'_> {
         let b = self.take(n)?;
         Ok(Obj::Str(std::str::from_utf8(b).map_err(|_| "a string is not UTF-8")?.to_string()))
     }
+    fn py2_string(&mut self, n: usize) -> Result<Obj, Msg> {
+        let b = self.take(n)?;
+        Ok(Obj::Str(
+            std::str::from_utf8(b)
+                .map_err(|_| "a Python 2 string is not UTF-8 (torch.load decodes them as UTF-8)")?
+                .to_string(),
+        ))
+    }
     fn bytes(&mut self, n: usize) -> Result<Obj, Msg> {
         Ok(Obj::Bytes(self.take(n)?.to_vec()))
     }
@@ -503,12 +513,24 @@ impl Machine<'_> {
                     let o = self.string(n)?;
                     self.push(o)?;
                 }
-                b'U' | b'C' => {
+                // SHORT_BINSTRING / BINSTRING: Python 2's `str`, which torch.load decodes as
+                // UTF-8 (its default `encoding`), so Python-2-era keys are strings.
+                b'U' => {
+                    let n = self.u8()? as usize;
+                    let o = self.py2_string(n)?;
+                    self.push(o)?;
+                }
+                b'T' => {
+                    let n = self.u32()? as usize;
+                    let o = self.py2_string(n)?;
+                    self.push(o)?;
+                }
+                b'C' => {
                     let n = self.u8()? as usize;
                     let o = self.bytes(n)?;
                     self.push(o)?;
                 }
-                b'T' | b'B' => {
+                b'B' => {
                     let n = self.u32()? as usize;
                     let o = self.bytes(n)?;
                     self.push(o)?;
@@ -674,12 +696,25 @@ impl Machine<'_> {
         // No allowed callable takes more than six arguments: only those are looked at.
         let a: Vec<Id> = self.tuple(args)?.iter().take(8).copied().collect();
         match g {
-            Global::OrderedDict => {
-                if !a.is_empty() {
-                    return Err("OrderedDict with constructor arguments".into());
+            Global::OrderedDict => match a.as_slice() {
+                [] => Ok(Obj::Dict(vec![])),
+                // Python 2's OrderedDict.__reduce__: the items as a list of [key, value] pairs.
+                [items] => {
+                    let Obj::List(items) = &self.objects[*items] else {
+                        return Err("OrderedDict built from something other than a list of pairs".into());
+                    };
+                    let pairs = items
+                        .iter()
+                        .map(|&pair| match &self.objects[pair] {
+                            Obj::List(kv) | Obj::Tuple(kv) if kv.len() == 2 => Ok((kv[0], kv[1])),
+                            other => Err(format!("OrderedDict built from {}, not a [key, value] pair", kind(other))),
+                        })
+                        .collect::<Result<Vec<_>, Msg>>()?;
+                    self.charge_items(pairs.len(), 2 * SLOT)?;
+                    Ok(Obj::Dict(pairs))
                 }
-                Ok(Obj::Dict(vec![]))
-            }
+                _ => Err("OrderedDict with more than one constructor argument".into()),
+            },
             Global::RebuildTensorV2 | Global::RebuildTensor => {
                 if a.len() < 4 {
                     return Err("_rebuild_tensor with too few arguments".into());
