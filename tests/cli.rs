@@ -36,6 +36,16 @@ fn infer_matches_a_pytorch_fixture() {
     }
 }
 
+/// A foreign file records no architecture: its keys and shapes tell it (and the stem width),
+/// so `infer` needs neither `--arch` nor `--base-planes`.
+#[test]
+fn infer_reads_the_architecture_off_the_weights() {
+    let (got, want, scale) = common::infer_fixture_without_arch("infer-no-arch");
+    for (a, b) in got.iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-4 * scale, "{a} vs {b}");
+    }
+}
+
 #[test]
 fn convert_round_trips_between_formats() {
     let dir = temp_dir("convert");
@@ -67,6 +77,7 @@ fn bad_inputs_fail_cleanly() {
     std::fs::write(&junk, b"not weights").unwrap();
     let o = resnet(&["convert", junk.to_str().unwrap(), dir.join("o.safetensors").to_str().unwrap()]);
     assert_clean_failure(&o, "junk.pth");
+    // The wrong architecture: one line naming what the file holds, before any per-key details.
     let o = resnet(&[
         "infer",
         "--arch",
@@ -78,16 +89,17 @@ fn bad_inputs_fail_cleanly() {
         "--output",
         dir.join("y.npy").to_str().unwrap(),
     ]);
-    assert_clean_failure(&o, "do not fit");
-    let o = resnet(&[
-        "infer",
-        "--weights",
-        fixture("resnet18.pth").to_str().unwrap(),
-        "--input",
-        fixture("input.npy").to_str().unwrap(),
-        "--output",
-        dir.join("y.npy").to_str().unwrap(),
-    ]);
+    assert_clean_failure(
+        &o,
+        "the file holds resnet18 weights (basic blocks 2-2-2-2, stem 4, 10 classes), not resnet34",
+    );
+    assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+    // A file that is no ResNet and records no architecture.
+    let odd = dir.join("odd.safetensors");
+    let entries = vec![("w".to_string(), tensor::Tensor::zeros(&[2, 2]))];
+    resnet::write_safetensors(&odd, &entries, &Default::default()).unwrap();
+    let o = resnet(&["predict", "--weights", odd.to_str().unwrap(), dir.to_str().unwrap()]);
+    assert_clean_failure(&o, "does not record its architecture, and its keys do not tell it (no conv1.weight");
     assert_clean_failure(&o, "pass --arch");
     let o = resnet(&["frobnicate"]);
     assert!(!o.status.success());

@@ -35,9 +35,20 @@ pub fn torch_fixture(name: &str) -> PathBuf {
 /// `resnet infer` on the committed ResNet-18 fixture (base width 4) with `extra` arguments; the
 /// logits it wrote, and PyTorch's for the same input, with their largest magnitude (at least 1).
 pub fn infer_resnet18_fixture(tag: &str, extra: &[&str]) -> (Vec<f32>, Vec<f32>, f32) {
+    let mut args = vec!["--arch", "resnet18", "--base-planes", "4"];
+    args.extend(extra);
+    infer_fixture_with(tag, &args)
+}
+
+/// `infer` on the resnet18 fixture naming neither the architecture nor the stem width.
+pub fn infer_fixture_without_arch(tag: &str) -> (Vec<f32>, Vec<f32>, f32) {
+    infer_fixture_with(tag, &[])
+}
+
+fn infer_fixture_with(tag: &str, extra: &[&str]) -> (Vec<f32>, Vec<f32>, f32) {
     let out = temp_dir(tag).join("y.npy");
     let (weights, input) = (torch_fixture("resnet18.pth"), torch_fixture("input.npy"));
-    let mut args = vec!["infer", "--arch", "resnet18", "--base-planes", "4", "--weights", weights.to_str().unwrap()];
+    let mut args = vec!["infer", "--weights", weights.to_str().unwrap()];
     args.extend(["--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()]);
     args.extend(extra);
     let o = resnet(&args);

@@ -79,7 +79,7 @@ impl ResNetConfig {
     }
 
     /// Width of a block's inner convs for `planes` (torchvision: `int(planes * base_width / 64) * groups`).
-    fn inner_width(&self, planes: usize) -> usize {
+    pub(crate) fn inner_width(&self, planes: usize) -> usize {
         planes * self.width_per_group / 64 * self.groups
     }
 

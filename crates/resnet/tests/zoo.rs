@@ -139,3 +139,41 @@ fn transfer_learning_keeps_the_backbone_and_reinitialises_the_head() {
         "{e}"
     );
 }
+
+#[test]
+fn the_architecture_is_read_off_the_state_dict() {
+    // Full width: every torchvision architecture is told apart by its keys and shapes alone.
+    for arch in Arch::ALL {
+        let model = arch.config(7).build(Init::Zeros).unwrap();
+        let sd = StateDict { entries: model.state_dict(), metadata: Default::default() };
+        drop(model);
+        let layout = Layout::of(&sd).unwrap();
+        assert_eq!(layout.arch(), Some(arch), "{arch}: {layout}");
+        let (inferred, config) = Arch::infer(&sd).unwrap();
+        assert_eq!((inferred, config.num_classes, config.base_planes), (arch, 7, 64), "{arch}");
+        assert_eq!(config, arch.config(7), "{arch}");
+    }
+    // Reduced widths (the PyTorch fixtures): the stem width comes along; the plain and wide
+    // bottlenecks are told apart by the width of their 3x3s relative to the stem.
+    for name in ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2"] {
+        let sd = read_weights(common::fixture_path(&format!("{name}.safetensors"))).unwrap();
+        let (arch, config) = Arch::infer(&sd).unwrap();
+        assert_eq!(arch.name(), name);
+        let want = common::reduced(name);
+        assert_eq!((config.base_planes, config.num_classes), (want.base_planes, want.num_classes), "{name}");
+        let model = config.build(Init::Zeros).unwrap();
+        load_strict(&model, &sd).unwrap();
+    }
+    // The fixtures' reduced ResNeXts use 4 or 2 groups, which no torchvision model has.
+    let sd = read_weights(common::fixture_path("resnext50_32x4d.safetensors")).unwrap();
+    let e = Arch::infer(&sd).unwrap_err().to_string();
+    assert!(e.contains("is none of torchvision's architectures") && e.contains("in 4 groups"), "{e}");
+    // A headless file: the configuration has no head.
+    let model = Arch::Resnet18.config(3).build(Init::Zeros).unwrap();
+    let entries = model.state_dict().into_iter().filter(|(k, _)| !k.starts_with("fc.")).collect();
+    let (arch, config) = Arch::infer(&StateDict { entries, metadata: Default::default() }).unwrap();
+    assert_eq!((arch, config.include_top), (Arch::Resnet18, false));
+    // Not a ResNet at all.
+    let sd = StateDict { entries: vec![("w".into(), Tensor::zeros(&[2, 2]))], metadata: Default::default() };
+    assert!(Layout::of(&sd).unwrap_err().to_string().contains("no conv1.weight"));
+}

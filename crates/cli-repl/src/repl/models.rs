@@ -170,7 +170,13 @@ pub(crate) fn zoo(s: &mut Session, name: &'static str, arch: Arch, mut args: Cal
     let num_classes = asked.or_else(|| sd.as_ref().and_then(|sd| sd.num_classes())).unwrap_or(1000);
     let mut config = arch.config(num_classes);
     config.zero_init_residual = b.bool_or("zero_init_residual", false)?;
-    let base = sd.as_ref().and_then(|sd| sd.metadata.get(meta::BASE_PLANES)).and_then(|v| v.parse().ok());
+    // A foreign file records no stem width, but its conv1.weight shows it.
+    let base = sd.as_ref().and_then(|sd| {
+        sd.metadata
+            .get(meta::BASE_PLANES)
+            .and_then(|v| v.parse().ok())
+            .or_else(|| resnet::Layout::of(sd).ok().map(|l| l.base_planes))
+    });
     config.base_planes = match b.opt_usize("base_planes")? {
         Some(v) => v,
         None => base.unwrap_or(64),
