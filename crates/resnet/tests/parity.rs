@@ -146,6 +146,40 @@ fn one_training_step_matches_torch() {
     }
 }
 
+/// Full-width ResNet-50 and ResNeXt-50 (every layer at its real channel count, so the grouped
+/// direct kernel, Winograd at 256 and 512 channels and the wide 1x1 GEMMs all run) with seeded
+/// random weights and random batch-norm statistics (so folding them is not an identity): the
+/// fused inference path gives the plain eval forward's logits to 1e-4. The torchvision
+/// comparison of full-width files is the ignored test below.
+#[test]
+fn full_width_fused_inference_matches_the_plain_forward() {
+    let x = Tensor::randn(&[2, 3, 96, 96], &mut tensor::Rng::seed(40));
+    for (arch, seed) in [(Arch::Resnet50, 41u64), (Arch::Resnext50_32x4d, 42)] {
+        let model = arch.build(100, seed).unwrap();
+        let mut rng = tensor::Rng::seed(seed + 100);
+        let entries: Vec<(String, Tensor)> = model
+            .state_dict()
+            .into_iter()
+            .map(|(k, t)| {
+                let is_bn = k.starts_with("bn") || k.contains(".bn") || k.contains("downsample.1");
+                let field = k.rsplit('.').next().unwrap_or_default();
+                let t = match (is_bn, field) {
+                    (true, "weight" | "running_var") => Tensor::uniform(t.shape(), 0.5, 1.5, &mut rng),
+                    (true, "bias" | "running_mean") => Tensor::uniform(t.shape(), -0.2, 0.2, &mut rng),
+                    _ => t,
+                };
+                (k, t)
+            })
+            .collect();
+        model.load_state_dict(&entries, true).unwrap();
+        let plain = logits(&model, &x);
+        let fused = FusedResNet::new(&model).unwrap().forward(&x).unwrap();
+        assert_close(arch.name(), &fused, &plain, 1e-4);
+        let spread = plain.to_vec_f32().unwrap().iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(spread > 1e-2 && spread.is_finite(), "{arch}: degenerate logits (max |y| = {spread})");
+    }
+}
+
 /// Full-width models against torchvision. Generate the files first (about 1.5 GB):
 /// `/usr/bin/python3 crates/resnet/tests/fixtures/gen_resnet_fixtures.py --full DIR`, then
 /// `RESNET_FULL_FIXTURES=DIR cargo test -p resnet --profile ci --test parity -- --ignored`.
@@ -161,5 +195,35 @@ fn full_width_zoo_matches_torchvision() {
         assert_close(arch.name(), &logits(&model, &x), &want, 1e-4);
         assert_close(arch.name(), &FusedResNet::new(&model).unwrap().forward(&x).unwrap(), &want, 1e-4);
         eprintln!("{arch}: ok");
+    }
+}
+
+/// Files as PyTorch 0.3 / 0.4 wrote them under Python 2 (`fixtures/gen_py2_pth.py` assembles
+/// them opcode by opcode; `py2_resnet18_expected.pth` is what torch.load returned for them):
+/// BINSTRING keys, `_rebuild_tensor` v1, OrderedDict from pairs, `torch.cuda.FloatStorage` at
+/// `cuda:0`, a DataParallel checkpoint. Every tensor equals torch.load's, and the files name no
+/// architecture, yet their keys tell it.
+#[test]
+fn python2_era_pth_files_load_as_torch_load_reads_them() {
+    let py2 = |name: &str| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/py2").join(name);
+    let want = read_weights(py2("py2_resnet18_expected.pth")).unwrap();
+    assert_eq!(want.entries.len(), 122);
+    for (file, skips_nbt) in [("py2_resnet18_v03.pth", true), ("py2_checkpoint_v04.pth", false)] {
+        let got = read_weights(py2(file)).unwrap();
+        let expected: Vec<&(String, Tensor)> =
+            want.entries.iter().filter(|(k, _)| !(skips_nbt && k.ends_with("num_batches_tracked"))).collect();
+        assert_eq!(got.entries.len(), expected.len(), "{file}");
+        for ((k, t), (wk, wt)) in got.entries.iter().zip(expected) {
+            assert_eq!(k, wk, "{file}: file order is kept");
+            assert_eq!((t.dtype(), t.shape()), (wt.dtype(), wt.shape()), "{file}: {k}");
+            match t.dtype() {
+                tensor::DType::F32 => assert_eq!(t.to_vec_f32().unwrap(), wt.to_vec_f32().unwrap(), "{file}: {k}"),
+                tensor::DType::I64 => assert_eq!(t.to_vec_i64().unwrap(), wt.to_vec_i64().unwrap(), "{file}: {k}"),
+            }
+        }
+        let (arch, config) = Arch::infer(&got).unwrap();
+        assert_eq!((arch, config.base_planes, config.num_classes), (Arch::Resnet18, 4, 10), "{file}");
+        let model = config.build(Init::Zeros).unwrap();
+        load_pretrained(&model, &got).unwrap();
     }
 }

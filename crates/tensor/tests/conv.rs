@@ -291,3 +291,30 @@ fn prepared_convs_with_few_tiles_match_reference() {
         }
     }
 }
+
+/// Full-width Winograd layers (ResNet's 256- and 512-channel stages), per call and prepared,
+/// against the f64 oracle: the proptests above use at most 40 channels, where a sum over 4608
+/// products (512 channels x 9 taps) would show an accumulation error they cannot.
+#[test]
+fn full_width_winograd_layers_match_reference() {
+    // (channels, batch, map): the per-call path needs 32 tiles; prepared convs take 4.
+    for (c, n, hw, prepared) in
+        [(256usize, 1usize, 28usize, false), (512, 2, 14, false), (256, 1, 14, true), (512, 1, 7, true)]
+    {
+        let xs = [n, c, hw, hw];
+        let ws = [c, c, 3, 3];
+        let x = randn(&xs, 30);
+        // Kaiming-scaled weights, as a trained layer's are: outputs of the input's magnitude.
+        let w = randn(&ws, 31).mul_scalar((2.0 / (9.0 * c as f64)).sqrt() as f32).unwrap();
+        let b = randn(&[c], 32);
+        let p = Conv2dParams::new().padding(1);
+        let (want, _) = reference::conv2d(&f64s(&x), xs, &f64s(&w), ws, Some(&f64s(&b)), p);
+        let got = if prepared {
+            tensor::PreparedConv::new(w, Some(b), p).unwrap().forward(&x, None, false).unwrap()
+        } else {
+            conv2d(&x, &w, Some(&b), p).unwrap()
+        };
+        let what = format!("{xs:?} {}", if prepared { "prepared" } else { "per call" });
+        assert_close(&what, &got.to_vec_f32().unwrap(), &want, 1e-4);
+    }
+}
