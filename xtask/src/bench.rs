@@ -41,6 +41,20 @@ pub fn canonical_cases() -> Vec<String> {
     v
 }
 
+pub const USAGE: &str = "usage: cargo xtask bench [options]
+
+Builds the benchmark cases in release and runs each in its own process (so peak memory is per
+case), optionally interleaved with PyTorch's equivalent, and prints medians, throughput and ratios.
+
+options:
+  --filter PATTERN   only cases whose name contains PATTERN (a glob with *, several comma-separated)
+  --json FILE        also write the results as JSON
+  --vs-torch         run PyTorch's equivalent of each case in the same run (needs a Python with torch)
+  --python PATH      the Python for --vs-torch (default: python3)
+  --quick            fewer repetitions (a smoke run)
+  --threads N        threads on both sides (default: all cores)
+  --device D         cpu (default), wgpu or cuda: build the cases with that GPU feature";
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
     pub filter: Option<String>,
@@ -83,7 +97,7 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
                     return Err(format!("unknown device {}: cpu, wgpu or cuda", o.device));
                 }
             }
-            other => return Err(format!("unknown option {other}")),
+            other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
     }
     Ok(o)
@@ -436,6 +450,25 @@ mod tests {
         assert_eq!(parse_args(&s(&[])).unwrap().device, "cpu");
         assert!(parse_args(&s(&["--device", "tpu"])).is_err());
         assert!(parse_args(&s(&["--bogus"])).is_err());
+    }
+
+    #[test]
+    fn the_usage_lists_exactly_the_options_parse_args_takes() {
+        let flags: Vec<&str> = USAGE.split_whitespace().filter(|w| w.starts_with("--")).collect();
+        assert!(flags.len() >= 7, "{flags:?}");
+        for flag in flags {
+            let value = match flag {
+                "--threads" => "2",
+                "--device" => "cpu",
+                _ => "x",
+            };
+            let alone = parse_args(&s(&[flag]));
+            let with_value = parse_args(&s(&[flag, value]));
+            assert!(alone.is_ok() || with_value.is_ok(), "{flag}: {alone:?} / {with_value:?}");
+        }
+        assert!(crate::wants_help(&s(&["--filter", "x", "--help"])));
+        assert!(crate::wants_help(&s(&["-h"])));
+        assert!(!crate::wants_help(&s(&["--filter", "help-me"])));
     }
 
     #[test]

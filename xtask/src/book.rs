@@ -3,11 +3,18 @@
 
 use std::path::{Path, PathBuf};
 
+pub const USAGE: &str = "usage: cargo xtask book [--out DIR]
+
+Builds the user and contributor book in book/ (mdBook as a library, nothing downloaded).
+
+options:
+  --out DIR   write the HTML into DIR instead of book/book";
+
 pub fn run(args: &[String]) -> Result<(), String> {
     let out = match args {
         [] => None,
         [flag, dir] if flag == "--out" => Some(PathBuf::from(dir)),
-        _ => return Err("usage: cargo xtask book [--out DIR]".into()),
+        _ => return Err(USAGE.into()),
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").join("book");
     let dest = build(&root, out)?;

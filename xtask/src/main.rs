@@ -12,14 +12,36 @@ mod stats;
 
 use std::process::ExitCode;
 
+const USAGE: &str = "usage: cargo xtask <task> [options]
+
+tasks:
+  bench   run the benchmark cases, optionally beside PyTorch's (cargo xtask bench --help)
+  book    build the mdBook in book/ (cargo xtask book --help)";
+
+/// Whether the arguments ask for help (`-h`, `--help` or `help` anywhere).
+pub(crate) fn wants_help(args: &[String]) -> bool {
+    args.iter().any(|a| matches!(a.as_str(), "-h" | "--help" | "help"))
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
+        Some("bench") if wants_help(&args[1..]) => {
+            println!("{}", bench::USAGE);
+            Ok(())
+        }
+        Some("book") if wants_help(&args[1..]) => {
+            println!("{}", book::USAGE);
+            Ok(())
+        }
         Some("bench") => bench::parse_args(&args[1..]).and_then(|opts| bench::run(&opts)),
         Some("book") => book::run(&args[1..]),
-        _ => Err("usage: cargo xtask bench [--filter PATTERN] [--json FILE] [--vs-torch] [--quick] [--threads N] [--device cpu|wgpu|cuda] \
-                  [--python PATH]\n       cargo xtask book [--out DIR]"
-            .to_string()),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown task {other:?}\n{USAGE}")),
+        None => Err(USAGE.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -90,19 +90,16 @@ fn panel(img: &mut RgbImage, left: i64, title: &str, points: &[EpochPoint], seri
     if !lo.is_finite() {
         (lo, hi) = (0.0, 1.0);
     }
-    if hi - lo < 1e-9 {
-        hi = lo + 1.0;
-    }
-    let pad = (hi - lo) * 0.05;
-    let (lo, hi) = (lo - pad, hi + pad);
+    let ticks = nice_ticks(lo, hi, 5);
+    let (lo, hi) = (ticks.lo, ticks.hi);
     let last_epoch = points.last().map_or(1, |p| p.epoch).max(2);
     let px = |epoch: usize| left + (epoch - 1) as i64 * width / (last_epoch - 1) as i64;
     let py = |v: f64| top + height - ((v - lo) / (hi - lo) * height as f64).round() as i64;
-    for i in 0..=4 {
-        let y = top + i * height / 4;
+    for i in 0..=ticks.count {
+        let v = lo + ticks.step * i as f64;
+        let y = py(v);
         line(img, (left, y), (left + width, y), GREY);
-        let v = hi - (hi - lo) * i as f64 / 4.0;
-        text(img, left - 70, y - 8, &format!("{v:>8.3}"), BLACK);
+        text(img, left - 70, y - 8, &format!("{:>8}", ticks.label(v)), BLACK);
     }
     line(img, (left, top), (left, top + height), BLACK);
     line(img, (left, top + height), (left + width, top + height), BLACK);
@@ -130,6 +127,43 @@ fn panel(img: &mut RgbImage, left: i64, title: &str, points: &[EpochPoint], seri
     text(img, left + width - 84, top + 24, "val", BLACK);
 }
 
+/// A y axis whose ticks fall on round values: `count` steps of `step` (1, 2 or 5 times a power
+/// of ten) from `lo` to `hi`, the smallest such range that holds the data (Heckbert's "nice
+/// numbers", as matplotlib's default locator picks them).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Ticks {
+    lo: f64,
+    hi: f64,
+    step: f64,
+    count: usize,
+}
+
+impl Ticks {
+    /// A tick's label with as many decimals as the step needs (0.25 -> "0.25", 0.2 -> "0.2").
+    fn label(&self, v: f64) -> String {
+        let decimals = (-self.step.log10().floor()).max(0.0) as usize;
+        let decimals =
+            if (self.step * 10f64.powi(decimals as i32)).fract().abs() > 1e-6 { decimals + 1 } else { decimals };
+        // `+ 0.0` turns -0 into 0.
+        format!("{:.*}", decimals, v + 0.0)
+    }
+}
+
+/// Round ticks covering `[lo, hi]` with about `target` steps.
+fn nice_ticks(lo: f64, hi: f64, target: usize) -> Ticks {
+    let (lo, hi) = if hi - lo < 1e-9 { (lo - 0.5, hi + 0.5) } else { (lo, hi) };
+    let rough = (hi - lo) / target.max(1) as f64;
+    let magnitude = 10f64.powf(rough.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * magnitude)
+        .find(|&s| s >= rough * (1.0 - 1e-9))
+        .unwrap_or(10.0 * magnitude);
+    let first = (lo / step + 1e-9).floor();
+    let last = (hi / step - 1e-9).ceil();
+    Ticks { lo: first * step, hi: last * step, step, count: (last - first).round().max(1.0) as usize }
+}
+
 /// Encodes the two panels as a PNG image.
 pub fn curves_png(points: &[EpochPoint]) -> Result<Vec<u8>, image::ImageError> {
     let mut img = RgbImage::from_pixel(W, H, WHITE);
@@ -138,4 +172,33 @@ pub fn curves_png(points: &[EpochPoint]) -> Result<Vec<u8>, image::ImageError> {
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Png)?;
     Ok(out.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_round_and_cover_the_data() {
+        for (lo, hi) in [(0.132, 1.224), (0.0, 1.0), (0.41, 0.97), (2.3, 2.3), (1e-4, 3e-3), (-0.5, 12.0)] {
+            let t = nice_ticks(lo, hi, 5);
+            assert!(t.lo <= lo && t.hi >= hi, "{lo}..{hi}: {t:?}");
+            assert!((2..=10).contains(&t.count), "{lo}..{hi}: {t:?}");
+            let mantissa = t.step / 10f64.powf(t.step.log10().floor());
+            assert!([1.0, 2.0, 2.5, 5.0].iter().any(|m| (m - mantissa).abs() < 1e-9), "{t:?}");
+            for i in 0..=t.count {
+                let v = t.lo + t.step * i as f64;
+                assert!(((v / t.step).round() - v / t.step).abs() < 1e-6, "{v} is not a multiple of {}", t.step);
+            }
+        }
+        let t = nice_ticks(0.132, 1.224, 5);
+        assert_eq!((t.lo, t.hi, t.step), (0.0, 1.25, 0.25));
+        let labels: Vec<String> = (0..=t.count).map(|i| t.label(t.lo + t.step * i as f64)).collect();
+        assert_eq!(labels, ["0.00", "0.25", "0.50", "0.75", "1.00", "1.25"]);
+        let t = nice_ticks(0.41, 0.97, 5);
+        let labels: Vec<String> = (0..=t.count).map(|i| t.label(t.lo + t.step * i as f64)).collect();
+        assert_eq!(labels, ["0.4", "0.6", "0.8", "1.0"]);
+        assert_eq!(nice_ticks(0.0, 1.0, 4).step, 0.25);
+        assert_eq!(nice_ticks(0.0, 1.0, 4).label(0.25), "0.25");
+    }
 }
