@@ -16,7 +16,19 @@ fn keep_freed_pages() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
 
+/// Rust ignores SIGPIPE, so printing into a closed pipe (`resnet predict dir | head`) fails,
+/// and `println!` panics on the failure. The default disposition ends the process quietly
+/// instead, as `cat` or `grep` end; every file the tool writes is written atomically, so an
+/// interrupted run leaves no half-written file.
+#[cfg(unix)]
+fn end_quietly_on_closed_pipes() {
+    // SAFETY: called first in main, before any thread exists; SIG_DFL is a valid disposition.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 fn main() -> std::process::ExitCode {
+    #[cfg(unix)]
+    end_quietly_on_closed_pipes();
     keep_freed_pages();
     let args: Vec<String> = std::env::args().skip(1).collect();
     cli_repl::run(&args)

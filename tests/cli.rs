@@ -46,6 +46,21 @@ fn infer_reads_the_architecture_off_the_weights() {
     }
 }
 
+/// Output into a pipe whose reader has gone (`resnet ... | head`) ends the process quietly, as
+/// Unix tools end, instead of a panic about a broken pipe.
+#[cfg(unix)]
+#[test]
+fn a_closed_pipe_ends_the_output_quietly() {
+    let dir = temp_dir("pipe");
+    let err = dir.join("stderr.txt");
+    // `true` has exited long before the command prints its first line.
+    let script = format!("(sleep 0.5; exec \"$0\" summary resnet50) 2>\"{}\" | true", err.display());
+    let status = Command::new("sh").arg("-c").arg(&script).arg(env!("CARGO_BIN_EXE_resnet")).status().unwrap();
+    assert!(status.success());
+    let e = std::fs::read_to_string(&err).unwrap();
+    assert!(!e.contains("panicked") && !e.contains("Broken pipe"), "{e}");
+}
+
 #[test]
 fn convert_round_trips_between_formats() {
     let dir = temp_dir("convert");
@@ -98,7 +113,15 @@ fn bad_inputs_fail_cleanly() {
     let odd = dir.join("odd.safetensors");
     let entries = vec![("w".to_string(), tensor::Tensor::zeros(&[2, 2]))];
     resnet::write_safetensors(&odd, &entries, &Default::default()).unwrap();
-    let o = resnet(&["predict", "--weights", odd.to_str().unwrap(), dir.to_str().unwrap()]);
+    let o = resnet(&[
+        "infer",
+        "--weights",
+        odd.to_str().unwrap(),
+        "--input",
+        fixture("input.npy").to_str().unwrap(),
+        "--output",
+        dir.join("y.npy").to_str().unwrap(),
+    ]);
     assert_clean_failure(&o, "does not record its architecture, and its keys do not tell it (no conv1.weight");
     assert_clean_failure(&o, "pass --arch");
     let o = resnet(&["frobnicate"]);
