@@ -34,7 +34,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Train a ResNet on an ImageFolder (default: the built-in demo dataset).
-    Train(commands::train::TrainArgs),
+    Train(Box<commands::train::TrainArgs>),
     /// Predict the class of images (files or folders).
     Predict(commands::predict::PredictArgs),
     /// The interactive REPL (reads piped standard input too).
@@ -106,7 +106,7 @@ pub fn run(args: &[String]) -> ExitCode {
 
 fn execute(command: Command) -> Result<(), CliError> {
     match command {
-        Command::Train(args) => commands::train::run(args),
+        Command::Train(args) => commands::train::run(*args),
         Command::Predict(args) => commands::predict::run(args),
         Command::Repl => {
             // The REPL reports its own errors line by line and decides its exit code.
