@@ -121,10 +121,17 @@ fn panel(img: &mut RgbImage, left: i64, title: &str, points: &[EpochPoint], seri
             }
         }
     }
-    line(img, (left + width - 110, top + 12), (left + width - 90, top + 12), TRAIN);
-    text(img, left + width - 84, top + 4, "train", BLACK);
-    line(img, (left + width - 110, top + 32), (left + width - 90, top + 32), VAL);
-    text(img, left + width - 84, top + 24, "val", BLACK);
+    // The legend goes in the right-hand corner the curves end away from (accuracy ends high,
+    // loss low), so it never covers the last epochs.
+    let ends_high = points.last().is_some_and(|p| {
+        let ends: Vec<f64> = series.iter().map(|f| f(p)).filter(|v| v.is_finite()).collect();
+        !ends.is_empty() && ends.iter().sum::<f64>() / ends.len() as f64 > (lo + hi) / 2.0
+    });
+    let legend_top = if ends_high { top + height - 48 } else { top };
+    line(img, (left + width - 110, legend_top + 12), (left + width - 90, legend_top + 12), TRAIN);
+    text(img, left + width - 84, legend_top + 4, "train", BLACK);
+    line(img, (left + width - 110, legend_top + 32), (left + width - 90, legend_top + 32), VAL);
+    text(img, left + width - 84, legend_top + 24, "val", BLACK);
 }
 
 /// A y axis whose ticks fall on round values: `count` steps of `step` (1, 2 or 5 times a power
