@@ -699,10 +699,15 @@ impl Machine<'_> {
             Global::OrderedDict => match a.as_slice() {
                 [] => Ok(Obj::Dict(vec![])),
                 // Python 2's OrderedDict.__reduce__: the items as a list of [key, value] pairs.
-                [items] => {
-                    let Obj::List(items) = &self.objects[*items] else {
-                        return Err("OrderedDict built from something other than a list of pairs".into());
+                &[list] => {
+                    let not_pairs = || "OrderedDict built from something other than a list of pairs".to_string();
+                    let n = match &self.objects[list] {
+                        Obj::List(items) => items.len(),
+                        _ => return Err(not_pairs()),
                     };
+                    // Charged before the copy: a memoized list may be passed to many calls.
+                    self.charge_items(n, 2 * SLOT)?;
+                    let Obj::List(items) = &self.objects[list] else { return Err(not_pairs()) };
                     let pairs = items
                         .iter()
                         .map(|&pair| match &self.objects[pair] {
@@ -710,7 +715,6 @@ impl Machine<'_> {
                             other => Err(format!("OrderedDict built from {}, not a [key, value] pair", kind(other))),
                         })
                         .collect::<Result<Vec<_>, Msg>>()?;
-                    self.charge_items(pairs.len(), 2 * SLOT)?;
                     Ok(Obj::Dict(pairs))
                 }
                 _ => Err("OrderedDict with more than one constructor argument".into()),
