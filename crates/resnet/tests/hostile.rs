@@ -305,6 +305,28 @@ fn memory_amplification_is_refused_within_the_budget() {
     assert!(o.peak < 320 * MIB, "amplification: allocated {} MiB", o.peak / MIB);
 }
 
+/// Python 2's OrderedDict is rebuilt from a list of pairs: one memoized list of 100,000 pairs
+/// passed to 20,000 calls would build 64 GB of dicts; the budget stops it first.
+#[test]
+fn ordered_dicts_from_a_reused_list_of_pairs_stay_within_the_budget() {
+    let p = Pickle::new()
+        .global("collections", "OrderedDict")
+        .op(b"q\x00")
+        .op(b"K\x01K\x02\x86q\x01") // the pair (1, 2), memoized as 1
+        .op(b"]")
+        .mark()
+        .op(&b"h\x01".repeat(100_000))
+        .op(b"e\x85q\x02"); // ([pair] * 100,000,) memoized as 2
+    let pickle = p.op(&b"h\x00h\x02R0".repeat(20_000)).op(b"}").stop();
+    let o = load_file(&temp_file("pairs_amplification.pth", &zip_pth(&pickle, &[])));
+    match &o.result {
+        Err((Some(Kind::Refused), msg)) => assert!(msg.contains("MiB of objects"), "{msg}"),
+        other => panic!("pairs amplification: {other:?}"),
+    }
+    assert!(o.peak < 320 * MIB, "pairs amplification: allocated {} MiB", o.peak / MIB);
+    assert!(o.took < Duration::from_secs(5), "took {:?}", o.took);
+}
+
 /// Calls that take a memoized tuple of 200,000 arguments, again and again, must not copy it
 /// each time (that was quadratic: 320 GB copied for a pickle of 1.4 MB).
 #[test]
