@@ -61,6 +61,29 @@ fn a_closed_pipe_ends_the_output_quietly() {
     assert!(!e.contains("panicked") && !e.contains("Broken pipe"), "{e}");
 }
 
+/// The default demo folder is the tool's own cache: a demo dataset an older version wrote there
+/// (other sizes) is replaced; a `--demo-dir` of the user's is never touched.
+#[test]
+fn an_older_demo_dataset_in_the_default_folder_is_replaced() {
+    let cwd = temp_dir("old-demo");
+    common::demo_dataset(&cwd.join("runs/demo-data"), 2, 1, 16);
+    let train = |extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_resnet"));
+        c.current_dir(&cwd).args(["train", "--epochs", "0", "--out", "o"]).args(extra);
+        c.output().unwrap()
+    };
+    let mine = cwd.join("mine");
+    common::demo_dataset(&mine, 2, 1, 16);
+    let o = train(&["--demo-dir", mine.to_str().unwrap()]);
+    assert_clean_failure(&o, "holds a demo dataset of another configuration");
+    let o = train(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("replacing the demo dataset in runs/demo-data"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("generated the demo dataset in runs/demo-data (9000 training"), "{}", stdout(&o));
+    assert_eq!(std::fs::read_dir(mine.join("train/circle")).unwrap().count(), 2, "the user's folder is untouched");
+    std::fs::remove_dir_all(&cwd).unwrap();
+}
+
 #[test]
 fn convert_round_trips_between_formats() {
     let dir = temp_dir("convert");

@@ -453,7 +453,7 @@ mod tests {
     }
 
     #[test]
-    fn the_usage_lists_exactly_the_options_parse_args_takes() {
+    fn every_option_the_usage_lists_is_accepted() {
         let flags: Vec<&str> = USAGE.split_whitespace().filter(|w| w.starts_with("--")).collect();
         assert!(flags.len() >= 7, "{flags:?}");
         for flag in flags {
@@ -469,6 +469,8 @@ mod tests {
         assert!(crate::wants_help(&s(&["--filter", "x", "--help"])));
         assert!(crate::wants_help(&s(&["-h"])));
         assert!(!crate::wants_help(&s(&["--filter", "help-me"])));
+        assert!(!crate::wants_help(&s(&["--filter", "help"])));
+        assert!(crate::wants_help(&s(&["help"])));
     }
 
     #[test]

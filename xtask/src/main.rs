@@ -18,9 +18,10 @@ tasks:
   bench   run the benchmark cases, optionally beside PyTorch's (cargo xtask bench --help)
   book    build the mdBook in book/ (cargo xtask book --help)";
 
-/// Whether the arguments ask for help (`-h`, `--help` or `help` anywhere).
+/// Whether a task's arguments ask for help: `-h` or `--help` anywhere, or `help` first (not as
+/// an option's value: `--filter help` filters).
 pub(crate) fn wants_help(args: &[String]) -> bool {
-    args.iter().any(|a| matches!(a.as_str(), "-h" | "--help" | "help"))
+    args.first().is_some_and(|a| a == "help") || args.iter().any(|a| matches!(a.as_str(), "-h" | "--help"))
 }
 
 fn main() -> ExitCode {

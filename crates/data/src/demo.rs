@@ -82,7 +82,7 @@ impl DemoConfig {
 
     fn marker(&self) -> serde_json::Value {
         serde_json::json!({
-            "generator": "resnet-rs demo dataset v1",
+            "generator": format!("{GENERATOR} v1"),
             "classes": self.classes,
             "train_per_class": self.train_per_class,
             "val_per_class": self.val_per_class,
@@ -114,6 +114,21 @@ pub struct DemoDataset {
 }
 
 const MARKER: &str = "demo.json";
+/// The marker's `generator`, before its version.
+const GENERATOR: &str = "resnet-rs demo dataset";
+
+/// The marker file of `dir`, if it holds one that parses.
+fn read_marker(dir: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join(MARKER)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Whether `dir` holds a demo dataset written by [`write_demo_dataset`], of any configuration
+/// or version (so a caller that owns the folder may replace it with another).
+pub fn is_demo_dataset(dir: impl AsRef<Path>) -> bool {
+    read_marker(dir.as_ref())
+        .is_some_and(|v| v.get("generator").and_then(|g| g.as_str()).is_some_and(|g| g.starts_with(GENERATOR)))
+}
 
 /// Writes the demo dataset into `dir` (`dir/train/<class>/*.jpg`, `dir/val/<class>/*.jpg` and
 /// `dir/demo.json`, which records the configuration).
@@ -174,9 +189,7 @@ fn existing(dir: &Path, config: &DemoConfig) -> Result<bool> {
     if entries.next().is_none() {
         return Ok(false);
     }
-    let marker = dir.join(MARKER);
-    let found = std::fs::read_to_string(&marker).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
-    match found {
+    match read_marker(dir) {
         Some(v) if v == config.marker() => Ok(true),
         Some(_) => Err(DataError::invalid(
             "write_demo_dataset",

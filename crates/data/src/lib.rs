@@ -56,7 +56,7 @@ pub mod transforms;
 
 pub use class_indices::{read_class_indices, write_class_indices};
 pub use color::{adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation};
-pub use demo::{write_demo_dataset, DemoConfig, DemoDataset};
+pub use demo::{is_demo_dataset, write_demo_dataset, DemoConfig, DemoDataset};
 pub use error::{DataError, Result};
 pub use folder::{find_bad_images, Dataset, Example, ImageFolder, Subset, IMG_EXTENSIONS};
 pub use image::{FloatImage, RgbImage, DEFAULT_MAX_PIXELS};

@@ -40,6 +40,10 @@ fn writes_two_image_folders_deterministically() {
     let e = write_demo_dataset(dir.path().join("c"), &small()).unwrap_err();
     assert!(e.to_string().contains("refusing"), "{e}");
     assert_eq!(std::fs::read_to_string(dir.path().join("c/notes.txt")).unwrap(), "mine");
+    // Only a folder the generator wrote counts as a demo dataset (of any configuration).
+    assert!(data::is_demo_dataset(&a.root));
+    assert!(!data::is_demo_dataset(dir.path().join("c")));
+    assert!(!data::is_demo_dataset(dir.path().join("absent")));
     // An empty folder is fine; no temporary folder is left behind.
     std::fs::create_dir(dir.path().join("d")).unwrap();
     write_demo_dataset(dir.path().join("d"), &small()).unwrap();

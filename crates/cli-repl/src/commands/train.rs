@@ -350,11 +350,11 @@ struct Datasets {
 
 fn datasets(s: &Settings) -> Result<Datasets> {
     let Some(root) = &s.data else {
-        let dir = s.demo_dir.clone().unwrap_or_else(|| PathBuf::from("runs/demo-data"));
+        let dir = demo_dir(s);
         let demo = match data::write_demo_dataset(&dir, &demo_config()) {
             // The default folder is this tool's own cache: a demo dataset an older version
             // generated there (other sizes) is replaced rather than refused.
-            Err(_) if s.demo_dir.is_none() && is_generated_demo(&dir) => {
+            Err(_) if s.demo_dir.is_none() && data::is_demo_dataset(&dir) => {
                 println!("replacing the demo dataset in {} (generated with other settings)", dir.display());
                 std::fs::remove_dir_all(&dir).map_err(|source| CliError::Io { path: dir.clone(), source })?;
                 data::write_demo_dataset(&dir, &demo_config())
@@ -410,13 +410,9 @@ fn datasets(s: &Settings) -> Result<Datasets> {
     Ok(Datasets { train: Box::new(train), val: Box::new(val), classes, demo: false })
 }
 
-/// Whether `dir` holds a demo dataset this tool generated (its `demo.json` names the generator).
-fn is_generated_demo(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("demo.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v.get("generator").and_then(|g| g.as_str()).map(|g| g.starts_with("resnet-rs demo dataset")))
-        .unwrap_or(false)
+/// Where the demo dataset lives: `--demo-dir`, or the tool's own default folder.
+fn demo_dir(s: &Settings) -> PathBuf {
+    s.demo_dir.clone().unwrap_or_else(|| PathBuf::from("runs/demo-data"))
 }
 
 /// What `resnet train` without `--data` runs: the built-in shapes, and the settings that make a
@@ -1073,7 +1069,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         t.out.display()
     );
     if demo {
-        let val = t.settings.demo_dir.clone().unwrap_or_else(|| PathBuf::from("runs/demo-data")).join("val");
+        let val = demo_dir(&t.settings).join("val");
         println!(
             "try it on pictures it has not trained on: resnet predict --weights {} {}",
             t.out.join("best.safetensors").display(),

@@ -341,16 +341,12 @@ impl Machine<'_> {
         }
     }
     fn string(&mut self, n: usize) -> Result<Obj, Msg> {
-        let b = self.take(n)?;
-        Ok(Obj::Str(std::str::from_utf8(b).map_err(|_| "a string is not UTF-8")?.to_string()))
+        self.utf8(n, "a string is not UTF-8")
     }
-    fn py2_string(&mut self, n: usize) -> Result<Obj, Msg> {
+    /// `n` bytes as a string; `not_utf8` says what was expected when they are not UTF-8.
+    fn utf8(&mut self, n: usize, not_utf8: &str) -> Result<Obj, Msg> {
         let b = self.take(n)?;
-        Ok(Obj::Str(
-            std::str::from_utf8(b)
-                .map_err(|_| "a Python 2 string is not UTF-8 (torch.load decodes them as UTF-8)")?
-                .to_string(),
-        ))
+        Ok(Obj::Str(std::str::from_utf8(b).map_err(|_| not_utf8.to_string())?.to_string()))
     }
     fn bytes(&mut self, n: usize) -> Result<Obj, Msg> {
         Ok(Obj::Bytes(self.take(n)?.to_vec()))
@@ -513,26 +509,16 @@ impl Machine<'_> {
                     let o = self.string(n)?;
                     self.push(o)?;
                 }
-                // SHORT_BINSTRING / BINSTRING: Python 2's `str`, which torch.load decodes as
-                // UTF-8 (its default `encoding`), so Python-2-era keys are strings.
-                b'U' => {
-                    let n = self.u8()? as usize;
-                    let o = self.py2_string(n)?;
-                    self.push(o)?;
-                }
-                b'T' => {
-                    let n = self.u32()? as usize;
-                    let o = self.py2_string(n)?;
-                    self.push(o)?;
-                }
-                b'C' => {
-                    let n = self.u8()? as usize;
-                    let o = self.bytes(n)?;
-                    self.push(o)?;
-                }
-                b'B' => {
-                    let n = self.u32()? as usize;
-                    let o = self.bytes(n)?;
+                // SHORT_BINSTRING / BINSTRING are Python 2's `str`, which torch.load decodes as
+                // UTF-8 (its default `encoding`), so Python-2-era keys are strings;
+                // SHORT_BINBYTES / BINBYTES are `bytes`.
+                b'U' | b'T' | b'C' | b'B' => {
+                    let n = if matches!(op, b'U' | b'C') { self.u8()? as usize } else { self.u32()? as usize };
+                    let o = if matches!(op, b'U' | b'T') {
+                        self.utf8(n, "a Python 2 string is not UTF-8 (torch.load decodes them as UTF-8)")?
+                    } else {
+                        self.bytes(n)?
+                    };
                     self.push(o)?;
                 }
                 0x8e => {
