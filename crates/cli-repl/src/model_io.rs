@@ -3,28 +3,9 @@
 
 use crate::error::{CliError, Result};
 use resnet::{Arch, Init, Layout, ResNet, ResNetConfig, StateDict};
-use std::collections::HashMap;
 use std::path::Path;
 
-/// Metadata keys our weight files carry.
-pub mod meta {
-    /// Zoo name of the architecture.
-    pub const ARCH: &str = "arch";
-    /// Stem width when it is not torchvision's 64 (reduced-width models).
-    pub const BASE_PLANES: &str = "base_planes";
-    /// Number of classes of the head.
-    pub const NUM_CLASSES: &str = "num_classes";
-    /// Class names as a JSON array, in index order.
-    pub const CLASSES: &str = "classes";
-    /// Eval transform: resize (shorter side), crop, mean and std (JSON arrays).
-    pub const RESIZE: &str = "eval_resize";
-    /// Eval transform: centre crop size.
-    pub const CROP: &str = "eval_crop";
-    /// Eval transform: normalisation mean.
-    pub const MEAN: &str = "eval_mean";
-    /// Eval transform: normalisation std.
-    pub const STD: &str = "eval_std";
-}
+pub use resnet::weights::{meta, metadata_for};
 
 /// What the user said about the model on the command line.
 #[derive(Debug, Clone, Default)]
@@ -97,19 +78,4 @@ pub fn load_model(weights: &Path, args: &ModelArgs) -> Result<(ResNet, StateDict
         .map_err(|e| CliError::Usage(format!("{}: the weights do not fit {arch}: {e}", weights.display())))?;
     nn::ModuleExt::eval(&model);
     Ok((model, sd))
-}
-
-/// Metadata for a file written by this tool.
-pub fn metadata_for(arch: Arch, config: &ResNetConfig, extra: &[(&str, String)]) -> HashMap<String, String> {
-    let mut m: HashMap<String, String> = HashMap::new();
-    m.insert("format".into(), "pt".into());
-    m.insert(meta::ARCH.into(), arch.name().into());
-    m.insert(meta::NUM_CLASSES.into(), config.num_classes.to_string());
-    if config.base_planes != 64 {
-        m.insert(meta::BASE_PLANES.into(), config.base_planes.to_string());
-    }
-    for (k, v) in extra {
-        m.insert(k.to_string(), v.clone());
-    }
-    m
 }

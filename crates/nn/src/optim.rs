@@ -208,6 +208,22 @@ impl Optimizer {
         out
     }
 
+    /// Saves [`Optimizer::state_dict`] as a safetensors file, atomically (as
+    /// `torch.save(optimizer.state_dict(), path)`, in the format this project writes).
+    pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        Ok(tensor::write_safetensors(path, &self.state_dict(), &Default::default())?)
+    }
+
+    /// Restores a file written by [`Optimizer::save`] into an optimizer built over the same
+    /// parameters.
+    pub fn load(&mut self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let file = tensor::read_safetensors(path.as_ref())?;
+        self.load_state_dict(&file.entries).map_err(|e| match e {
+            NnError::Config(m) | NnError::Shape(m) => NnError::Config(format!("{}: {m}", path.as_ref().display())),
+            other => other,
+        })
+    }
+
     /// Restores [`Optimizer::state_dict`] into an optimizer built over the same parameters.
     pub fn load_state_dict(&mut self, entries: &[(String, Tensor)]) -> Result<()> {
         let find = |k: &str| entries.iter().find(|(n, _)| n == k).map(|(_, t)| t);

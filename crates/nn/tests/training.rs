@@ -61,3 +61,37 @@ fn fifty_steps_do_not_grow_memory() {
     // One step's activations are about 2.5 MB; leaking them would add over 100 MB.
     assert!(after < before + 8 * 1024, "resident memory grew from {before} KiB to {after} KiB over 50 steps");
 }
+
+/// An optimizer saved and loaded into a fresh one over the same parameters continues exactly as
+/// the original would: the same weights, bit for bit, after the next step.
+#[test]
+fn a_saved_optimizer_resumes_bit_for_bit() {
+    let x = Var::constant(Tensor::randn(&[4, 3, 8, 8], &mut Rng::seed(5)));
+    let y = Tensor::from_vec_i64(vec![0, 1, 2, 1], &[4]).unwrap();
+    let step = |net: &Small, opt: &mut Optimizer| {
+        opt.zero_grad();
+        CrossEntropyLoss::default().forward(&net.forward(&x).unwrap(), &y).unwrap().backward().unwrap();
+        opt.step().unwrap();
+    };
+    let (a, b) = (Small::new(9), Small::new(9));
+    let mut opt_a = Optimizer::new(Method::adam(), a.trainable_parameters(), 0.01, 1e-4).unwrap();
+    for _ in 0..2 {
+        step(&a, &mut opt_a);
+    }
+    let path = std::env::temp_dir().join(format!("nn-optimizer-{}.safetensors", std::process::id()));
+    opt_a.save(&path).unwrap();
+    b.load_state_dict(&a.state_dict(), true).unwrap();
+    let mut opt_b = Optimizer::new(Method::adam(), b.trainable_parameters(), 0.5, 1e-4).unwrap();
+    opt_b.load(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(opt_b.lr(), 0.01, "the learning rate is part of the state");
+    step(&a, &mut opt_a);
+    step(&b, &mut opt_b);
+    for ((k, ta), (_, tb)) in a.state_dict().iter().zip(b.state_dict()) {
+        assert_eq!(ta.to_vec_f32().ok(), tb.to_vec_f32().ok(), "{k}");
+    }
+    let other = Small::new(1);
+    let mut wrong = Optimizer::new(Method::adam(), vec![other.trainable_parameters()[0].clone()], 0.1, 0.0).unwrap();
+    let missing = std::env::temp_dir().join("nn-optimizer-missing.safetensors");
+    assert!(wrong.load(&missing).unwrap_err().to_string().contains("nn-optimizer-missing"));
+}

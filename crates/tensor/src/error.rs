@@ -105,6 +105,14 @@ pub enum TensorError {
         /// What is wrong with it.
         msg: String,
     },
+    /// A tensor file (safetensors) that is malformed, or tensors that cannot be written as one.
+    #[error("{path}: {msg}")]
+    Format {
+        /// The file, or `<memory>` for a buffer.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
 }
 
 /// `Result` with [`TensorError`].

@@ -13,7 +13,9 @@
 //! explicit transfers (`to_device`, `to_vec_f32`, `item`) come back to the host.
 //!
 //! **What it is not.** There is no autograd here: the `nn` crate records operations and calls
-//! the backward kernels of this crate. Apart from `.npy` files this crate does no I/O.
+//! the backward kernels of this crate. Its only I/O is tensor files: `.npy`, safetensors
+//! (named tensors with string metadata: weights, optimizer state, checkpoints) and the atomic
+//! writer they share.
 //!
 //! **Key design choice.** Speed comes from a few big kernels, not from many small ones:
 //! convolution is im2col + the `gemm` crate's packed, runtime-dispatched SIMD GEMM, with
@@ -44,6 +46,7 @@ pub mod reference;
 mod rng;
 mod shape;
 mod tensor;
+mod tensor_file;
 
 pub use device::Device;
 pub use dtype::DType;
@@ -65,3 +68,7 @@ pub use npy::{npy_bytes, read_npy, read_npy_bytes, write_atomic, write_npy};
 pub use rng::{fans, FanMode, Nonlinearity, Rng};
 pub use shape::broadcast_shapes;
 pub use tensor::{BinaryOp, Tensor};
+pub use tensor_file::{
+    is_safetensors, read_safetensors, read_safetensors_bytes, safetensors_bytes, write_safetensors, StoredDType,
+    TensorFile,
+};

@@ -11,10 +11,50 @@ pub use pth_write::{pth_bytes, write_pth};
 use crate::model::ResNet;
 use crate::{ResnetError, Result};
 use nn::{LoadReport, ModuleExt};
-use safetensors::Dtype;
 use std::collections::HashMap;
 use std::path::Path;
-use tensor::{DType, Tensor};
+use tensor::Tensor;
+
+/// Metadata keys the weight files this project writes carry (readers fall back on the
+/// state dict's layout for files without them).
+pub mod meta {
+    /// Zoo name of the architecture.
+    pub const ARCH: &str = "arch";
+    /// Stem width when it is not torchvision's 64 (reduced-width models).
+    pub const BASE_PLANES: &str = "base_planes";
+    /// Number of classes of the head.
+    pub const NUM_CLASSES: &str = "num_classes";
+    /// Class names as a JSON array, in index order.
+    pub const CLASSES: &str = "classes";
+    /// Eval transform: resize (shorter side), crop, mean and std (JSON arrays).
+    pub const RESIZE: &str = "eval_resize";
+    /// Eval transform: centre crop size.
+    pub const CROP: &str = "eval_crop";
+    /// Eval transform: normalisation mean.
+    pub const MEAN: &str = "eval_mean";
+    /// Eval transform: normalisation std.
+    pub const STD: &str = "eval_std";
+}
+
+/// The metadata of a weight file this project writes: the architecture, class count and stem
+/// width, then `extra` (classes, eval transform).
+pub fn metadata_for(
+    arch: crate::Arch,
+    config: &crate::ResNetConfig,
+    extra: &[(&str, String)],
+) -> HashMap<String, String> {
+    let mut m: HashMap<String, String> = HashMap::new();
+    m.insert("format".into(), "pt".into());
+    m.insert(meta::ARCH.into(), arch.name().into());
+    m.insert(meta::NUM_CLASSES.into(), config.num_classes.to_string());
+    if config.base_planes != 64 {
+        m.insert(meta::BASE_PLANES.into(), config.base_planes.to_string());
+    }
+    for (k, v) in extra {
+        m.insert(k.to_string(), v.clone());
+    }
+    m
+}
 
 /// The tensors of a weight file in file order, and its metadata (safetensors only).
 #[derive(Debug, Clone, Default)]
@@ -72,13 +112,8 @@ pub fn read_weights(path: impl AsRef<Path>) -> Result<StateDict> {
 
 /// As [`read_weights`], from the file's bytes (`path` only names it in errors).
 pub fn read_weights_bytes(bytes: &[u8], path: &Path) -> Result<StateDict> {
-    // safetensors: an 8-byte header length, then the JSON header. A header length can start
-    // with byte 0x80 too, so the JSON brace decides before the pickle's PROTO opcode does.
-    let sd = if bytes.get(8) == Some(&b'{') && !bytes.starts_with(b"PK\x03\x04") {
-        read_safetensors_bytes(bytes, path)?
-    } else {
-        read_pth_bytes(bytes, path)?
-    };
+    let sd =
+        if tensor::is_safetensors(bytes) { read_safetensors_bytes(bytes, path)? } else { read_pth_bytes(bytes, path)? };
     Ok(StateDict { entries: strip_module_prefix(sd.entries), metadata: sd.metadata })
 }
 
@@ -89,70 +124,30 @@ pub fn read_pth_bytes(bytes: &[u8], path: &Path) -> Result<StateDict> {
     Ok(StateDict { entries: pth::read_pth_bytes(bytes, path)?, metadata: HashMap::new() })
 }
 
-/// Little-endian elements of `N` bytes each, converted by `conv` (statically dispatched, so the
-/// f32 case compiles to a plain copy: a per-element `dyn Fn` made loading resnet50 2.3x slower
-/// than `torch.load`).
-pub(crate) fn decode<T, const N: usize>(bytes: &[u8], conv: impl Fn([u8; N]) -> T) -> Vec<T> {
-    bytes.chunks_exact(N).map(|c| conv(c.try_into().expect("chunks of N bytes"))).collect()
-}
-
-/// Parses a safetensors image.
+/// Parses a safetensors image (the format itself is `tensor`'s; a malformed file is a
+/// [`ResnetError::Format`] naming it).
 pub fn read_safetensors_bytes(bytes: &[u8], path: &Path) -> Result<StateDict> {
-    let bad = |msg: String| ResnetError::Format { path: path.to_path_buf(), msg };
-    let st = safetensors::SafeTensors::deserialize(bytes)
-        .map_err(|e| bad(format!("neither a PyTorch file nor a readable safetensors file: {e}")))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
-    let mut views = st.tensors();
-    views.sort_by_key(|(_, v)| v.data().as_ptr() as usize);
-    let mut entries = Vec::with_capacity(views.len());
-    for (name, v) in views {
-        let shape = v.shape().to_vec();
-        let d = v.data();
-        let t = match v.dtype() {
-            Dtype::F32 => Tensor::from_vec(decode(d, f32::from_le_bytes), &shape),
-            Dtype::F64 => Tensor::from_vec(decode(d, |b| f64::from_le_bytes(b) as f32), &shape),
-            Dtype::F16 => Tensor::from_vec(decode(d, |b| half::f16::from_le_bytes(b).to_f32()), &shape),
-            Dtype::BF16 => Tensor::from_vec(decode(d, |b| half::bf16::from_le_bytes(b).to_f32()), &shape),
-            Dtype::I64 => Tensor::from_vec_i64(decode(d, i64::from_le_bytes), &shape),
-            Dtype::I32 => Tensor::from_vec_i64(decode(d, |b| i32::from_le_bytes(b) as i64), &shape),
-            Dtype::I16 => Tensor::from_vec_i64(decode(d, |b| i16::from_le_bytes(b) as i64), &shape),
-            Dtype::I8 => Tensor::from_vec_i64(decode(d, |[b]: [u8; 1]| b as i8 as i64), &shape),
-            Dtype::U8 | Dtype::BOOL => Tensor::from_vec_i64(decode(d, |[b]: [u8; 1]| b as i64), &shape),
-            other => return Err(bad(format!("tensor {name}: unsupported dtype {other:?}"))),
-        }
-        .map_err(|e| bad(format!("tensor {name}: {e}")))?;
-        entries.push((name, t));
-    }
-    Ok(StateDict { entries, metadata: meta.metadata().clone().unwrap_or_default() })
+    let file = tensor::read_safetensors_bytes(bytes, path).map_err(format_error)?;
+    Ok(StateDict { entries: file.entries, metadata: file.metadata })
 }
 
-/// Writes tensors (and string metadata) as safetensors, atomically.
+/// Writes tensors (and string metadata) as safetensors, atomically (see
+/// [`tensor::write_safetensors`]).
 pub fn write_safetensors(
     path: impl AsRef<Path>,
     entries: &[(String, Tensor)],
     metadata: &HashMap<String, String>,
 ) -> Result<()> {
-    let path = path.as_ref();
-    let mut raw: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(entries.len());
-    for (k, t) in entries {
-        let (dtype, bytes) = match t.dtype() {
-            DType::F32 => (Dtype::F32, t.to_vec_f32()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
-            DType::I64 => (Dtype::I64, t.to_vec_i64()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        };
-        raw.push((k.clone(), dtype, t.shape().to_vec(), bytes));
+    tensor::write_safetensors(path, entries, metadata).map_err(format_error)
+}
+
+/// A tensor file's format error as this crate's, so that every malformed weight file, whatever
+/// its format, is one kind of error.
+fn format_error(e: tensor::TensorError) -> ResnetError {
+    match e {
+        tensor::TensorError::Format { path, msg } => ResnetError::Format { path, msg },
+        other => other.into(),
     }
-    let views = raw
-        .iter()
-        .map(|(k, d, s, b)| {
-            safetensors::tensor::TensorView::new(*d, s.clone(), b)
-                .map(|v| (k.as_str(), v))
-                .map_err(|e| ResnetError::Format { path: path.to_path_buf(), msg: format!("tensor {k}: {e}") })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let meta = if metadata.is_empty() { None } else { Some(metadata.clone()) };
-    let bytes = safetensors::serialize(views, meta)
-        .map_err(|e| ResnetError::Format { path: path.to_path_buf(), msg: e.to_string() })?;
-    Ok(tensor::write_atomic(path, &bytes)?)
 }
 
 /// Loads every key strictly: any missing, unexpected or shape-mismatched key is an error that

@@ -312,19 +312,21 @@ fn materialize(t: &TensorRef, data: &[u8]) -> std::result::Result<Tensor, String
         gathered = (0..numel).map(index).flat_map(|i| data[i * elem..(i + 1) * elem].iter().copied()).collect();
         &gathered
     };
-    use super::decode;
+    use tensor::StoredDType as T;
     use StorageDType as D;
-    let tensor = match t.storage.dtype {
-        D::F32 => Tensor::from_vec(decode(bytes, f32::from_le_bytes), &dims),
-        D::F64 => Tensor::from_vec(decode(bytes, |b| f64::from_le_bytes(b) as f32), &dims),
-        D::F16 => Tensor::from_vec(decode(bytes, |b| half::f16::from_le_bytes(b).to_f32()), &dims),
-        D::BF16 => Tensor::from_vec(decode(bytes, |b| half::bf16::from_le_bytes(b).to_f32()), &dims),
-        D::I64 => Tensor::from_vec_i64(decode(bytes, i64::from_le_bytes), &dims),
-        D::I32 => Tensor::from_vec_i64(decode(bytes, |b| i32::from_le_bytes(b) as i64), &dims),
-        D::I16 => Tensor::from_vec_i64(decode(bytes, |b| i16::from_le_bytes(b) as i64), &dims),
-        D::I8 => Tensor::from_vec_i64(decode(bytes, |[b]: [u8; 1]| b as i8 as i64), &dims),
-        D::U8 | D::Bool => Tensor::from_vec_i64(decode(bytes, |[b]: [u8; 1]| b as i64), &dims),
+    let stored = match t.storage.dtype {
+        D::F32 => T::F32,
+        D::F64 => T::F64,
+        D::F16 => T::F16,
+        D::BF16 => T::BF16,
+        D::I64 => T::I64,
+        D::I32 => T::I32,
+        D::I16 => T::I16,
+        D::I8 => T::I8,
+        D::U8 => T::U8,
+        D::Bool => T::Bool,
     };
+    let tensor = stored.decode(bytes, &dims);
     debug_assert!(t.storage.dtype.is_float() || tensor.as_ref().is_ok_and(|t| t.dtype() == tensor::DType::I64));
     tensor.map_err(|e| e.to_string())
 }
