@@ -6,6 +6,7 @@
 //! - [`nn`]: autograd, layers, losses, optimizers.
 //! - [`resnet`]: the model zoo and torchvision-compatible weights.
 //! - [`data`]: ImageFolder, transforms, the loader.
+//! - [`train`]: the [`train::Trainer`]: the training loop, checkpoints, metrics and reports.
 //! - [`cli`]: the `resnet` command and REPL.
 #![deny(missing_docs)]
 
@@ -14,6 +15,7 @@ pub use data;
 pub use nn;
 pub use resnet;
 pub use tensor;
+pub use train;
 
 /// The README's code blocks, compiled and run as doctests so the tour cannot rot.
 #[doc = include_str!("../README.md")]

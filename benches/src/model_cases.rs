@@ -1,8 +1,8 @@
-//! Model-level cases: inference (eval, batch norm folded), one training step (forward,
-//! cross-entropy, backward, Adam), and loading resnet50's weights.
+//! Model-level cases: inference (eval, batch norm folded), one training step (`train::Trainer::step`:
+//! forward, cross-entropy, backward, Adam), and loading resnet50's weights.
 
 use crate::{Case, Prepared};
-use nn::{CrossEntropyLoss, Method, Module, ModuleExt, Optimizer, Var};
+use nn::{Method, Module, ModuleExt, Optimizer, Var};
 use resnet::{Arch, FusedResNet, Init};
 use tensor::{Rng, Tensor};
 
@@ -38,18 +38,17 @@ fn train(arch: Arch, batch: usize, size: usize, classes: usize) -> Prepared {
     model.train();
     model.to_device(device).expect("to device");
     let mut rng = Rng::seed(2);
-    let x = Var::constant(Tensor::randn(&[batch, 3, size, size], &mut rng).to_device(device).expect("to device"));
+    let x = Tensor::randn(&[batch, 3, size, size], &mut rng).to_device(device).expect("to device");
     let y = Tensor::from_vec_i64((0..batch as i64).map(|i| i % classes as i64).collect(), &[batch]).expect("sized");
-    let mut opt = Optimizer::new(Method::adam(), model.trainable_parameters(), 1e-3, 0.0).expect("optimizer");
     let (_, macs) = model.output_shape(&[batch, 3, size, size]).expect("shape");
+    let opt = Optimizer::new(Method::adam(), model.trainable_parameters(), 1e-3, 0.0).expect("optimizer");
+    // The step users run: `Trainer::step` (forward, cross-entropy, backward, the finiteness
+    // check of the gradients, Adam; it reads the loss back, a GPU sync).
+    let mut trainer = train::Trainer::from_parts(model, opt, train::TrainConfig::default()).expect("trainer");
     Prepared {
         run: Box::new(move || {
-            opt.zero_grad();
-            let loss = CrossEntropyLoss::default().forward(&model.forward(&x).expect("forward"), &y).expect("loss");
-            loss.backward().expect("backward");
-            opt.step().expect("step");
-            // The training loop reads the loss every step; so does the case (a GPU sync).
-            finish(&loss.value());
+            let outcome = trainer.step(&x, &y).expect("step");
+            assert!(matches!(outcome, train::StepOutcome::Updated { .. }), "{outcome:?}");
         }),
         // Forward + backward is about three times the forward's multiply-adds.
         flops: Some(3.0 * 2.0 * macs as f64),

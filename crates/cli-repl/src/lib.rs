@@ -13,7 +13,6 @@
 mod commands;
 pub mod error;
 pub mod model_io;
-mod plot;
 pub mod repl;
 
 use clap::{Parser, Subcommand};

@@ -1,0 +1,794 @@
+//! [`Trainer`]: the model, its optimizer and schedule, the loaders and the run's state, and the
+//! loop over them.
+
+use crate::datasets::{self, Datasets};
+use crate::plot::{curves_png, EpochPoint};
+use crate::state::keys;
+use crate::{
+    config_err, demo, metrics_csv, Callback, Checkpoint, EpochRow, Event, Monitor, OnNonFinite, OptimizerKind,
+    Progress, Result, RunState, SchedulerKind, TrainConfig, TrainError, OUTPUT_FILES,
+};
+use data::{presets, DataError, Loader, LoaderConfig};
+use nn::{CrossEntropyLoss, LrSchedule, Method, Module, ModuleExt, Optimizer, Scheduler, Var};
+use rayon::prelude::*;
+use resnet::weights::meta;
+use resnet::{Init, ResNet};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tensor::Tensor;
+
+/// What one [`Trainer::step`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepOutcome {
+    /// The batch's gradients were computed and applied, or accumulated toward the next update.
+    Updated {
+        /// The batch's mean loss.
+        loss: f64,
+        /// Correct top-1 predictions (train-mode forward).
+        correct: usize,
+        /// Images in the batch.
+        images: usize,
+        /// Whether the optimizer stepped (always, without gradient accumulation).
+        optimizer_stepped: bool,
+    },
+    /// The loss or a gradient was not finite: no update was made from this batch, nor from the
+    /// batches accumulated with it.
+    NonFinite {
+        /// What became non-finite ("the loss became NaN", ...).
+        why: String,
+    },
+}
+
+/// One validation pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalMetrics {
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Top-1 accuracy.
+    pub acc: f64,
+    /// Top-5 accuracy (top-k, k = the class count, when there are fewer than 5 classes).
+    pub top5: f64,
+    /// Images evaluated.
+    pub images: usize,
+    /// Images skipped as unreadable.
+    pub skipped: usize,
+}
+
+/// How [`Trainer::fit`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FitOutcome {
+    /// Every planned epoch is done.
+    Completed,
+    /// The run already had its planned epochs: nothing was trained.
+    AlreadyDone {
+        /// Its completed epochs.
+        epochs: usize,
+    },
+    /// Early stopping ended it after `epoch`.
+    EarlyStopped {
+        /// The last epoch trained.
+        epoch: usize,
+    },
+    /// The stop flag ended it; the checkpoint holds the position, to resume from.
+    Interrupted {
+        /// 1-based epoch.
+        epoch: usize,
+        /// The next batch's position.
+        next_batch: usize,
+    },
+}
+
+/// The data of a run built by [`Trainer::new`].
+struct RunData {
+    train: Loader,
+    val: Loader,
+    classes: Vec<String>,
+    demo: bool,
+    /// The metadata of every weight file the run writes (architecture, classes, transform).
+    metadata: HashMap<String, String>,
+}
+
+/// A training run: Lightning's `Trainer` for this stack. See the crate docs for an example.
+pub struct Trainer {
+    config: TrainConfig,
+    model: ResNet,
+    optimizer: Optimizer,
+    scheduler: Scheduler,
+    /// Whether the schedule steps with the optimizer (one-cycle) rather than per epoch.
+    per_step_schedule: bool,
+    params: Vec<Var>,
+    data: Option<RunData>,
+    state: RunState,
+    callbacks: Vec<Box<dyn Callback>>,
+    stop: Arc<AtomicBool>,
+    /// Batches whose gradients are accumulated but not yet applied.
+    pending: usize,
+    /// With gradient accumulation: the batch-norm statistics when the current window began (its
+    /// forwards move them), restored when a stop inside the window saves the window's start.
+    window_buffers: Vec<(Var, Tensor)>,
+    reinitialised_head: Option<(usize, usize)>,
+}
+
+impl Trainer {
+    /// A new run as `config` describes it: opens the data, builds the model (and loads
+    /// `weights`), the optimizer, the schedule and the loaders, creates the output folder and
+    /// writes `class_indices.json` there (so that an unwritable folder fails before any
+    /// training). A folder that already holds a run is refused ([`TrainError::HoldsRun`]).
+    pub fn new(config: TrainConfig) -> Result<Trainer> {
+        Trainer::build(config, None)
+    }
+
+    /// Continues the run saved in `checkpoint`. `config` must define the same run (start from
+    /// `checkpoint.config` and change only what [`TrainConfig`] does not save, such as `epochs`
+    /// and `out`); the weights, the optimizer, the schedule and the position inside an
+    /// unfinished epoch come back bit for bit, so the resumed run ends with exactly the
+    /// weights of an uninterrupted one.
+    pub fn resume(config: TrainConfig, checkpoint: Checkpoint) -> Result<Trainer> {
+        Trainer::build(config, Some(checkpoint))
+    }
+
+    /// A trainer over a model and optimizer built by the caller, without data: [`Trainer::step`]
+    /// works (as the benchmarks use it), [`Trainer::fit`] and [`Trainer::evaluate`] do not.
+    /// The schedule is constant; the other settings are `config`'s.
+    pub fn from_parts(model: ResNet, mut optimizer: Optimizer, config: TrainConfig) -> Result<Trainer> {
+        config.validate()?;
+        let scheduler = Scheduler::new(LrSchedule::Constant, &mut optimizer)?;
+        let params = model.trainable_parameters();
+        Ok(Trainer {
+            state: RunState::fresh(config.epochs),
+            config,
+            model,
+            optimizer,
+            scheduler,
+            per_step_schedule: false,
+            params,
+            data: None,
+            callbacks: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            pending: 0,
+            window_buffers: Vec::new(),
+            reinitialised_head: None,
+        })
+    }
+
+    fn build(config: TrainConfig, checkpoint: Option<Checkpoint>) -> Result<Trainer> {
+        config.validate()?;
+        let out = config.out.clone();
+        if checkpoint.is_none() && Checkpoint::exists_in(&out) {
+            return Err(TrainError::HoldsRun { out });
+        }
+        std::fs::create_dir_all(&out).map_err(|source| TrainError::Unwritable {
+            out: out.clone(),
+            source: Box::new(tensor::TensorError::Io { path: out.clone(), source }.into()),
+        })?;
+        remove_stale_temporaries(&out);
+        let Datasets { train, val, classes, demo } = datasets::open(&config)?;
+        let mut model_config = config.arch.config(classes.len());
+        model_config.base_planes = config.base_planes;
+        let mut model = model_config.build(Init::Torchvision(config.seed))?;
+        let mut reinitialised_head = None;
+        if let (Some(path), None) = (&config.weights, &checkpoint) {
+            let sd = resnet::read_weights(path)?;
+            let report = resnet::load_pretrained(&model, &sd).map_err(|source| TrainError::WeightsDoNotFit {
+                path: path.clone(),
+                arch: config.arch.name().into(),
+                source: Box::new(source),
+            })?;
+            if !report.mismatched.is_empty() || !report.missing.is_empty() {
+                model.reset_head(classes.len(), config.seed)?;
+                reinitialised_head = Some((sd.num_classes().unwrap_or(0), classes.len()));
+            }
+        }
+        if config.freeze_backbone {
+            model.freeze_backbone();
+        }
+        // The model lives on the device from here on: the optimizer's state is created there,
+        // and a resumed checkpoint's tensors are loaded where their parameters are.
+        model.to_device(config.device)?;
+        let (image_size, resize) = (config.image_size, config.eval_resize());
+        let eval_meta: Vec<(&str, String)> = vec![
+            (meta::CLASSES, serde_json::to_string(&classes).expect("strings serialise")),
+            (meta::RESIZE, resize.to_string()),
+            (meta::CROP, image_size.to_string()),
+            (meta::MEAN, serde_json::to_string(&presets::IMAGENET_MEAN).expect("floats serialise")),
+            (meta::STD, serde_json::to_string(&presets::IMAGENET_STD).expect("floats serialise")),
+        ];
+        let metadata = resnet::weights::metadata_for(config.arch, &model.config, &eval_meta);
+        data::write_class_indices(out.join("class_indices.json"), &classes)
+            .map_err(|e| TrainError::Unwritable { out: out.clone(), source: Box::new(e.into()) })?;
+
+        let loader_config = |shuffle: bool| {
+            LoaderConfig::new(config.batch_size)
+                .shuffle(shuffle)
+                .num_workers(config.workers)
+                .seed(config.seed)
+                .skip_bad_images(config.skip_bad_images)
+        };
+        let scale = config.crop_scale.unwrap_or_else(|| demo::legacy_crop_scale(demo));
+        let train = Loader::new(train, presets::train(image_size, scale)?, loader_config(true))?;
+        let val = Loader::new(val, presets::imagenet_eval(resize, image_size)?, loader_config(false))?;
+        let updates_per_epoch = train.len().max(1).div_ceil(config.accumulate);
+        let params = model.trainable_parameters();
+        let mut optimizer = Optimizer::new(method(&config), params.clone(), config.lr, config.weight_decay)?;
+        let (schedule, per_step_schedule) = schedule(&config, updates_per_epoch);
+        let mut scheduler = Scheduler::new(schedule, &mut optimizer)?;
+        let mut state = RunState::fresh(config.epochs);
+        if let Some(ck) = checkpoint {
+            model.load_state_dict(&ck.model, true).map_err(|e| TrainError::Checkpoint {
+                path: ck.path.clone(),
+                msg: format!("the checkpoint's weights do not fit {}: {e}", config.arch),
+            })?;
+            optimizer.load_state_dict(&ck.optimizer)?;
+            state = ck.state;
+            state.epochs = config.epochs;
+            scheduler.set_steps(state.scheduler_steps, &mut optimizer);
+        }
+        Ok(Trainer {
+            config,
+            model,
+            optimizer,
+            scheduler,
+            per_step_schedule,
+            params,
+            data: Some(RunData { train, val, classes, demo, metadata }),
+            state,
+            callbacks: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            pending: 0,
+            window_buffers: Vec::new(),
+            reinitialised_head,
+        })
+    }
+
+    /// Adds a callback; each event goes to the callbacks in the order they were added.
+    pub fn add_callback(&mut self, callback: impl Callback + 'static) {
+        self.callbacks.push(Box::new(callback));
+    }
+
+    /// The flag that stops the run at the next batch (a Ctrl-C handler sets it): the position
+    /// inside the epoch is checkpointed and [`Trainer::fit`] returns
+    /// [`FitOutcome::Interrupted`].
+    pub fn stop_handle(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &ResNet {
+        &self.model
+    }
+
+    /// The optimizer.
+    pub fn optimizer(&self) -> &Optimizer {
+        &self.optimizer
+    }
+
+    /// The run's settings.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// Where the run stands.
+    pub fn state(&self) -> &RunState {
+        &self.state
+    }
+
+    /// The class names, by index (empty for [`Trainer::from_parts`]).
+    pub fn classes(&self) -> &[String] {
+        self.data.as_ref().map_or(&[], |d| &d.classes)
+    }
+
+    /// Whether the data are the built-in demo dataset.
+    pub fn is_demo(&self) -> bool {
+        self.data.as_ref().is_some_and(|d| d.demo)
+    }
+
+    /// The training and validation loaders.
+    pub fn loaders(&self) -> Option<(&Loader, &Loader)> {
+        self.data.as_ref().map(|d| (&d.train, &d.val))
+    }
+
+    /// When pretrained weights had a head of another class count: (theirs, the data's). The
+    /// head was re-initialised.
+    pub fn reinitialised_head(&self) -> Option<(usize, usize)> {
+        self.reinitialised_head
+    }
+
+    /// The run's checkpoint file.
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.config.out.join(keys::FILE)
+    }
+
+    fn emit(&mut self, event: Event<'_>) {
+        for c in &mut self.callbacks {
+            c.on_event(&event);
+        }
+    }
+
+    /// One training step on a batch: train-mode forward, cross-entropy, backward, and the
+    /// optimizer's update (every `accumulate` batches; until then the gradients add up, each
+    /// batch's loss divided by `accumulate`). A non-finite loss or gradient makes no update and
+    /// discards the accumulated gradients; what to do about it is the caller's choice
+    /// ([`Trainer::fit`] follows `on_nonfinite`).
+    pub fn step(&mut self, images: &Tensor, labels: &Tensor) -> Result<StepOutcome> {
+        self.step_with(images, labels, false)
+    }
+
+    fn step_with(&mut self, images: &Tensor, labels: &Tensor, inject_nan: bool) -> Result<StepOutcome> {
+        if self.pending == 0 {
+            self.optimizer.zero_grad();
+            if self.config.accumulate > 1 {
+                self.window_buffers =
+                    self.model.named_buffers().into_iter().map(|(_, b)| (b.clone(), b.value())).collect();
+            }
+        }
+        let images_n = labels.numel();
+        let logits = self.model.forward(&Var::constant(images.to_device(self.model.device())?))?;
+        let loss = CrossEntropyLoss::default().forward(&logits, labels)?;
+        let mut value = loss.value().item()? as f64;
+        if inject_nan {
+            value = f64::NAN;
+        }
+        let fault = if !value.is_finite() {
+            Some(format!("the loss became {value}"))
+        } else {
+            let scaled =
+                if self.config.accumulate > 1 { loss.mul_scalar(1.0 / self.config.accumulate as f32)? } else { loss };
+            scaled.backward()?;
+            (!gradients_finite(&self.params)?).then(|| "a gradient became non-finite".to_string())
+        };
+        if let Some(why) = fault {
+            // The window ends without an update; the next step starts from zeroed gradients.
+            self.pending = 0;
+            if self.per_step_schedule {
+                self.scheduler.step(&mut self.optimizer);
+            }
+            return Ok(StepOutcome::NonFinite { why });
+        }
+        let correct = (nn::accuracy(&logits.value(), labels)? * images_n as f64).round() as usize;
+        self.pending += 1;
+        let optimizer_stepped = self.pending == self.config.accumulate;
+        if optimizer_stepped {
+            self.apply_update()?;
+        }
+        Ok(StepOutcome::Updated { loss: value, correct, images: images_n, optimizer_stepped })
+    }
+
+    /// The optimizer's step on the accumulated gradients (and the schedule's, when it steps
+    /// with the optimizer).
+    fn apply_update(&mut self) -> Result<()> {
+        self.optimizer.step()?;
+        self.pending = 0;
+        if self.per_step_schedule {
+            self.scheduler.step(&mut self.optimizer);
+        }
+        Ok(())
+    }
+
+    /// Loss, top-1 and top-5 accuracy on the validation set, in eval mode without recording;
+    /// the model is back in training mode afterwards. `None` when the stop flag ended it.
+    pub fn evaluate(&mut self) -> Result<Option<EvalMetrics>> {
+        let data = self.data.take().ok_or_else(|| config_err("evaluate needs data: build the Trainer with new"))?;
+        let result = self.evaluate_on(&data);
+        self.data = Some(data);
+        result
+    }
+
+    fn evaluate_on(&mut self, d: &RunData) -> Result<Option<EvalMetrics>> {
+        self.model.eval();
+        let result = self.evaluate_pass(d);
+        self.model.train();
+        result
+    }
+
+    fn evaluate_pass(&mut self, d: &RunData) -> Result<Option<EvalMetrics>> {
+        let _guard = nn::no_grad();
+        let k = d.classes.len().min(5);
+        let (mut loss_sum, mut correct, mut top5, mut seen, mut skipped) = (0f64, 0usize, 0usize, 0usize, 0usize);
+        for batch in d.val.iter_epoch(0) {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            let batch = batch.map_err(|e| self.data_failure(e, d))?;
+            skipped += batch.skipped.len();
+            let logits = self.model.forward(&Var::constant(batch.images.to_device(self.model.device())?))?;
+            let loss = CrossEntropyLoss { reduction: nn::Reduction::Sum, label_smoothing: 0.0 }
+                .forward(&logits, &batch.labels)?;
+            let n = batch.labels.numel();
+            loss_sum += loss.value().item()? as f64;
+            correct += (nn::accuracy(&logits.value(), &batch.labels)? * n as f64).round() as usize;
+            top5 += (nn::topk_accuracy(&logits.value(), &batch.labels, k)? * n as f64).round() as usize;
+            seen += n;
+        }
+        let per = |x: f64| x / seen.max(1) as f64;
+        Ok(Some(EvalMetrics {
+            loss: per(loss_sum),
+            acc: per(correct as f64),
+            top5: per(top5 as f64),
+            images: seen,
+            skipped,
+        }))
+    }
+
+    /// Trains the planned epochs from where the run stands: per epoch the training pass, the
+    /// validation pass, `best.safetensors` when the validation accuracy improved, the checkpoint
+    /// and the reports. Ends early with [`FitOutcome::EarlyStopped`] or
+    /// [`FitOutcome::Interrupted`]; an error names the epoch and batch, and the last checkpoint
+    /// stays as it was.
+    pub fn fit(&mut self) -> Result<FitOutcome> {
+        let data = self.data.take().ok_or_else(|| config_err("fit needs data: build the Trainer with new"))?;
+        let result = self.fit_on(&data);
+        self.data = Some(data);
+        result
+    }
+
+    fn fit_on(&mut self, d: &RunData) -> Result<FitOutcome> {
+        let epochs = self.state.epochs;
+        if self.state.epoch > 0 && self.state.progress.is_none() && !self.reports_current(d) {
+            // A kill came between the checkpoint and the reports it names.
+            self.write_reports(d)?;
+        }
+        if self.state.epoch >= epochs {
+            return Ok(FitOutcome::AlreadyDone { epochs: self.state.epoch });
+        }
+        if let Some(es) = self.config.early_stopping {
+            if self.state.stale_epochs >= es.patience {
+                return Ok(FitOutcome::EarlyStopped { epoch: self.state.epoch });
+            }
+        }
+        let batches = d.train.len().max(1);
+        self.emit(Event::FitStarted {
+            first_epoch: self.state.epoch + 1,
+            epochs,
+            batches,
+            train_images: d.train.num_samples(),
+            val_images: d.val.num_samples(),
+            classes: &d.classes,
+        });
+        let (save_every, eval_every) = (self.config.save_every, self.config.eval_every);
+        for epoch in self.state.epoch + 1..=epochs {
+            self.model.train();
+            let mut p = self.state.progress.take().unwrap_or_else(|| Progress::new(self.optimizer.lr()));
+            // Where the current accumulation window began: what a stop inside it saves.
+            let mut window_start = p;
+            let started = Instant::now();
+            let seconds_before = p.seconds;
+            self.emit(Event::EpochStarted { epoch, epochs, batches, first_batch: p.next_batch });
+            let mut interrupted = false;
+            let mut save_due = false;
+            for batch in d.train.iter_epoch_from(epoch as u64, p.next_batch) {
+                if self.stop.load(Ordering::Relaxed) {
+                    interrupted = true;
+                    break;
+                }
+                let batch = batch.map_err(|e| self.data_failure(e, d))?;
+                // The loader already reported each one; the epoch's event counts them.
+                p.skipped_images += batch.skipped.len();
+                let position = batch.position + 1;
+                let inject = self.config.inject_nonfinite.contains(&(epoch, position));
+                let outcome = self.step_with(&batch.images, &batch.labels, inject)?;
+                match &outcome {
+                    StepOutcome::NonFinite { why } => match self.config.on_nonfinite {
+                        OnNonFinite::Stop => {
+                            let kept = self.checkpoint_path();
+                            return Err(TrainError::NonFinite {
+                                what: why.clone(),
+                                epoch,
+                                batch: position,
+                                kept: kept.exists().then_some(kept),
+                            });
+                        }
+                        OnNonFinite::Skip => p.skipped_batches += 1,
+                    },
+                    StepOutcome::Updated { loss, correct, images, .. } => {
+                        p.loss_sum += loss * *images as f64;
+                        p.correct += correct;
+                        p.seen += images;
+                    }
+                }
+                p.next_batch = position;
+                if self.pending == 0 {
+                    window_start = p;
+                }
+                let images_per_s = p.seen as f64 / (seconds_before + started.elapsed().as_secs_f64()).max(1e-9);
+                self.emit(Event::BatchEnd {
+                    epoch,
+                    batch: position,
+                    batches,
+                    outcome: &outcome,
+                    progress: &p,
+                    images_per_s,
+                });
+                save_due |= save_every > 0 && p.next_batch % save_every == 0;
+                if save_due && self.pending == 0 && p.next_batch < batches {
+                    self.state.scheduler_steps = self.scheduler.steps();
+                    self.state.progress =
+                        Some(Progress { seconds: seconds_before + started.elapsed().as_secs_f64(), ..p });
+                    self.save_checkpoint(d)?;
+                    self.state.progress = None;
+                    save_due = false;
+                    let path = self.checkpoint_path();
+                    self.emit(Event::CheckpointWritten { path: &path, epoch, next_batch: Some(p.next_batch) });
+                }
+                if eval_every > 0 && p.next_batch % eval_every == 0 && p.next_batch < batches {
+                    let Some(metrics) = self.evaluate_on(d)? else {
+                        interrupted = true;
+                        break;
+                    };
+                    self.emit(Event::Evaluated { epoch, batch: p.next_batch, metrics: &metrics });
+                }
+            }
+            if interrupted {
+                // Gradients accumulated since the window began are dropped and the batch-norm
+                // statistics go back to the window's start: the resumed run trains those
+                // batches again, from the same state, in the same order.
+                if self.pending > 0 {
+                    for (buffer, value) in &self.window_buffers {
+                        buffer.set_value(value.clone());
+                    }
+                }
+                self.pending = 0;
+                let saved = Progress { seconds: seconds_before + started.elapsed().as_secs_f64(), ..window_start };
+                return self.interrupt(d, epoch, saved);
+            }
+            if self.pending > 0 {
+                // The epoch's last, partial window.
+                self.apply_update()?;
+            }
+            p.seconds = seconds_before + started.elapsed().as_secs_f64();
+            let Some(val) = self.evaluate_on(d)? else {
+                return self.interrupt(d, epoch, p);
+            };
+            if !self.per_step_schedule {
+                self.scheduler.step(&mut self.optimizer);
+            }
+            let row = EpochRow {
+                epoch,
+                train_loss: p.mean_loss(),
+                train_acc: p.accuracy(),
+                val_loss: val.loss,
+                val_acc: val.acc,
+                lr: p.lr,
+                seconds: seconds_before + started.elapsed().as_secs_f64(),
+                images_per_s: p.seen as f64 / p.seconds.max(1e-9),
+                val_top5: val.top5,
+            };
+            self.state.rows.push(row);
+            self.state.epoch = epoch;
+            self.state.scheduler_steps = self.scheduler.steps();
+            let improved = val.acc > self.state.best_acc;
+            if improved {
+                self.state.best_acc = val.acc;
+                self.state.best_epoch = epoch;
+            }
+            let early_stop = self.track_early_stopping(&val);
+            self.save_epoch(d, improved)?;
+            let path = self.checkpoint_path();
+            self.emit(Event::CheckpointWritten { path: &path, epoch, next_batch: None });
+            self.emit(Event::EpochEnd {
+                row: &row,
+                improved,
+                skipped_train_images: p.skipped_images,
+                skipped_val_images: val.skipped,
+                skipped_batches: p.skipped_batches,
+            });
+            if let Some(best) = early_stop {
+                let stale_epochs = self.state.stale_epochs;
+                self.emit(Event::EarlyStopped { epoch, best, stale_epochs });
+                return Ok(FitOutcome::EarlyStopped { epoch });
+            }
+        }
+        Ok(FitOutcome::Completed)
+    }
+
+    /// Saves the position inside `epoch` and reports the stop.
+    fn interrupt(&mut self, d: &RunData, epoch: usize, progress: Progress) -> Result<FitOutcome> {
+        self.state.scheduler_steps = self.scheduler.steps();
+        self.state.progress = Some(progress);
+        self.save_checkpoint(d)?;
+        let path = self.checkpoint_path();
+        self.emit(Event::Interrupted { epoch, next_batch: progress.next_batch, checkpoint: &path });
+        Ok(FitOutcome::Interrupted { epoch, next_batch: progress.next_batch })
+    }
+
+    /// Updates early stopping's bookkeeping after an epoch; `Some(best)` when the run should
+    /// stop.
+    fn track_early_stopping(&mut self, val: &EvalMetrics) -> Option<f64> {
+        let es = self.config.early_stopping?;
+        let value = match es.monitor {
+            Monitor::ValLoss => val.loss,
+            Monitor::ValAcc => val.acc,
+            Monitor::ValTop5 => val.top5,
+        };
+        let better = match self.state.monitored_best {
+            None => value.is_finite(),
+            Some(best) if es.monitor.higher_is_better() => value > best + es.min_delta,
+            Some(best) => value < best - es.min_delta,
+        };
+        if better {
+            self.state.monitored_best = Some(value);
+            self.state.stale_epochs = 0;
+        } else {
+            self.state.stale_epochs += 1;
+        }
+        (self.state.stale_epochs >= es.patience).then(|| self.state.monitored_best.unwrap_or(f64::NAN))
+    }
+
+    /// A data error during training. A bad image without `skip_bad_images` stops the run;
+    /// before it does, every image of both sets is tried so that the error names each bad file.
+    fn data_failure(&mut self, e: DataError, d: &RunData) -> TrainError {
+        if !e.is_bad_image() {
+            return e.into();
+        }
+        self.emit(Event::SearchingBadImages { first: &e });
+        let mut bad = Vec::new();
+        for loader in [&d.train, &d.val] {
+            match data::find_bad_images(loader.dataset(), self.config.workers.max(1)) {
+                Ok(found) => bad.extend(found.into_iter().map(|(_, e)| e)),
+                Err(other) => return other.into(),
+            }
+        }
+        if bad.is_empty() {
+            // It could be read on the second try (a file being written, say): name the first.
+            bad.push(e);
+        }
+        TrainError::BadImages { errors: bad }
+    }
+
+    /// Writes `checkpoint.safetensors`: the one file a resume reads.
+    fn save_checkpoint(&self, d: &RunData) -> Result<()> {
+        let mut entries: Vec<(String, Tensor)> =
+            self.model.state_dict().into_iter().map(|(k, t)| (format!("{}{k}", keys::MODEL), t)).collect();
+        entries.extend(self.optimizer.state_dict().into_iter().map(|(k, t)| (format!("{}{k}", keys::OPTIMIZER), t)));
+        let mut metadata = d.metadata.clone();
+        metadata.insert(keys::SETTINGS.into(), serde_json::to_string(&self.config).expect("settings serialise"));
+        metadata.insert(keys::STATE.into(), serde_json::to_string(&self.state).expect("state serialises"));
+        self.write_tensors(keys::FILE, &entries, &metadata)
+    }
+
+    /// The end-of-epoch writes: the best weights when they improved, then the checkpoint, then
+    /// the reports. A failure names the file; every file keeps its previous version.
+    fn save_epoch(&self, d: &RunData, improved: bool) -> Result<()> {
+        if improved {
+            self.write_tensors("best.safetensors", &self.model.state_dict(), &d.metadata)?;
+        }
+        self.save_checkpoint(d)?;
+        self.write_reports(d)
+    }
+
+    /// The files rewritten from the checkpoint's state: the last weights and the reports.
+    fn write_reports(&self, d: &RunData) -> Result<()> {
+        self.write_tensors("last.safetensors", &self.model.state_dict(), &d.metadata)?;
+        self.write_report("metrics.csv", metrics_csv(&self.state.rows).into_bytes())?;
+        let points: Vec<EpochPoint> = self
+            .state
+            .rows
+            .iter()
+            .map(|r| EpochPoint {
+                epoch: r.epoch,
+                train_loss: r.train_loss,
+                train_acc: r.train_acc,
+                val_loss: r.val_loss,
+                val_acc: r.val_acc,
+            })
+            .collect();
+        let png = curves_png(&points).map_err(|e| config_err(format!("drawing curves.png: {e}")))?;
+        self.write_report("curves.png", png)?;
+        // Last: it names the state the files above belong to.
+        self.write_report("run.json", self.summary().into_bytes())
+    }
+
+    /// `run.json`: the settings and state, for people.
+    fn summary(&self) -> String {
+        let summary =
+            serde_json::json!({ "arch": self.config.arch.name(), "settings": self.config, "state": self.state });
+        serde_json::to_string_pretty(&summary).expect("serialises")
+    }
+
+    /// Whether the reports belong to the checkpoint's state (`run.json`, written after the
+    /// others, matches it).
+    fn reports_current(&self, _d: &RunData) -> bool {
+        std::fs::read_to_string(self.config.out.join("run.json")).is_ok_and(|s| s == self.summary())
+    }
+
+    fn write_tensors(
+        &self,
+        name: &str,
+        entries: &[(String, Tensor)],
+        metadata: &HashMap<String, String>,
+    ) -> Result<()> {
+        tensor::write_safetensors(self.config.out.join(name), entries, metadata).map_err(|e| self.save_failed(name, e))
+    }
+
+    fn write_report(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        tensor::write_atomic(&self.config.out.join(name), &bytes).map_err(|e| self.save_failed(name, e))
+    }
+
+    fn save_failed(&self, name: &str, e: tensor::TensorError) -> TrainError {
+        TrainError::Save { path: self.config.out.join(name), out: self.config.out.clone(), source: Box::new(e.into()) }
+    }
+}
+
+fn method(c: &TrainConfig) -> Method {
+    match c.optimizer {
+        OptimizerKind::Adam => Method::adam(),
+        OptimizerKind::AdamW => Method::adamw(),
+        OptimizerKind::Sgd => Method::sgd(c.momentum),
+    }
+}
+
+/// The schedule over `updates_per_epoch` optimizer steps per epoch, and whether it steps with
+/// the optimizer (one-cycle) rather than per epoch.
+fn schedule(c: &TrainConfig, updates_per_epoch: usize) -> (LrSchedule, bool) {
+    let epochs = c.epochs;
+    match c.scheduler {
+        SchedulerKind::Constant => (LrSchedule::Constant, false),
+        SchedulerKind::Step => (LrSchedule::Step { step_size: (epochs / 3).max(1), gamma: 0.1 }, false),
+        SchedulerKind::Cosine => (LrSchedule::Cosine { t_max: epochs.max(1), eta_min: 0.0 }, false),
+        SchedulerKind::OneCycle => (LrSchedule::one_cycle(c.lr, (epochs * updates_per_epoch).max(2)), true),
+    }
+}
+
+/// Whether every gradient of the trainable parameters is finite.
+fn gradients_finite(params: &[Var]) -> Result<bool> {
+    if params.first().is_some_and(|p| p.value().device().is_gpu()) {
+        // On a GPU: one reduction per gradient, summed there, one value read back. `0 * g`
+        // is 0 for finite g and NaN for an infinity or NaN.
+        let mut total: Option<Tensor> = None;
+        for g in params.iter().filter_map(Var::grad) {
+            let dims: Vec<usize> = (0..g.rank()).collect();
+            let s = g.mul_scalar(0.0)?.sum(&dims, false)?;
+            total = Some(match total {
+                Some(t) => t.add(&s)?,
+                None => s,
+            });
+        }
+        return Ok(total.map_or(Ok(0.0), |t| t.item())?.is_finite());
+    }
+    let grads: Vec<Tensor> = params.iter().filter_map(Var::grad).collect();
+    let finite =
+        grads.par_iter().map(|g| Ok(all_finite(&g.f32_data("gradient check")?))).collect::<Result<Vec<bool>>>()?;
+    Ok(finite.into_iter().all(|f| f))
+}
+
+/// Whether no value is an infinity or NaN (all exponent bits set), as a branch-free OR over
+/// the bits, which the compiler vectorises: the check reads every gradient once per step.
+fn all_finite(values: &[f32]) -> bool {
+    const EXPONENT: u32 = 0x7f80_0000;
+    values
+        .chunks(1 << 14)
+        .all(|c| c.iter().fold(0u32, |bad, v| bad | u32::from(v.to_bits() & EXPONENT == EXPONENT)) == 0)
+}
+
+/// Removes the temporary files that a killed run may have left beside its outputs (a write is
+/// a temporary file renamed over its target; a kill before the rename leaves it behind).
+fn remove_stale_temporaries(out: &Path) {
+    let Ok(entries) = std::fs::read_dir(out) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = OUTPUT_FILES.iter().any(|f| name.starts_with(&format!(".{f}.")) && name.ends_with(".tmp"));
+        if ours {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::all_finite;
+
+    #[test]
+    fn infinities_and_nans_are_found_anywhere() {
+        let mut v = vec![1.5f32; 40_000];
+        assert!(all_finite(&v) && all_finite(&[]) && all_finite(&[f32::MAX, f32::MIN_POSITIVE, -0.0]));
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -f32::NAN] {
+            for at in [0, 16_383, 16_384, 39_999] {
+                v[at] = bad;
+                assert!(!all_finite(&v), "{bad} at {at}");
+                v[at] = 1.5;
+            }
+        }
+    }
+}
