@@ -1,6 +1,7 @@
 //! Trains a ResNet-18 on an ImageFolder (`DIR/train/<class>/*.jpg`, `DIR/val/<class>/*.jpg`)
-//! with the `train` crate, one line per epoch; writes the run (weights, checkpoint,
-//! `metrics.csv`, `curves.png`) into `--out`.
+//! with the `train` crate, one line per epoch, then the per-class report of the best weights;
+//! writes the run (weights, checkpoint, `metrics.csv`, `curves.png`, `report.json`,
+//! `confusion.png`) into `--out`.
 //!
 //! ```text
 //! cargo run --release --example train_folder -- --data DIR --out DIR --epochs N --image-size S
@@ -45,12 +46,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let FitOutcome::EarlyStopped { epoch } = trainer.fit()? {
         println!("stopped early after epoch {epoch}");
     }
-    let state = trainer.state();
-    println!(
-        "best val acc {:.1}% (epoch {}); metrics in {}",
-        100.0 * state.best_acc,
-        state.best_epoch,
-        trainer.config().out.join("metrics.csv").display()
-    );
+    // scikit-learn's classification_report of the best weights; report.json and confusion.png.
+    trainer.restore_best()?;
+    if let Some(report) = trainer.class_report()? {
+        print!("{}", report.table());
+        report.write(&trainer.config().out)?;
+    }
+    println!("metrics in {}", trainer.config().out.join("metrics.csv").display());
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const OUTPUTS: [&str; 7] = [
+const OUTPUTS: [&str; 9] = [
     "class_indices.json",
     "checkpoint.safetensors",
     "best.safetensors",
@@ -18,6 +18,8 @@ const OUTPUTS: [&str; 7] = [
     "metrics.csv",
     "curves.png",
     "run.json",
+    "report.json",
+    "confusion.png",
 ];
 
 /// 6 classes x 16 training and 4 validation pictures of 32x32: 12 batches of 8 per epoch.
@@ -65,7 +67,7 @@ fn assert_outputs_complete(dir: &Path, context: &str) -> Vec<String> {
                 // safetensors checks that the header and the data cover the file exactly.
                 resnet::read_weights(&path).unwrap_or_else(|e| panic!("{context}: {name} is not complete: {e}"));
             }
-            "class_indices.json" | "run.json" => {
+            "class_indices.json" | "run.json" | "report.json" => {
                 serde_json::from_slice::<serde_json::Value>(&bytes)
                     .unwrap_or_else(|e| panic!("{context}: {name} is not complete JSON: {e}"));
             }
@@ -78,9 +80,9 @@ fn assert_outputs_complete(dir: &Path, context: &str) -> Vec<String> {
                     assert_eq!(fields[0], i.to_string(), "{context}: metrics.csv rows are not epochs 1, 2, ...");
                 }
             }
-            "curves.png" => {
+            "curves.png" | "confusion.png" => {
                 data::RgbImage::decode(&bytes, &path, data::DEFAULT_MAX_PIXELS)
-                    .unwrap_or_else(|e| panic!("{context}: curves.png is not complete: {e}"));
+                    .unwrap_or_else(|e| panic!("{context}: {name} is not complete: {e}"));
             }
             _ if name.starts_with('.') && name.ends_with(".tmp") && OUTPUTS.iter().any(|o| name.contains(o)) => {
                 temporaries.push(name)

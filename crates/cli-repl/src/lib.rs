@@ -1,8 +1,8 @@
 //! # cli-repl
 //!
-//! The `resnet` command — `train`, `predict`, `infer`, `summary`, `convert`, `repl` — the
-//! PyTorch tutorial's scripts as one binary, and an interactive REPL in which networks are built
-//! and inspected.
+//! The `resnet` command — `train`, `evaluate`, `predict`, `infer`, `export`, `summary`,
+//! `convert`, `repl` — the PyTorch tutorial's scripts as one binary, and an interactive REPL in
+//! which networks are built and inspected.
 //!
 //! **What it is not.** No model, kernel or data code lives here: each subcommand parses its
 //! arguments, calls the library crates and reports. The REPL is a library
@@ -34,6 +34,9 @@ pub struct Cli {
 pub enum Command {
     /// Train a ResNet on an ImageFolder (default: the built-in demo dataset).
     Train(Box<commands::train::TrainArgs>),
+    /// Per-class precision, recall and F1, top-1/top-5 accuracy and a confusion matrix of a model
+    /// on a labelled ImageFolder.
+    Evaluate(commands::evaluate::EvaluateArgs),
     /// Predict the class of images (files or folders).
     Predict(commands::predict::PredictArgs),
     /// The interactive REPL (reads piped standard input too).
@@ -76,6 +79,29 @@ pub enum Command {
         #[arg(long, default_value_t = 3)]
         depth: usize,
     },
+    /// Export a model as ONNX (opset 17, batch norm folded): input `input`, output `logits`.
+    Export {
+        /// Weights (.pth or .safetensors).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Architecture (needed only for files without metadata whose layout is ambiguous).
+        #[arg(long)]
+        arch: Option<String>,
+        /// Classes of the head (default: from the file).
+        #[arg(long)]
+        num_classes: Option<usize>,
+        /// Stem width for reduced-width models (torchvision: 64).
+        #[arg(long)]
+        base_planes: Option<usize>,
+        /// `dynamic` (any batch size at run time) or a fixed batch size.
+        #[arg(long, default_value = "dynamic", value_parser = commands::export::parse_batch)]
+        batch: resnet::OnnxBatch,
+        /// Input height and width [default: the crop in the file's metadata, or 224].
+        #[arg(long)]
+        image_size: Option<usize>,
+        /// The ONNX file to write.
+        out: PathBuf,
+    },
     /// Convert weights between .pth and .safetensors (by OUT's extension).
     Convert {
         /// Input weights.
@@ -106,6 +132,7 @@ pub fn run(args: &[String]) -> ExitCode {
 fn execute(command: Command) -> Result<(), CliError> {
     match command {
         Command::Train(args) => commands::train::run(*args),
+        Command::Evaluate(args) => commands::evaluate::run(args),
         Command::Predict(args) => commands::predict::run(args),
         Command::Repl => {
             // The REPL reports its own errors line by line and decides its exit code.
@@ -124,5 +151,9 @@ fn execute(command: Command) -> Result<(), CliError> {
             commands::summary::run(&arch, num_classes, &input, depth)
         }
         Command::Convert { input, output } => commands::convert::run(&input, &output),
+        Command::Export { weights, arch, num_classes, base_planes, batch, image_size, out } => {
+            let args = model_io::ModelArgs { arch, num_classes, base_planes };
+            commands::export::run(&weights, &args, batch, image_size, &out)
+        }
     }
 }

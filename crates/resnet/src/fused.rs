@@ -13,30 +13,28 @@ struct FusedConv(PreparedConv);
 
 impl FusedConv {
     fn new(conv: &Conv2d, bn: &BatchNorm2d) -> Result<FusedConv> {
-        let (mean, var) = match (&bn.running_mean, &bn.running_var) {
-            (Some(m), Some(v)) => (m.value(), v.value()),
-            _ => {
-                let (c, device) = (conv.weight.shape()[0], conv.weight.value().device());
-                (Tensor::zeros(&[c]).to_device(device)?, Tensor::ones(&[c]).to_device(device)?)
-            }
-        };
-        let (w, b) = (bn.weight.as_ref().map(|w| w.value()), bn.bias.as_ref().map(|b| b.value()));
-        let conv_bias = conv.bias.as_ref().map(|b| b.value());
-        let (weight, bias) = tensor::fold_batch_norm(
-            &conv.weight.value(),
-            conv_bias.as_ref(),
-            w.as_ref(),
-            b.as_ref(),
-            &mean,
-            &var,
-            bn.eps,
-        )?;
+        let (weight, bias) = fold(conv, bn)?;
         Ok(FusedConv(PreparedConv::new(weight, Some(bias), conv.params)?))
     }
 
     fn run(&self, x: &Tensor, residual: Option<&Tensor>, relu: bool) -> Result<Tensor> {
         Ok(self.0.forward(x, residual, relu)?)
     }
+}
+
+/// The weight and bias of `conv` with `bn` (its running statistics, eval mode) folded in; the
+/// ONNX export writes the same folded convs.
+pub(crate) fn fold(conv: &Conv2d, bn: &BatchNorm2d) -> Result<(Tensor, Tensor)> {
+    let (mean, var) = match (&bn.running_mean, &bn.running_var) {
+        (Some(m), Some(v)) => (m.value(), v.value()),
+        _ => {
+            let (c, device) = (conv.weight.shape()[0], conv.weight.value().device());
+            (Tensor::zeros(&[c]).to_device(device)?, Tensor::ones(&[c]).to_device(device)?)
+        }
+    };
+    let (w, b) = (bn.weight.as_ref().map(|w| w.value()), bn.bias.as_ref().map(|b| b.value()));
+    let conv_bias = conv.bias.as_ref().map(|b| b.value());
+    Ok(tensor::fold_batch_norm(&conv.weight.value(), conv_bias.as_ref(), w.as_ref(), b.as_ref(), &mean, &var, bn.eps)?)
 }
 
 struct FusedBlock {

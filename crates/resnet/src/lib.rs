@@ -32,12 +32,14 @@
 
 mod fused;
 mod model;
+pub mod onnx;
 pub mod weights;
 mod zoo;
 
 pub use fused::FusedResNet;
 pub use model::{BasicBlock, Block, BlockKind, Bottleneck, Downsample, Init, ResNet, ResNetConfig, Stage};
 pub use nn;
+pub use onnx::{export_onnx, onnx_bytes, OnnxBatch, OnnxInput};
 pub use weights::{
     load_pretrained, load_strict, read_weights, read_weights_bytes, write_pth, write_safetensors, StateDict,
 };

@@ -44,13 +44,15 @@ mod datasets;
 pub mod demo;
 mod event;
 pub mod plot;
+mod report;
 mod state;
 mod trainer;
 
 pub use config::{EarlyStopping, Monitor, OnNonFinite, OptimizerKind, SchedulerKind, TrainConfig};
 pub use event::{Callback, Event};
+pub use report::{Averages, ClassMetrics, ClassReport};
 pub use state::{metrics_csv, Checkpoint, EpochRow, Progress, RunState, METRICS_HEADER, OUTPUT_FILES};
-pub use trainer::{EvalMetrics, FitOutcome, StepOutcome, Trainer};
+pub use trainer::{evaluate_folder, EvalMetrics, FitOutcome, StepOutcome, Trainer};
 
 use std::path::PathBuf;
 

@@ -1,5 +1,6 @@
-//! `curves.png`: loss and accuracy per epoch, train and validation, in two panels. Lines are
-//! drawn on an `image` buffer; labels use the pre-rasterised Noto Sans Mono glyphs of
+//! `curves.png` (loss and accuracy per epoch, train and validation, in two panels) and
+//! `confusion.png` (the confusion matrix, as scikit-learn's `ConfusionMatrixDisplay`). Drawn on
+//! an `image` buffer; labels use the pre-rasterised Noto Sans Mono glyphs of
 //! `noto-sans-mono-bitmap`, so no font files or system libraries are needed.
 
 use image::{Rgb, RgbImage};
@@ -46,14 +47,14 @@ fn text(img: &mut RgbImage, x: i64, y: i64, s: &str, color: Rgb<u8>) {
 }
 
 fn blend(img: &RgbImage, x: i64, y: i64, c: Rgb<u8>, alpha: u8) -> Rgb<u8> {
-    let bg =
-        if x >= 0 && y >= 0 && (x as u32) < W && (y as u32) < H { *img.get_pixel(x as u32, y as u32) } else { WHITE };
+    let inside = x >= 0 && y >= 0 && (x as u32) < img.width() && (y as u32) < img.height();
+    let bg = if inside { *img.get_pixel(x as u32, y as u32) } else { WHITE };
     let a = alpha as u32;
     Rgb([0, 1, 2].map(|i| ((c.0[i] as u32 * a + bg.0[i] as u32 * (255 - a)) / 255) as u8))
 }
 
 fn put(img: &mut RgbImage, x: i64, y: i64, c: Rgb<u8>) {
-    if x >= 0 && y >= 0 && (x as u32) < W && (y as u32) < H {
+    if x >= 0 && y >= 0 && (x as u32) < img.width() && (y as u32) < img.height() {
         img.put_pixel(x as u32, y as u32, c);
     }
 }
@@ -176,6 +177,96 @@ pub fn curves_png(points: &[EpochPoint]) -> Result<Vec<u8>, image::ImageError> {
     let mut img = RgbImage::from_pixel(W, H, WHITE);
     panel(&mut img, 80, "loss", points, [|p| p.train_loss, |p| p.val_loss]);
     panel(&mut img, 550, "accuracy", points, [|p| p.train_acc, |p| p.val_acc]);
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)?;
+    Ok(out.into_inner())
+}
+
+/// Glyph width of the labels.
+fn glyph_width() -> i64 {
+    get_raster_width(FontWeight::Regular, RasterHeight::Size16) as i64
+}
+
+/// scikit-learn's "Blues" at `t` in [0, 1]: white to dark blue.
+fn blues(t: f64) -> Rgb<u8> {
+    const STOPS: [[f64; 3]; 5] =
+        [[247.0, 251.0, 255.0], [198.0, 219.0, 239.0], [107.0, 174.0, 214.0], [33.0, 113.0, 181.0], [8.0, 48.0, 107.0]];
+    let x = t.clamp(0.0, 1.0) * (STOPS.len() - 1) as f64;
+    let (i, f) = ((x.floor() as usize).min(STOPS.len() - 2), x - x.floor().min((STOPS.len() - 2) as f64));
+    Rgb([0, 1, 2].map(|c| (STOPS[i][c] + (STOPS[i + 1][c] - STOPS[i][c]) * f).round() as u8))
+}
+
+fn fill(img: &mut RgbImage, x: i64, y: i64, w: i64, h: i64, c: Rgb<u8>) {
+    for yy in y..y + h {
+        for xx in x..x + w {
+            put(img, xx, yy, c);
+        }
+    }
+}
+
+/// `confusion.png`: rows are the true classes, columns the predicted ones, each cell coloured by
+/// its count (scale on the right) and labelled with it when the cells are large enough; class
+/// names on both axes (cut to fit; by index beyond 40 classes).
+pub fn confusion_png(classes: &[String], confusion: &[Vec<usize>]) -> Result<Vec<u8>, image::ImageError> {
+    let n = classes.len().max(1) as i64;
+    let cell = (640 / n).clamp(6, 56);
+    let gw = glyph_width();
+    let by_index = n > 40;
+    let names: Vec<String> = classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| if by_index { i.to_string() } else { c.chars().take(14).collect() })
+        .collect();
+    let label_chars = names.iter().map(|s| s.chars().count()).max().unwrap_or(1) as i64;
+    let (left, top) = (40 + gw * label_chars + 8, 40);
+    let grid = cell * n;
+    // Column names run down the page below the grid, one glyph per row of 16 pixels.
+    let bottom_labels = 16 * label_chars.min(14) + 40;
+    let (width, height) = ((left + grid + 110) as u32, (top + grid + bottom_labels) as u32);
+    let mut img = RgbImage::from_pixel(width, height, WHITE);
+    let max = confusion.iter().flatten().copied().max().unwrap_or(0).max(1) as f64;
+    for (r, row) in confusion.iter().enumerate().take(n as usize) {
+        for (c, &count) in row.iter().enumerate().take(n as usize) {
+            let t = count as f64 / max;
+            let (x, y) = (left + c as i64 * cell, top + r as i64 * cell);
+            fill(&mut img, x, y, cell, cell, blues(t));
+            let label = count.to_string();
+            let label_w = gw * label.len() as i64;
+            if cell >= 22 && label_w + 4 <= cell {
+                let ink = if t > 0.5 { WHITE } else { BLACK };
+                text(&mut img, x + (cell - label_w) / 2, y + (cell - 16) / 2, &label, ink);
+            }
+        }
+    }
+    for i in 0..=n {
+        line(&mut img, (left, top + i * cell), (left + grid, top + i * cell), GREY);
+        line(&mut img, (left + i * cell, top), (left + i * cell, top + grid), GREY);
+    }
+    for (i, name) in names.iter().enumerate() {
+        let i = i as i64;
+        if cell >= 16 || i % (16 / cell + 1) == 0 {
+            let w = gw * name.chars().count() as i64;
+            text(&mut img, left - 8 - w, top + i * cell + (cell - 16) / 2, name, BLACK);
+            for (k, ch) in name.chars().enumerate() {
+                text(
+                    &mut img,
+                    left + i * cell + (cell - gw) / 2,
+                    top + grid + 6 + 16 * k as i64,
+                    &ch.to_string(),
+                    BLACK,
+                );
+            }
+        }
+    }
+    text(&mut img, left, 12, "rows: true class, columns: predicted class", BLACK);
+    // The colour scale.
+    let (sx, sy, sh) = (left + grid + 24, top, grid);
+    for k in 0..sh {
+        let t = 1.0 - k as f64 / (sh - 1).max(1) as f64;
+        fill(&mut img, sx, sy + k, 18, 1, blues(t));
+    }
+    text(&mut img, sx + 24, sy - 6, &(max as usize).to_string(), BLACK);
+    text(&mut img, sx + 24, sy + sh - 12, "0", BLACK);
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Png)?;
     Ok(out.into_inner())

@@ -5,8 +5,8 @@ use crate::datasets::{self, Datasets};
 use crate::plot::{curves_png, EpochPoint};
 use crate::state::keys;
 use crate::{
-    config_err, demo, metrics_csv, Callback, Checkpoint, EpochRow, Event, Monitor, OnNonFinite, OptimizerKind,
-    Progress, Result, RunState, SchedulerKind, TrainConfig, TrainError, OUTPUT_FILES,
+    config_err, demo, metrics_csv, Callback, Checkpoint, ClassReport, EpochRow, Event, Monitor, OnNonFinite,
+    OptimizerKind, Progress, Result, RunState, SchedulerKind, TrainConfig, TrainError, OUTPUT_FILES,
 };
 use data::{presets, DataError, Loader, LoaderConfig};
 use nn::{CrossEntropyLoss, LrSchedule, Method, Module, ModuleExt, Optimizer, Scheduler, Var};
@@ -384,32 +384,51 @@ impl Trainer {
     }
 
     fn evaluate_pass(&mut self, d: &RunData) -> Result<Option<EvalMetrics>> {
-        let _guard = nn::no_grad();
-        let k = d.classes.len().min(5);
-        let (mut loss_sum, mut correct, mut top5, mut seen, mut skipped) = (0f64, 0usize, 0usize, 0usize, 0usize);
-        for batch in d.val.iter_epoch(0) {
-            if self.stop.load(Ordering::Relaxed) {
-                return Ok(None);
-            }
-            let batch = batch.map_err(|e| self.data_failure(e, d))?;
-            skipped += batch.skipped.len();
-            let logits = self.model.forward(&Var::constant(batch.images.to_device(self.model.device())?))?;
-            let loss = CrossEntropyLoss { reduction: nn::Reduction::Sum, label_smoothing: 0.0 }
-                .forward(&logits, &batch.labels)?;
-            let n = batch.labels.numel();
-            loss_sum += loss.value().item()? as f64;
-            correct += (nn::accuracy(&logits.value(), &batch.labels)? * n as f64).round() as usize;
-            top5 += (nn::topk_accuracy(&logits.value(), &batch.labels, k)? * n as f64).round() as usize;
-            seen += n;
+        Ok(self.evaluate_with_confusion(d, None)?.map(|(metrics, _)| metrics))
+    }
+
+    /// The validation pass; with `confusion`, it also counts `confusion[true][predicted]`.
+    fn evaluate_with_confusion(
+        &mut self,
+        d: &RunData,
+        confusion: Option<&mut Vec<Vec<usize>>>,
+    ) -> Result<Option<(EvalMetrics, usize)>> {
+        let stop = self.stop.clone();
+        let mut failed = None;
+        let result = evaluate_loader(&self.model, &d.val, d.classes.len(), &stop, confusion, &mut |e| {
+            failed = Some(e);
+        });
+        if let Some(e) = failed {
+            return Err(self.data_failure(e, d));
         }
-        let per = |x: f64| x / seen.max(1) as f64;
-        Ok(Some(EvalMetrics {
-            loss: per(loss_sum),
-            acc: per(correct as f64),
-            top5: per(top5 as f64),
-            images: seen,
-            skipped,
-        }))
+        result
+    }
+
+    /// The per-class report of the current model on the validation set: precision, recall, F1,
+    /// support, the confusion matrix, top-1 and top-5 (scikit-learn's `classification_report`
+    /// and `confusion_matrix`). `None` when the stop flag ended it.
+    pub fn class_report(&mut self) -> Result<Option<ClassReport>> {
+        let data = self.data.take().ok_or_else(|| config_err("class_report needs data: build the Trainer with new"))?;
+        self.model.eval();
+        let n = data.classes.len();
+        let mut confusion = vec![vec![0usize; n]; n];
+        let result = self.evaluate_with_confusion(&data, Some(&mut confusion));
+        self.model.train();
+        let report = result.map(|r| r.map(|(_, top5)| ClassReport::new(&data.classes, confusion, top5)));
+        self.data = Some(data);
+        report
+    }
+
+    /// Loads `best.safetensors` (the weights of the best validation accuracy) into the model,
+    /// as Lightning's `trainer.test(ckpt_path="best")` does before a final evaluation.
+    pub fn restore_best(&mut self) -> Result<()> {
+        let path = self.config.out.join("best.safetensors");
+        let file = tensor::read_safetensors(&path)?;
+        self.model.load_state_dict(&file.entries, true).map_err(|e| TrainError::Checkpoint {
+            path: path.clone(),
+            msg: format!("the best weights do not fit the model: {e}"),
+        })?;
+        Ok(())
     }
 
     /// Trains the planned epochs from where the run stands: per epoch the training pass, the
@@ -729,6 +748,90 @@ fn schedule(c: &TrainConfig, updates_per_epoch: usize) -> (LrSchedule, bool) {
         SchedulerKind::Cosine => (LrSchedule::Cosine { t_max: epochs.max(1), eta_min: 0.0 }, false),
         SchedulerKind::OneCycle => (LrSchedule::one_cycle(c.lr, (epochs * updates_per_epoch).max(2)), true),
     }
+}
+
+/// Loss, top-1 and top-5 (and with `confusion`, `confusion[true][predicted]`) of `model` over
+/// `loader` without recording; `None` when `stop` ended it. A data error is handed to
+/// `on_data_error` and ends the pass with `Ok(None)`. Returns the top-5 hits too.
+fn evaluate_loader(
+    model: &ResNet,
+    loader: &Loader,
+    classes: usize,
+    stop: &AtomicBool,
+    mut confusion: Option<&mut Vec<Vec<usize>>>,
+    on_data_error: &mut dyn FnMut(DataError),
+) -> Result<Option<(EvalMetrics, usize)>> {
+    let _guard = nn::no_grad();
+    let k = classes.min(5);
+    let (mut loss_sum, mut correct, mut top5, mut seen, mut skipped) = (0f64, 0usize, 0usize, 0usize, 0usize);
+    for batch in loader.iter_epoch(0) {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                on_data_error(e);
+                return Ok(None);
+            }
+        };
+        skipped += batch.skipped.len();
+        let logits = model.forward(&Var::constant(batch.images.to_device(model.device())?))?;
+        let loss =
+            CrossEntropyLoss { reduction: nn::Reduction::Sum, label_smoothing: 0.0 }.forward(&logits, &batch.labels)?;
+        loss_sum += loss.value().item()? as f64;
+        // One read of the scores for top-1, top-5 and the confusion matrix (ties: the lower class
+        // index first, as torch.topk and argmax).
+        let best = nn::topk(&logits.value(), k)?.indices;
+        let labels = batch.labels.to_vec_i64()?;
+        for (row, &label) in best.iter().zip(&labels) {
+            let label = label as usize;
+            correct += usize::from(row[0] == label);
+            top5 += usize::from(row.contains(&label));
+            if let Some(m) = confusion.as_deref_mut() {
+                m[label][row[0]] += 1;
+            }
+        }
+        seen += labels.len();
+    }
+    let per = |x: f64| x / seen.max(1) as f64;
+    let metrics =
+        EvalMetrics { loss: per(loss_sum), acc: per(correct as f64), top5: per(top5 as f64), images: seen, skipped };
+    Ok(Some((metrics, top5)))
+}
+
+/// The per-class report of `model` (eval mode) on an ImageFolder, through the validation
+/// transform `Resize(resize)` + `CenterCrop(crop)` + ImageNet normalisation: what
+/// `resnet evaluate` prints. The folder's classes must be the model's, in its order.
+pub fn evaluate_folder(
+    model: &ResNet,
+    folder: &Path,
+    (resize, crop): (usize, usize),
+    batch_size: usize,
+    workers: usize,
+) -> Result<ClassReport> {
+    let images = data::ImageFolder::new(folder)?;
+    let classes = images.classes().to_vec();
+    let outputs = model.fc.as_ref().map_or(0, |fc| fc.weight.shape()[0]);
+    if outputs != classes.len() {
+        return Err(config_err(format!(
+            "{}: {} classes, but the model has {outputs} outputs",
+            folder.display(),
+            classes.len()
+        )));
+    }
+    let transform = presets::imagenet_eval(resize, crop)?;
+    let loader = Loader::new(Box::new(images), transform, LoaderConfig::new(batch_size.max(1)).num_workers(workers))?;
+    model.eval();
+    let mut confusion = vec![vec![0usize; classes.len()]; classes.len()];
+    let mut failed = None;
+    let stop = AtomicBool::new(false);
+    let result = evaluate_loader(model, &loader, classes.len(), &stop, Some(&mut confusion), &mut |e| failed = Some(e));
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    let (_, top5) = result?.ok_or_else(|| config_err("the evaluation was stopped"))?;
+    Ok(ClassReport::new(&classes, confusion, top5))
 }
 
 /// Whether every gradient of the trainable parameters is finite.

@@ -350,6 +350,18 @@ impl Progress {
     }
 }
 
+/// The per-class report of the best weights on the validation set: `report.json` and
+/// `confusion.png` in the run folder, and (with `print`) the table.
+fn final_report(trainer: &mut Trainer, print: bool) -> Result<()> {
+    trainer.restore_best().map_err(explain)?;
+    let Some(report) = trainer.class_report().map_err(explain)? else { return Ok(()) };
+    report.write(&trainer.config().out).map_err(explain)?;
+    if print {
+        println!("the best weights on the validation set:\n{}", report.table());
+    }
+    Ok(())
+}
+
 /// Runs `resnet train`.
 pub fn run(args: TrainArgs) -> Result<()> {
     let device = tensor::Device::parse(&args.device)?;
@@ -461,16 +473,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
     });
     let outcome = trainer.fit();
     progress.borrow_mut().abandon();
-    let state = trainer.state();
     match outcome.map_err(explain)? {
         FitOutcome::AlreadyDone { epochs } => {
             println!("the run already has {epochs} epochs; nothing to do (raise --epochs to continue)");
+            // A run killed after its last epoch but before its report gets one now.
+            if epochs > 0 && !trainer.config().out.join("report.json").is_file() {
+                final_report(&mut trainer, false)?;
+            }
             return Ok(());
         }
         FitOutcome::Interrupted { .. } => return Ok(()),
-        FitOutcome::Completed | FitOutcome::EarlyStopped { .. } => {}
+        FitOutcome::Completed | FitOutcome::EarlyStopped { .. } => final_report(&mut trainer, true)?,
     }
-    let out = &trainer.config().out;
+    let (state, out) = (trainer.state(), &trainer.config().out);
     println!(
         "best validation accuracy: {:.1}% (epoch {}); chance is {:.1}%; outputs in {}",
         100.0 * state.best_acc,
