@@ -98,3 +98,21 @@ fn the_file_declares_opset_17_input_and_logits_and_only_inference_ops() {
     assert_eq!(graph.initializer.len(), 2 * 53 + 2);
     assert!(graph.initializer.iter().any(|t| t.name == "layer1.0.downsample.0.weight"));
 }
+
+/// Full-width ResNet-50 for ONNX Runtime: writes `resnet50.onnx`, an input batch and our logits
+/// into `$ONNX_CHECK_DIR`; `crates/resnet/tests/fixtures/check_onnx_ort.py DIR` runs the file in
+/// ONNX Runtime and prints the largest difference. Not run by CI (no Python there):
+/// `ONNX_CHECK_DIR=/tmp/ort cargo test --release -p resnet --test onnx -- --ignored`.
+#[test]
+#[ignore]
+fn full_width_resnet50_for_onnxruntime() {
+    let Ok(dir) = std::env::var("ONNX_CHECK_DIR") else { panic!("set ONNX_CHECK_DIR") };
+    let dir = std::path::PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let m = model(Arch::Resnet50.config(1000), 50);
+    resnet::export_onnx(&m, OnnxInput::default(), dir.join("resnet50.onnx")).unwrap();
+    let x = Tensor::randn(&[2, 3, 224, 224], &mut Rng::seed(51));
+    let y = Tensor::from_vec(our_logits(&m, &x), &[2, 1000]).unwrap();
+    tensor::write_npy(dir.join("input.npy"), &x).unwrap();
+    tensor::write_npy(dir.join("logits.npy"), &y).unwrap();
+}
