@@ -127,8 +127,8 @@ impl ClassReport {
 mod tests {
     use super::*;
 
-    /// scikit-learn 1.x on y_true = [0,0,0,1,1,2,2,2,2], y_pred = [0,1,0,1,1,2,0,2,1]:
-    /// `classification_report(y_true, y_pred, digits=4)` gives
+    /// scikit-learn 1.2.1 (Debian's python3-sklearn) on y_true = [0,0,0,1,1,2,2,2,2] and
+    /// y_pred = [0,1,0,1,1,2,0,2,1]: `classification_report(y_true, y_pred, digits=4)` gives
     ///            precision recall f1-score support
     ///   a          0.6667  0.6667  0.6667      3
     ///   b          0.5000  1.0000  0.6667      2

@@ -27,67 +27,30 @@ const MAX_KEY: usize = 1024;
 /// Accounted size of a stack, memo or id slot.
 const SLOT: usize = 16;
 
-/// Element types of PyTorch storages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StorageDType {
-    F32,
-    F64,
-    F16,
-    BF16,
-    I64,
-    I32,
-    I16,
-    I8,
-    U8,
-    Bool,
+/// Element types of PyTorch storages: the weight files' element types of `tensor`.
+pub(crate) use tensor::StoredDType as StorageDType;
+
+/// PyTorch's storage class of each element type (`torch.FloatStorage`, ...).
+const STORAGE_CLASSES: [(StorageDType, &str); 10] = [
+    (StorageDType::F32, "FloatStorage"),
+    (StorageDType::F64, "DoubleStorage"),
+    (StorageDType::F16, "HalfStorage"),
+    (StorageDType::BF16, "BFloat16Storage"),
+    (StorageDType::I64, "LongStorage"),
+    (StorageDType::I32, "IntStorage"),
+    (StorageDType::I16, "ShortStorage"),
+    (StorageDType::I8, "CharStorage"),
+    (StorageDType::U8, "ByteStorage"),
+    (StorageDType::Bool, "BoolStorage"),
+];
+
+fn storage_dtype(class: &str) -> Option<StorageDType> {
+    STORAGE_CLASSES.iter().find(|(_, name)| *name == class).map(|(d, _)| *d)
 }
 
-impl StorageDType {
-    const ALL: [StorageDType; 10] = [
-        StorageDType::F32,
-        StorageDType::F64,
-        StorageDType::F16,
-        StorageDType::BF16,
-        StorageDType::I64,
-        StorageDType::I32,
-        StorageDType::I16,
-        StorageDType::I8,
-        StorageDType::U8,
-        StorageDType::Bool,
-    ];
-
-    fn from_class(name: &str) -> Option<StorageDType> {
-        Self::ALL.into_iter().find(|d| d.class_name() == name)
-    }
-
-    /// PyTorch's name of the storage class.
-    pub(crate) fn class_name(self) -> &'static str {
-        match self {
-            StorageDType::F32 => "FloatStorage",
-            StorageDType::F64 => "DoubleStorage",
-            StorageDType::F16 => "HalfStorage",
-            StorageDType::BF16 => "BFloat16Storage",
-            StorageDType::I64 => "LongStorage",
-            StorageDType::I32 => "IntStorage",
-            StorageDType::I16 => "ShortStorage",
-            StorageDType::I8 => "CharStorage",
-            StorageDType::U8 => "ByteStorage",
-            StorageDType::Bool => "BoolStorage",
-        }
-    }
-
-    pub(crate) fn size(self) -> usize {
-        match self {
-            StorageDType::F64 | StorageDType::I64 => 8,
-            StorageDType::F32 | StorageDType::I32 => 4,
-            StorageDType::F16 | StorageDType::BF16 | StorageDType::I16 => 2,
-            StorageDType::I8 | StorageDType::U8 | StorageDType::Bool => 1,
-        }
-    }
-
-    pub(crate) fn is_float(self) -> bool {
-        matches!(self, StorageDType::F32 | StorageDType::F64 | StorageDType::F16 | StorageDType::BF16)
-    }
+/// PyTorch's name of the storage class of `dtype`.
+pub(crate) fn storage_class(dtype: StorageDType) -> &'static str {
+    STORAGE_CLASSES.iter().find(|(d, _)| *d == dtype).map_or("?", |(_, name)| name)
 }
 
 /// The globals a state dict may name.
@@ -116,7 +79,7 @@ fn allowed_global(module: &str, name: &str) -> Option<Global> {
         ("torch.nn.parameter", "Parameter") => Global::ParameterClass,
         // `torch.cuda.FloatStorage` & co. name the element type of a tensor saved from a GPU
         // (PyTorch < 1.0); the data is read to the CPU like any other.
-        ("torch" | "torch.cuda", storage) => Global::Storage(StorageDType::from_class(storage)?),
+        ("torch" | "torch.cuda", storage) => Global::Storage(storage_dtype(storage)?),
         _ => return None,
     })
 }

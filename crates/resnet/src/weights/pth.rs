@@ -1,7 +1,9 @@
 //! PyTorch `.pth` files: the zip container (PyTorch >= 1.6) and the legacy stream of pickles
 //! (older files such as `resnet34-333f7ec4.pth`), read through the restricted unpickler.
 
-use super::pickle::{storage_from_pid, unpickle, Id, Obj, PickleError, StorageDType, TensorRef, Unpickled};
+use super::pickle::{
+    storage_class, storage_from_pid, unpickle, Id, Obj, PickleError, StorageDType, TensorRef, Unpickled,
+};
 use crate::{ResnetError, Result};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -238,7 +240,7 @@ fn check_dtype(
 ) -> std::result::Result<(), String> {
     match seen.get(key) {
         Some(&d) if d != dtype => {
-            Err(format!("storage {key} is used both as a {} and as a {}", d.class_name(), dtype.class_name()))
+            Err(format!("storage {key} is used both as a {} and as a {}", storage_class(d), storage_class(dtype)))
         }
         Some(_) => Ok(()),
         None => {
@@ -312,21 +314,7 @@ fn materialize(t: &TensorRef, data: &[u8]) -> std::result::Result<Tensor, String
         gathered = (0..numel).map(index).flat_map(|i| data[i * elem..(i + 1) * elem].iter().copied()).collect();
         &gathered
     };
-    use tensor::StoredDType as T;
-    use StorageDType as D;
-    let stored = match t.storage.dtype {
-        D::F32 => T::F32,
-        D::F64 => T::F64,
-        D::F16 => T::F16,
-        D::BF16 => T::BF16,
-        D::I64 => T::I64,
-        D::I32 => T::I32,
-        D::I16 => T::I16,
-        D::I8 => T::I8,
-        D::U8 => T::U8,
-        D::Bool => T::Bool,
-    };
-    let tensor = stored.decode(bytes, &dims);
+    let tensor = t.storage.dtype.decode(bytes, &dims);
     debug_assert!(t.storage.dtype.is_float() || tensor.as_ref().is_ok_and(|t| t.dtype() == tensor::DType::I64));
     tensor.map_err(|e| e.to_string())
 }
