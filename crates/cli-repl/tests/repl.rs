@@ -486,3 +486,48 @@ print('not reached')
     run_lines("x = (1,\n".as_bytes(), &mut out).expect("in-memory I/O");
     assert_eq!(String::from_utf8(out).expect("utf-8"), "error: syntax error: unexpected end of input: unclosed `(`\n");
 }
+
+/// `cam(model, input, class=None)`: Grad-CAM heatmaps of a ResNet, `[N, H, W]` in `[0, 1]`, for
+/// the predicted classes by default; the model's mode is left as it was.
+#[test]
+fn grad_cam_heatmaps() {
+    let mut s = Session::new();
+    ok(&mut s, "net = resnet18(num_classes=3, base_planes=8)");
+    ok(&mut s, "x = randn(2, 3, 64, 48)");
+    ok(&mut s, "h = cam(net, x)");
+    assert_eq!(ok(&mut s, "h.shape"), "torch.Size([2, 64, 48])");
+    assert_eq!(ok(&mut s, "net.training"), "True", "cam() must give the model its mode back");
+    let h = values(&s, "h");
+    for map in h.chunks(64 * 48) {
+        assert!(map.iter().all(|v| (0.0..=1.0).contains(v)), "values outside [0, 1]");
+        let max = map.iter().copied().fold(0f32, f32::max);
+        assert!(max == 0.0 || (max - 1.0).abs() < 1e-5, "a map scaled to [0, 1] peaks at 1, got {max}");
+    }
+    // The default class is the predicted one (eval mode), given as a list of one per image.
+    ok(&mut s, "eval(net)");
+    ok(&mut s, "y = net(x)");
+    let y = values(&s, "y");
+    let argmax = |row: &[f32]| (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b });
+    let (a, b) = (argmax(&y[..3]), argmax(&y[3..]));
+    ok(&mut s, &format!("g = cam(net, x, [{a}, {b}])"));
+    assert_eq!(values(&s, "g"), h);
+    // One class for every image, by keyword; a single image without its batch dimension.
+    ok(&mut s, "c = cam(net, x, class=2)");
+    ok(&mut s, "d = cam(net, x, (2, 2))");
+    assert_eq!(values(&s, "c"), values(&s, "d"));
+    assert_eq!(ok(&mut s, "cam(net, x[0]).shape"), "torch.Size([1, 64, 48])");
+
+    let (m, _) = err(&mut s, "cam(net.layer1, x)");
+    assert!(m.contains("must be a whole ResNet"), "{m}");
+    let (m, _) = err(&mut s, "cam(net, x, [1])");
+    assert!(m.contains("1 classes for a batch of 2 images"), "{m}");
+    let (m, _) = err(&mut s, "cam(net, x, 3)");
+    assert!(m.contains("class 3 is out of range for a head of 3 classes"), "{m}");
+    let (m, _) = err(&mut s, "cam(net, x, -1)");
+    assert!(m.contains("negative"), "{m}");
+    let (m, _) = err(&mut s, "cam(net, x, 'cat')");
+    assert!(m.contains("`class` must be an int"), "{m}");
+    let (m, _) = err(&mut s, "cam(net, randn(2, 4, 64, 48))");
+    assert!(m.contains("fails"), "{m}");
+    assert!(ok(&mut s, "help(cam)").contains("cam(model, input, class=None)"));
+}

@@ -36,7 +36,8 @@
 //! threads and on any machine.
 //!
 //! Also here: reading and writing the tutorial's `class_indices.json` ([`class_indices`]),
-//! stratified train/validation splits ([`split`]), and a procedural demo dataset ([`demo`]).
+//! stratified train/validation splits ([`split`]), a procedural demo dataset ([`demo`]), and
+//! heatmaps drawn over pictures ([`heatmap`], for Grad-CAM).
 //!
 //! Not here: models, autograd, GPU transfer (batches are host tensors), video, or any
 //! downloading (the demo dataset is generated locally).
@@ -47,6 +48,7 @@ mod color;
 pub mod demo;
 mod error;
 pub mod folder;
+pub mod heatmap;
 mod image;
 pub mod loader;
 pub mod presets;
@@ -59,9 +61,10 @@ pub use color::{adjust_brightness, adjust_contrast, adjust_hue, adjust_saturatio
 pub use demo::{is_demo_dataset, write_demo_dataset, DemoConfig, DemoDataset};
 pub use error::{DataError, Result};
 pub use folder::{find_bad_images, Dataset, Example, ImageFolder, Subset, IMG_EXTENSIONS};
+pub use heatmap::overlay_heatmap;
 pub use image::{FloatImage, RgbImage, DEFAULT_MAX_PIXELS};
 pub use loader::{Batch, EpochIter, Loader, LoaderConfig};
-pub use presets::{load_image_tensor, IMAGENET_MEAN, IMAGENET_STD};
+pub use presets::{load_image_tensor, load_image_tensor_and_view, IMAGENET_MEAN, IMAGENET_STD};
 pub use split::{split_indices, write_split, Split};
 pub use tensor;
 pub use transforms::{

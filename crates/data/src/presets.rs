@@ -60,3 +60,24 @@ pub fn load_image_tensor(path: impl AsRef<Path>, transform: &dyn Transform) -> R
     let img = RgbImage::open(path, DEFAULT_MAX_PIXELS)?;
     transform_image(img, transform)?.into_tensor()
 }
+
+/// As [`load_image_tensor`], also returning the picture as the model sees it: the last 8-bit
+/// image of the pipeline, before `ToTensor` (for the eval pipelines, after `Resize` and
+/// `CenterCrop`), to draw on — its pixels are those of the tensor before normalisation.
+pub fn load_image_tensor_and_view(path: impl AsRef<Path>, transform: &Compose) -> Result<(tensor::Tensor, RgbImage)> {
+    let path = path.as_ref();
+    let mut rng = Rng::seed(0);
+    let mut sample = Sample::Image(RgbImage::open(path, DEFAULT_MAX_PIXELS)?);
+    let mut view = None;
+    for step in transform.steps() {
+        if let Sample::Image(img) = &sample {
+            view = Some(img.clone());
+        }
+        sample = step.apply(sample, &mut rng)?;
+    }
+    let tensor = sample.into_tensor("the transform's output")?.into_tensor()?;
+    let view = view.ok_or_else(|| {
+        crate::DataError::invalid("load_image_tensor_and_view", "the transform has no step before ToTensor")
+    })?;
+    Ok((tensor, view))
+}

@@ -27,8 +27,9 @@ pub fn is_grad_enabled() -> bool {
     GRAD_ENABLED.with(Cell::get)
 }
 
-/// While alive, nothing is recorded on this thread (like `torch.no_grad()`).
-#[must_use = "recording resumes when the guard is dropped"]
+/// While alive, nothing is recorded on this thread (like `torch.no_grad()`); from
+/// [`enable_grad`], everything is. Dropping it restores the state it found.
+#[must_use = "the previous recording state returns when the guard is dropped"]
 pub struct NoGradGuard {
     previous: bool,
 }
@@ -48,6 +49,12 @@ pub fn no_grad() -> NoGradGuard {
 pub fn with_no_grad<T>(f: impl FnOnce() -> T) -> T {
     let _guard = no_grad();
     f()
+}
+
+/// Records again until the returned guard is dropped, even inside [`no_grad`]
+/// (`torch.enable_grad()`): for code that needs a gradient whatever its caller disabled.
+pub fn enable_grad() -> NoGradGuard {
+    NoGradGuard { previous: GRAD_ENABLED.with(|g| g.replace(true)) }
 }
 
 enum Origin {

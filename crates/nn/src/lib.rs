@@ -41,7 +41,7 @@ mod optim;
 mod sched;
 mod summary;
 
-pub use autograd::{is_grad_enabled, no_grad, with_no_grad, NoGradGuard, Reduction, Var};
+pub use autograd::{enable_grad, is_grad_enabled, no_grad, with_no_grad, NoGradGuard, Reduction, Var};
 pub use layers::{
     AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, Dropout, Flatten, Identity, Linear, MaxPool2d,
     ReLU, Sequential,

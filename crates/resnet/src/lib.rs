@@ -3,7 +3,7 @@
 //! torchvision's ResNet family in Rust: BasicBlock, Bottleneck, the model zoo (resnet18 ...
 //! wide_resnet101_2) with torchvision's parameter names and initialisation, weight files
 //! (`.pth` zip and legacy through a restricted unpickler; safetensors), and a fused inference
-//! path with BatchNorm folded into the convs.
+//! path with BatchNorm folded into the convs, and Grad-CAM heatmaps ([`grad_cam`]).
 //!
 //! **What it is not.** No kernels (those are `tensor`'s) and no training loop (the command in
 //! `cli-repl` drives `nn`). File I/O here is limited to reading and writing weight files.
@@ -30,12 +30,14 @@
 //! ```
 #![deny(missing_docs)]
 
+mod cam;
 mod fused;
 mod model;
 pub mod onnx;
 pub mod weights;
 mod zoo;
 
+pub use cam::{grad_cam, GradCam, CAM_EPSILON};
 pub use fused::FusedResNet;
 pub use model::{BasicBlock, Block, BlockKind, Bottleneck, Downsample, Init, ResNet, ResNetConfig, Stage};
 pub use nn;
@@ -91,6 +93,9 @@ pub enum ResnetError {
     /// An invalid model configuration.
     #[error("{0}")]
     Config(String),
+    /// A Grad-CAM request the model or the batch cannot answer.
+    #[error("Grad-CAM: {0}")]
+    Cam(String),
 }
 
 /// `Result` with [`ResnetError`].

@@ -433,9 +433,14 @@ pub struct ResNet {
 impl ResNet {
     /// Pooled features `[batch, feature_channels]` (the model without its head).
     pub fn features(&self, x: &Var) -> nn::Result<Var> {
+        self.avgpool.forward(&self.feature_map(x)?)?.flatten_from(1)
+    }
+
+    /// The last stage's output (`layer4`), `[batch, feature_channels, h, w]`: the feature map
+    /// before the global pool (what Grad-CAM explains).
+    pub fn feature_map(&self, x: &Var) -> nn::Result<Var> {
         let h = self.maxpool.forward(&self.bn1.forward(&self.conv1.forward(x)?)?.relu()?)?;
-        let h = self.stages.iter().try_fold(h, |h, s| s.forward(&h))?;
-        self.avgpool.forward(&h)?.flatten_from(1)
+        self.stages.iter().try_fold(h, |h, s| s.forward(&h))
     }
 
     /// Replaces the head with a freshly initialised one for `num_classes` (transfer learning).

@@ -107,7 +107,7 @@ impl ClassReport {
 
     /// The table as scikit-learn's `classification_report` prints it, with top-5 accuracy.
     pub fn table(&self) -> String {
-        let width = self.classes.iter().map(|c| c.class.chars().count()).max().unwrap_or(0).max(12);
+        let width = self.classes.iter().map(|c| c.class.chars().count()).max().unwrap_or(0).max("top-5 accuracy".len());
         let mut s = format!("{:>width$} {:>9} {:>9} {:>9} {:>9}\n\n", "", "precision", "recall", "f1-score", "support");
         for c in &self.classes {
             s +=

@@ -1,6 +1,7 @@
 //! `resnet predict`: the tutorial's batch prediction without its bugs — every image is
 //! predicted (the last partial batch too), with the eval transform the weights were trained
-//! with, and class names from `class_indices.json` or the weights' metadata.
+//! with, and class names from `class_indices.json` or the weights' metadata. With `--cam DIR`,
+//! also a Grad-CAM heatmap of the predicted class over each picture as the model saw it.
 
 use crate::error::{CliError, Result};
 use crate::model_io::{load_model, meta, ModelArgs};
@@ -45,6 +46,10 @@ pub struct PredictArgs {
     /// Device: `cpu`, or `wgpu` / `cuda` / `gpu` in a build with the GPU features.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Also write a Grad-CAM heatmap of the predicted class over each picture, as the model saw
+    /// it (after resize and crop), to OUT_DIR/<file stem>.cam.png (a repeated stem gets -2, -3...).
+    #[arg(long, value_name = "OUT_DIR")]
+    pub cam: Option<PathBuf>,
     /// Images, or folders of images.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
@@ -103,6 +108,25 @@ fn collect_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// `dir/<stem>.cam.png` for each image; a stem met again (compared case-insensitively, for file
+/// systems that fold case) gets `-2`, `-3`, ... until the name is new.
+fn cam_paths(dir: &Path, images: &[PathBuf]) -> Vec<PathBuf> {
+    let mut used = std::collections::HashSet::new();
+    images
+        .iter()
+        .map(|p| {
+            let stem = p.file_stem().map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
+            let mut name = format!("{stem}.cam.png");
+            let mut k = 2;
+            while !used.insert(name.to_lowercase()) {
+                name = format!("{stem}-{k}.cam.png");
+                k += 1;
+            }
+            dir.join(name)
+        })
+        .collect()
+}
+
 /// Runs `resnet predict`.
 pub fn run(args: PredictArgs) -> Result<()> {
     let device = tensor::Device::parse(&args.device)?;
@@ -144,15 +168,31 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let transform = data::presets::eval(resize, crop, &mean, &std).map_err(|e| usage(e.to_string()))?;
     nn::ModuleExt::to_device(&model, device)?;
     let fused = resnet::FusedResNet::new(&model)?;
+    let cam_files = match &args.cam {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|source| CliError::Io { path: dir.clone(), source })?;
+            cam_paths(dir, &images)
+        }
+        None => Vec::new(),
+    };
     let mut failures = 0;
-    for chunk in images.chunks(args.batch_size) {
+    for (c, chunk) in images.chunks(args.batch_size).enumerate() {
         let mut tensors = Vec::new();
         let mut paths = Vec::new();
-        for p in chunk {
-            match data::presets::load_image_tensor(p, &transform) {
-                Ok(t) => {
+        let mut views = Vec::new();
+        let mut cam_outputs = Vec::new();
+        for (j, p) in chunk.iter().enumerate() {
+            let loaded = if args.cam.is_some() {
+                data::presets::load_image_tensor_and_view(p, &transform).map(|(t, view)| (t, Some(view)))
+            } else {
+                data::presets::load_image_tensor(p, &transform).map(|t| (t, None))
+            };
+            match loaded {
+                Ok((t, view)) => {
                     tensors.push(t);
                     paths.push(p);
+                    views.extend(view);
+                    cam_outputs.extend(cam_files.get(c * args.batch_size + j));
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -163,35 +203,51 @@ pub fn run(args: PredictArgs) -> Result<()> {
         if tensors.is_empty() {
             continue;
         }
-        let batch = tensor::Tensor::stack(&tensors.iter().collect::<Vec<_>>(), 0)?;
-        let logits = fused.forward(&batch.to_device(device)?)?;
+        let batch = tensor::Tensor::stack(&tensors.iter().collect::<Vec<_>>(), 0)?.to_device(device)?;
+        let logits = fused.forward(&batch)?;
         let probs = logits.softmax(1)?;
         let top = nn::topk(&probs, k)?;
         let logit_rows = logits.to_vec_f32()?;
+        if args.cam.is_some() {
+            // The predicted classes as printed (the fused pass's), explained by the plain model.
+            let predicted: Vec<usize> = top.indices.iter().map(|row| row[0]).collect();
+            let cam = resnet::grad_cam(&model, &batch, Some(&predicted))?;
+            let maps = cam.heatmaps.to_vec_f32()?;
+            let per_image = maps.len() / paths.len();
+            for ((view, out), map) in views.iter().zip(&cam_outputs).zip(maps.chunks(per_image)) {
+                let picture =
+                    data::overlay_heatmap(view, map, 0.5).map_err(|e| usage(format!("{}: {e}", out.display())))?;
+                picture.save(out).map_err(|e| usage(e.to_string()))?;
+            }
+        }
         for (i, path) in paths.iter().enumerate() {
             let (idx, p) = (&top.indices[i], &top.values[i]);
+            let cam_note = cam_outputs.get(i).map(|out| format!("  cam: {}", out.display())).unwrap_or_default();
             if args.json {
                 let topk: Vec<serde_json::Value> = idx
                     .iter()
                     .zip(p)
                     .map(|(&c, &pr)| serde_json::json!({"class": names[c], "index": c, "prob": pr}))
                     .collect();
-                let line = serde_json::json!({
+                let mut line = serde_json::json!({
                     "path": path.display().to_string(), "class": names[idx[0]], "index": idx[0], "prob": p[0],
                     "topk": topk, "logits": &logit_rows[i * num_classes..(i + 1) * num_classes],
                 });
+                if let Some(out) = cam_outputs.get(i) {
+                    line["cam"] = serde_json::Value::String(out.display().to_string());
+                }
                 println!("{line}");
             } else if k > 1 {
                 let list: Vec<String> = idx.iter().zip(p).map(|(&c, &pr)| format!("{} {:.3}", names[c], pr)).collect();
                 println!(
-                    "image: {}  class: {}  prob: {:.3}  top{k}: {}",
+                    "image: {}  class: {}  prob: {:.3}  top{k}: {}{cam_note}",
                     path.display(),
                     names[idx[0]],
                     p[0],
                     list.join(", ")
                 );
             } else {
-                println!("image: {}  class: {}  prob: {:.3}", path.display(), names[idx[0]], p[0]);
+                println!("image: {}  class: {}  prob: {:.3}{cam_note}", path.display(), names[idx[0]], p[0]);
             }
         }
     }

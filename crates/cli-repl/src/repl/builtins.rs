@@ -144,6 +144,12 @@ pub(crate) const BUILTINS: &[Info] = &[
         "eval mode, softmax and the top-k classes; classes is a list of names or a class_indices.json path",
         "tools",
     ),
+    b(
+        "cam",
+        "cam(model, input, class=None)",
+        "Grad-CAM heatmaps [N, H, W] in [0, 1] of a ResNet's layer4 for a class (default: the predicted one)",
+        "tools",
+    ),
     b("len", "len(obj)", "length of a list, tuple, string, shape, tensor (first dimension) or Sequential", "other"),
     b("print", "print(*values)", "prints values (strings without quotes)", "other"),
     b("type", "type(obj)", "the type of a value", "other"),
@@ -323,6 +329,7 @@ pub(crate) fn call(s: &mut Session, name: &'static str, mut args: CallArgs) -> R
             models::set_mode(&b.module("model")?, false)
         }
         "predict" => models::predict(args),
+        "cam" => models::cam(args),
         "len" => {
             let mut b = bind(name, &["obj"], 1, args)?;
             len(b.value("obj").unwrap_or(Value::None))

@@ -735,6 +735,45 @@ pub(crate) fn image(args: CallArgs) -> Result<Value> {
     Ok(Value::Tensor(t.unsqueeze(0)?))
 }
 
+/// `cam(model, input, class=None)`: Grad-CAM heatmaps `[N, H, W]` of a whole ResNet; `class` is
+/// one index for every image, a list of one per image, or None for the predicted classes.
+pub(crate) fn cam(args: CallArgs) -> Result<Value> {
+    let mut b = bind("cam", &["model", "input", "class"], 2, args)?;
+    let m = b.module("model")?;
+    let net = m.resnet().ok_or_else(|| {
+        type_err(format!("cam(): `model` must be a whole ResNet (Grad-CAM reads its layer4 and fc), got {}", m.label()))
+    })?;
+    let mut x = b.tensor("input")?;
+    if x.rank() == 3 {
+        x = x.unsqueeze(0)?;
+    }
+    if x.dtype() != DType::F32 {
+        return Err(type_err("cam(): expected a float32 input, got an int64 tensor (convert with x.float())"));
+    }
+    check_forward(&m.label(), net, x.shape())?;
+    let n = x.shape()[0];
+    let index = |v: &Value| -> Result<usize> {
+        match v {
+            Value::Int(c) if *c >= 0 => Ok(*c as usize),
+            Value::Int(c) => Err(value_err(format!("cam(): class {c} is negative"))),
+            other => Err(type_err(format!("cam(): a class must be an int, got {}", other.type_name()))),
+        }
+    };
+    let classes = match b.value("class") {
+        None | Some(Value::None) => None,
+        Some(v @ Value::Int(_)) => Some(vec![index(&v)?; n]),
+        Some(Value::List(items) | Value::Tuple(items)) => Some(items.iter().map(index).collect::<Result<Vec<_>>>()?),
+        Some(other) => {
+            return Err(type_err(format!(
+                "cam(): `class` must be an int, a list of ints (one per image) or None, got {}",
+                other.type_name()
+            )))
+        }
+    };
+    let cam = resnet::grad_cam(net, &x, classes.as_deref())?;
+    Ok(Value::Tensor(cam.heatmaps))
+}
+
 /// `predict(model, input, k=5, classes=None)`
 pub(crate) fn predict(args: CallArgs) -> Result<Value> {
     let mut b = bind("predict", &["model", "input", "k", "classes"], 2, args)?;
