@@ -21,7 +21,7 @@
 //! convolution is im2col + the `gemm` crate's packed, runtime-dispatched SIMD GEMM, with
 //! cache-sized tiles, one im2col buffer shared by all groups, a copy-free path for 1x1 convs,
 //! and rayon across (image, tile) work items. Every fast path is tested against the direct-loop
-//! oracle in [`reference`] and against PyTorch fixtures.
+//! oracle in [`reference`](mod@reference) and against PyTorch fixtures.
 //!
 //! ```
 //! use tensor::{conv2d, Conv2dParams, Rng, Tensor};
