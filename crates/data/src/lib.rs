@@ -63,7 +63,7 @@ pub use error::{DataError, Result};
 pub use folder::{find_bad_images, Dataset, Example, ImageFolder, Subset, IMG_EXTENSIONS};
 pub use heatmap::overlay_heatmap;
 pub use image::{FloatImage, RgbImage, DEFAULT_MAX_PIXELS};
-pub use loader::{Batch, EpochIter, Loader, LoaderConfig};
+pub use loader::{Batch, EpochIter, Loader, LoaderConfig, Shard};
 pub use presets::{load_image_tensor, load_image_tensor_and_view, IMAGENET_MEAN, IMAGENET_STD};
 pub use split::{split_indices, write_split, Split};
 pub use tensor;

@@ -46,6 +46,25 @@ pub struct LoaderConfig {
     /// Leave undecodable or oversized images out of their batch (with a warning) instead of
     /// failing the epoch.
     pub skip_bad_images: bool,
+    /// Data-parallel training: this process's share of each epoch (PyTorch's
+    /// `DistributedSampler`); `None`: every sample.
+    pub shard: Option<Shard>,
+}
+
+/// One process's share of each epoch in data-parallel training, as PyTorch's
+/// `DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle, seed)` takes it: the
+/// epoch's global order (the same in every process, from `(seed, epoch)`) is, with `pad`, extended
+/// by repeating it from the start to a multiple of `world_size`, and `rank` takes every
+/// `world_size`-th index from position `rank`. So every process sees as many samples (training),
+/// or, without `pad`, every sample is seen exactly once over all processes (evaluation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This process (0-based).
+    pub rank: usize,
+    /// How many processes share the data (> `rank`).
+    pub world_size: usize,
+    /// Pad to equal shares by repeating samples (`DistributedSampler`'s `drop_last=False`).
+    pub pad: bool,
 }
 
 impl Default for LoaderConfig {
@@ -58,6 +77,7 @@ impl Default for LoaderConfig {
             prefetch_factor: 2,
             seed: 0,
             skip_bad_images: false,
+            shard: None,
         }
     }
 }
@@ -101,6 +121,12 @@ impl LoaderConfig {
     /// Sets `skip_bad_images`.
     pub fn skip_bad_images(mut self, skip: bool) -> Self {
         self.skip_bad_images = skip;
+        self
+    }
+
+    /// Sets `shard`.
+    pub fn shard(mut self, shard: Option<Shard>) -> Self {
+        self.shard = shard;
         self
     }
 }
@@ -167,6 +193,14 @@ impl Loader {
         if config.prefetch_factor == 0 {
             return Err(DataError::invalid("LoaderConfig", "prefetch_factor must be positive"));
         }
+        if let Some(s) = config.shard {
+            if s.rank >= s.world_size {
+                return Err(DataError::invalid(
+                    "LoaderConfig",
+                    format!("shard rank {} is not below the world size {}", s.rank, s.world_size),
+                ));
+            }
+        }
         Ok(Loader { dataset: Arc::new(dataset), transform: Arc::new(transform), config })
     }
 
@@ -184,7 +218,7 @@ impl Loader {
     /// With `skip_bad_images`, a batch whose every image is bad is left out, so an epoch can
     /// yield fewer.
     pub fn len(&self) -> usize {
-        let (n, b) = (self.dataset.len(), self.config.batch_size);
+        let (n, b) = (self.samples_per_epoch(), self.config.batch_size);
         if self.config.drop_last {
             n / b
         } else {
@@ -202,15 +236,29 @@ impl Loader {
         self.dataset.len()
     }
 
+    /// Samples this loader visits per epoch: the dataset's, or this process's share of them.
+    pub fn samples_per_epoch(&self) -> usize {
+        let n = self.dataset.len();
+        match self.config.shard {
+            None => n,
+            Some(Shard { world_size, pad: true, .. }) => n.div_ceil(world_size),
+            Some(Shard { rank, world_size, pad: false }) => n.saturating_sub(rank).div_ceil(world_size),
+        }
+    }
+
     /// The order in which `epoch` visits the samples: `0..n`, or a permutation drawn from
-    /// `(seed, epoch)` when shuffling.
+    /// `(seed, epoch)` when shuffling; with a [`Shard`], this process's share of that order.
     pub fn epoch_order(&self, epoch: u64) -> Vec<usize> {
         let n = self.dataset.len();
-        if self.config.shuffle {
+        let order = if self.config.shuffle {
             Rng::seed(mix(&[self.config.seed, epoch, 0x5348_5546])).permutation(n)
         } else {
             (0..n).collect()
-        }
+        };
+        let Some(Shard { rank, world_size, pad }) = self.config.shard else { return order };
+        let total = if pad { n.div_ceil(world_size) * world_size } else { n };
+        // DistributedSampler's padding: the order repeated from its start, as often as needed.
+        order.iter().copied().cycle().take(if n == 0 { 0 } else { total }).skip(rank).step_by(world_size).collect()
     }
 
     /// The dataset indices of each batch of `epoch`.

@@ -287,3 +287,53 @@ fn every_bad_image_of_a_folder_is_found_in_index_order() {
         assert_eq!(names, ["3_bad.png", "0_empty.jpg", "9_truncated.png"], "{threads} threads");
     }
 }
+
+/// A shard is PyTorch's `DistributedSampler(range(n), num_replicas=w, rank=r, shuffle=False)`:
+/// the expected lists are what PyTorch 1.13 prints for them. Shuffled, the shards of one epoch
+/// partition that epoch's global order; without padding (evaluation) every sample is seen once.
+#[test]
+fn shards_take_what_pytorchs_distributed_sampler_takes() {
+    let t = || presets::imagenet_eval(14, 12).unwrap();
+    let shard = |n: usize, rank: usize, world_size: usize, pad: bool, shuffle: bool| {
+        let config = LoaderConfig::new(2).shuffle(shuffle).seed(9).shard(Some(data::Shard { rank, world_size, pad }));
+        Loader::new(synthetic(n), t(), config).unwrap()
+    };
+    let cases: [(usize, usize, &[&[usize]]); 6] = [
+        (5, 2, &[&[0, 2, 4], &[1, 3, 0]]),
+        (5, 3, &[&[0, 3], &[1, 4], &[2, 0]]),
+        (7, 2, &[&[0, 2, 4, 6], &[1, 3, 5, 0]]),
+        (7, 3, &[&[0, 3, 6], &[1, 4, 0], &[2, 5, 1]]),
+        (1, 2, &[&[0], &[0]]),
+        (1, 3, &[&[0], &[0], &[0]]),
+    ];
+    for (n, world, want) in cases {
+        for (rank, want) in want.iter().enumerate() {
+            let l = shard(n, rank, world, true, false);
+            assert_eq!(l.epoch_order(0), *want, "n {n}, world {world}, rank {rank}");
+            assert_eq!((l.samples_per_epoch(), l.len()), (want.len(), want.len().div_ceil(2)));
+        }
+    }
+    let whole = Loader::new(synthetic(11), t(), LoaderConfig::new(2).shuffle(true).seed(9)).unwrap();
+    for pad in [true, false] {
+        let shards: Vec<Vec<usize>> = (0..3).map(|r| shard(11, r, 3, pad, true).epoch_order(4)).collect();
+        if pad {
+            assert!(shards.iter().all(|s| s.len() == 4), "equal shares: {shards:?}");
+        } else {
+            let mut seen = shards.concat();
+            seen.sort();
+            assert_eq!(seen, (0..11).collect::<Vec<_>>(), "evaluation sees every sample once");
+        }
+        let global = whole.epoch_order(4);
+        let interleaved: Vec<usize> = (0..11).map(|i| shards[i % 3][i / 3]).collect();
+        assert_eq!(interleaved, global, "rank r takes every third index from r (pad {pad})");
+    }
+    // A shard's batches are the samples the whole loader would build for those indices.
+    let b = shard(5, 1, 2, true, false).iter_epoch(0).next().unwrap().unwrap();
+    assert_eq!(b.indices, [1, 3]);
+    assert!(Loader::new(
+        synthetic(3),
+        t(),
+        LoaderConfig::new(1).shard(Some(data::Shard { rank: 2, world_size: 2, pad: true }))
+    )
+    .is_err());
+}
