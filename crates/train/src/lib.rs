@@ -42,6 +42,7 @@
 mod config;
 mod datasets;
 pub mod demo;
+pub mod dist;
 mod event;
 pub mod plot;
 mod report;

@@ -15,9 +15,19 @@ pub(crate) mod keys {
     pub const OPTIMIZER: &str = "optimizer.";
 }
 
-/// Every file a run writes into its folder.
-pub const OUTPUT_FILES: [&str; 7] =
-    ["class_indices.json", keys::FILE, "best.safetensors", "last.safetensors", "metrics.csv", "curves.png", "run.json"];
+/// Every file a run writes into its folder (`report.json` and `confusion.png` once it has
+/// ended, when the caller asks for the per-class report).
+pub const OUTPUT_FILES: [&str; 9] = [
+    "class_indices.json",
+    keys::FILE,
+    "best.safetensors",
+    "last.safetensors",
+    "metrics.csv",
+    "curves.png",
+    "run.json",
+    "report.json",
+    "confusion.png",
+];
 
 /// Where the run stands: saved in the checkpoint (and, for people, as `run.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +53,14 @@ pub struct RunState {
     /// Early stopping: completed epochs without improvement.
     #[serde(default)]
     pub stale_epochs: usize,
+    /// The processes of a data-parallel run (1 without one): a run stopped inside an epoch
+    /// resumes with as many.
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl RunState {
@@ -57,6 +75,7 @@ impl RunState {
             progress: None,
             monitored_best: None,
             stale_epochs: 0,
+            world_size: 1,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! loop over them.
 
 use crate::datasets::{self, Datasets};
+use crate::dist::{Collective, SingleProcess};
 use crate::plot::{curves_png, EpochPoint};
 use crate::state::keys;
 use crate::{
@@ -110,6 +111,8 @@ pub struct Trainer {
     /// forwards move them), restored when a stop inside the window saves the window's start.
     window_buffers: Vec<(Var, Tensor)>,
     reinitialised_head: Option<(usize, usize)>,
+    /// The processes training together (one, without a launcher).
+    collective: std::rc::Rc<dyn Collective>,
 }
 
 impl Trainer {
@@ -118,7 +121,28 @@ impl Trainer {
     /// writes `class_indices.json` there (so that an unwritable folder fails before any
     /// training). A folder that already holds a run is refused ([`TrainError::HoldsRun`]).
     pub fn new(config: TrainConfig) -> Result<Trainer> {
-        Trainer::build(config, None)
+        Trainer::build(config, None, std::rc::Rc::new(SingleProcess))
+    }
+
+    /// [`Trainer::new`] as one process of a data-parallel run (DistributedDataParallel's
+    /// semantics): rank 0's initial weights go to every process, each trains on its shard of
+    /// every epoch (so the global batch is `world_size x batch_size`), the gradients are
+    /// averaged over the processes before each update, validation is split over them and its
+    /// figures summed, and only rank 0 writes files. Batch norm keeps per-process statistics
+    /// (DDP's default; there is no SyncBatchNorm yet).
+    pub fn new_distributed(config: TrainConfig, collective: std::rc::Rc<dyn Collective>) -> Result<Trainer> {
+        Trainer::build(config, None, collective)
+    }
+
+    /// [`Trainer::resume`] as one process of a data-parallel run (see
+    /// [`Trainer::new_distributed`]). Inside an epoch, the world size must be the one the run
+    /// was stopped with.
+    pub fn resume_distributed(
+        config: TrainConfig,
+        checkpoint: Checkpoint,
+        collective: std::rc::Rc<dyn Collective>,
+    ) -> Result<Trainer> {
+        Trainer::build(config, Some(checkpoint), collective)
     }
 
     /// Continues the run saved in `checkpoint`. `config` must define the same run (start from
@@ -127,7 +151,7 @@ impl Trainer {
     /// unfinished epoch come back bit for bit, so the resumed run ends with exactly the
     /// weights of an uninterrupted one.
     pub fn resume(config: TrainConfig, checkpoint: Checkpoint) -> Result<Trainer> {
-        Trainer::build(config, Some(checkpoint))
+        Trainer::build(config, Some(checkpoint), std::rc::Rc::new(SingleProcess))
     }
 
     /// A trainer over a model and optimizer built by the caller, without data: [`Trainer::step`]
@@ -151,20 +175,49 @@ impl Trainer {
             pending: 0,
             window_buffers: Vec::new(),
             reinitialised_head: None,
+            collective: std::rc::Rc::new(SingleProcess),
         })
     }
 
-    fn build(config: TrainConfig, checkpoint: Option<Checkpoint>) -> Result<Trainer> {
+    /// This trainer as one process of a data-parallel group (for [`Trainer::from_parts`]; the
+    /// data-owning constructors take the group directly): rank 0's weights and buffers are
+    /// broadcast now, and every update then averages the gradients over the group.
+    pub fn with_collective(mut self, collective: std::rc::Rc<dyn Collective>) -> Result<Trainer> {
+        crate::dist::broadcast_parameters(collective.as_ref(), &self.model)?;
+        self.state.world_size = collective.world_size();
+        self.collective = collective;
+        Ok(self)
+    }
+
+    fn build(
+        config: TrainConfig,
+        checkpoint: Option<Checkpoint>,
+        collective: std::rc::Rc<dyn Collective>,
+    ) -> Result<Trainer> {
         config.validate()?;
+        let (rank, world_size) = (collective.rank(), collective.world_size());
         let out = config.out.clone();
         if checkpoint.is_none() && Checkpoint::exists_in(&out) {
             return Err(TrainError::HoldsRun { out });
         }
-        std::fs::create_dir_all(&out).map_err(|source| TrainError::Unwritable {
-            out: out.clone(),
-            source: Box::new(tensor::TensorError::Io { path: out.clone(), source }.into()),
-        })?;
-        remove_stale_temporaries(&out);
+        if let Some(ck) = &checkpoint {
+            if ck.state.progress.is_some() && ck.state.world_size != world_size {
+                return Err(TrainError::Checkpoint {
+                    path: ck.path.clone(),
+                    msg: format!(
+                        "the run was stopped inside an epoch with {} process(es); resume it with as many (this is {world_size})",
+                        ck.state.world_size
+                    ),
+                });
+            }
+        }
+        if rank == 0 {
+            std::fs::create_dir_all(&out).map_err(|source| TrainError::Unwritable {
+                out: out.clone(),
+                source: Box::new(tensor::TensorError::Io { path: out.clone(), source }.into()),
+            })?;
+            remove_stale_temporaries(&out);
+        }
         let Datasets { train, val, classes, demo } = datasets::open(&config)?;
         let mut model_config = config.arch.config(classes.len());
         model_config.base_planes = config.base_planes;
@@ -197,8 +250,10 @@ impl Trainer {
             (meta::STD, serde_json::to_string(&presets::IMAGENET_STD).expect("floats serialise")),
         ];
         let metadata = resnet::weights::metadata_for(config.arch, &model.config, &eval_meta);
-        data::write_class_indices(out.join("class_indices.json"), &classes)
-            .map_err(|e| TrainError::Unwritable { out: out.clone(), source: Box::new(e.into()) })?;
+        if rank == 0 {
+            data::write_class_indices(out.join("class_indices.json"), &classes)
+                .map_err(|e| TrainError::Unwritable { out: out.clone(), source: Box::new(e.into()) })?;
+        }
 
         let loader_config = |shuffle: bool| {
             LoaderConfig::new(config.batch_size)
@@ -206,16 +261,21 @@ impl Trainer {
                 .num_workers(config.workers)
                 .seed(config.seed)
                 .skip_bad_images(config.skip_bad_images)
+                // Training shards are padded to equal length (every process takes as many
+                // steps); validation shards are not, so every image counts once.
+                .shard((world_size > 1).then_some(data::Shard { rank, world_size, pad: shuffle }))
         };
         let scale = config.crop_scale.unwrap_or_else(|| demo::legacy_crop_scale(demo));
         let train = Loader::new(train, presets::train(image_size, scale)?, loader_config(true))?;
         let val = Loader::new(val, presets::imagenet_eval(resize, image_size)?, loader_config(false))?;
         let updates_per_epoch = train.len().max(1).div_ceil(config.accumulate);
+        crate::dist::broadcast_parameters(collective.as_ref(), &model)?;
         let params = model.trainable_parameters();
         let mut optimizer = Optimizer::new(method(&config), params.clone(), config.lr, config.weight_decay)?;
         let (schedule, per_step_schedule) = schedule(&config, updates_per_epoch);
         let mut scheduler = Scheduler::new(schedule, &mut optimizer)?;
         let mut state = RunState::fresh(config.epochs);
+        state.world_size = world_size;
         if let Some(ck) = checkpoint {
             model.load_state_dict(&ck.model, true).map_err(|e| TrainError::Checkpoint {
                 path: ck.path.clone(),
@@ -224,6 +284,11 @@ impl Trainer {
             optimizer.load_state_dict(&ck.optimizer)?;
             state = ck.state;
             state.epochs = config.epochs;
+            state.world_size = world_size;
+            if let (Some(p), true) = (&mut state.progress, rank != 0) {
+                // The saved sums are every process's; rank 0 carries them on.
+                *p = Progress { next_batch: p.next_batch, lr: p.lr, seconds: p.seconds, ..Progress::new(p.lr) };
+            }
             scheduler.set_steps(state.scheduler_steps, &mut optimizer);
         }
         Ok(Trainer {
@@ -240,6 +305,7 @@ impl Trainer {
             pending: 0,
             window_buffers: Vec::new(),
             reinitialised_head,
+            collective,
         })
     }
 
@@ -324,6 +390,8 @@ impl Trainer {
                     self.model.named_buffers().into_iter().map(|(_, b)| (b.clone(), b.value())).collect();
             }
         }
+        // DDP's broadcast_buffers: every process runs with rank 0's batch-norm statistics.
+        crate::dist::broadcast_buffers(self.collective.as_ref(), &self.model)?;
         let images_n = labels.numel();
         let logits = self.model.forward(&Var::constant(images.to_device(self.model.device())?))?;
         let loss = CrossEntropyLoss::default().forward(&logits, labels)?;
@@ -331,7 +399,7 @@ impl Trainer {
         if inject_nan {
             value = f64::NAN;
         }
-        let fault = if !value.is_finite() {
+        let mut fault = if !value.is_finite() {
             Some(format!("the loss became {value}"))
         } else {
             let scaled =
@@ -339,6 +407,14 @@ impl Trainer {
             scaled.backward()?;
             (!gradients_finite(&self.params)?).then(|| "a gradient became non-finite".to_string())
         };
+        if self.collective.world_size() > 1 {
+            // One decision for every process: a batch that failed anywhere is skipped everywhere.
+            let mut bad = [f64::from(u8::from(fault.is_some()))];
+            self.collective.all_reduce_sum_f64(&mut bad)?;
+            if bad[0] > 0.0 && fault.is_none() {
+                fault = Some("the loss or a gradient became non-finite in another process".to_string());
+            }
+        }
         if let Some(why) = fault {
             // The window ends without an update; the next step starts from zeroed gradients.
             self.pending = 0;
@@ -359,6 +435,8 @@ impl Trainer {
     /// The optimizer's step on the accumulated gradients (and the schedule's, when it steps
     /// with the optimizer).
     fn apply_update(&mut self) -> Result<()> {
+        // DDP's all-reduce: every process steps on the mean of their accumulated gradients.
+        crate::dist::average_gradients(self.collective.as_ref(), &self.params)?;
         self.optimizer.step()?;
         self.pending = 0;
         if self.per_step_schedule {
@@ -391,17 +469,48 @@ impl Trainer {
     fn evaluate_with_confusion(
         &mut self,
         d: &RunData,
-        confusion: Option<&mut Vec<Vec<usize>>>,
+        mut confusion: Option<&mut Vec<Vec<usize>>>,
     ) -> Result<Option<(EvalMetrics, usize)>> {
-        let stop = self.stop.clone();
+        let world_size = self.collective.world_size();
+        // The model evaluated (and saved by rank 0) is rank 0's, batch-norm statistics included,
+        // as a forward through DDP would broadcast them.
+        crate::dist::broadcast_buffers(self.collective.as_ref(), &self.model)?;
+        // Processes may hold one validation batch more or less than others, so a stop cannot be
+        // agreed on per batch: a distributed pass runs to its end.
+        let stop = if world_size > 1 { Arc::new(AtomicBool::new(false)) } else { self.stop.clone() };
         let mut failed = None;
-        let result = evaluate_loader(&self.model, &d.val, d.classes.len(), &stop, confusion, &mut |e| {
+        let result = evaluate_loader(&self.model, &d.val, d.classes.len(), &stop, confusion.as_deref_mut(), &mut |e| {
             failed = Some(e);
         });
         if let Some(e) = failed {
             return Err(self.data_failure(e, d));
         }
-        result
+        let Some((m, top5)) = result? else { return Ok(None) };
+        if world_size == 1 {
+            return Ok(Some((m, top5)));
+        }
+        // The figures of the whole validation set: every process's sums, summed.
+        let mut sums =
+            vec![m.loss * m.images as f64, m.acc * m.images as f64, top5 as f64, m.images as f64, m.skipped as f64];
+        if let Some(c) = confusion.as_deref() {
+            sums.extend(c.iter().flatten().map(|&v| v as f64));
+        }
+        self.collective.all_reduce_sum_f64(&mut sums)?;
+        if let Some(c) = confusion {
+            for (cell, v) in c.iter_mut().flatten().zip(&sums[5..]) {
+                *cell = v.round() as usize;
+            }
+        }
+        let images = sums[3].round() as usize;
+        let per = |x: f64| x / images.max(1) as f64;
+        let metrics = EvalMetrics {
+            loss: per(sums[0]),
+            acc: per(sums[1]),
+            top5: per(sums[2]),
+            images,
+            skipped: sums[4].round() as usize,
+        };
+        Ok(Some((metrics, sums[2].round() as usize)))
     }
 
     /// The per-class report of the current model on the validation set: precision, recall, F1,
@@ -422,13 +531,26 @@ impl Trainer {
     /// Loads `best.safetensors` (the weights of the best validation accuracy) into the model,
     /// as Lightning's `trainer.test(ckpt_path="best")` does before a final evaluation.
     pub fn restore_best(&mut self) -> Result<()> {
-        let path = self.config.out.join("best.safetensors");
-        let file = tensor::read_safetensors(&path)?;
-        self.model.load_state_dict(&file.entries, true).map_err(|e| TrainError::Checkpoint {
-            path: path.clone(),
-            msg: format!("the best weights do not fit the model: {e}"),
-        })?;
-        Ok(())
+        if self.collective.rank() == 0 {
+            let path = self.config.out.join("best.safetensors");
+            let file = tensor::read_safetensors(&path)?;
+            self.model.load_state_dict(&file.entries, true).map_err(|e| TrainError::Checkpoint {
+                path: path.clone(),
+                msg: format!("the best weights do not fit the model: {e}"),
+            })?;
+        }
+        // Only rank 0 writes the run folder, which may be on its machine alone.
+        crate::dist::broadcast_parameters(self.collective.as_ref(), &self.model)
+    }
+
+    /// This process's rank in a data-parallel run (0 without one).
+    pub fn rank(&self) -> usize {
+        self.collective.rank()
+    }
+
+    /// The collective operations of the run's processes.
+    pub fn collective(&self) -> &dyn Collective {
+        self.collective.as_ref()
     }
 
     /// Trains the planned epochs from where the run stands: per epoch the training pass, the
@@ -478,7 +600,7 @@ impl Trainer {
             let mut interrupted = false;
             let mut save_due = false;
             for batch in d.train.iter_epoch_from(epoch as u64, p.next_batch) {
-                if self.stop.load(Ordering::Relaxed) {
+                if self.stop_requested()? {
                     interrupted = true;
                     break;
                 }
@@ -523,8 +645,8 @@ impl Trainer {
                 save_due |= save_every > 0 && p.next_batch % save_every == 0;
                 if save_due && self.pending == 0 && p.next_batch < batches {
                     self.state.scheduler_steps = self.scheduler.steps();
-                    self.state.progress =
-                        Some(Progress { seconds: seconds_before + started.elapsed().as_secs_f64(), ..p });
+                    let saved = Progress { seconds: seconds_before + started.elapsed().as_secs_f64(), ..p };
+                    self.state.progress = Some(self.global_progress(saved)?);
                     self.save_checkpoint(d)?;
                     self.state.progress = None;
                     save_due = false;
@@ -550,6 +672,7 @@ impl Trainer {
                 }
                 self.pending = 0;
                 let saved = Progress { seconds: seconds_before + started.elapsed().as_secs_f64(), ..window_start };
+                let saved = self.global_progress(saved)?;
                 return self.interrupt(d, epoch, saved);
             }
             if self.pending > 0 {
@@ -557,6 +680,7 @@ impl Trainer {
                 self.apply_update()?;
             }
             p.seconds = seconds_before + started.elapsed().as_secs_f64();
+            let p = self.global_progress(p)?;
             let Some(val) = self.evaluate_on(d)? else {
                 return self.interrupt(d, epoch, p);
             };
@@ -600,6 +724,34 @@ impl Trainer {
             }
         }
         Ok(FitOutcome::Completed)
+    }
+
+    /// Whether the stop flag is set — in any process of a distributed run, so that all stop at
+    /// the same batch.
+    fn stop_requested(&self) -> Result<bool> {
+        let local = self.stop.load(Ordering::Relaxed);
+        if self.collective.world_size() == 1 {
+            return Ok(local);
+        }
+        let mut any = [f64::from(u8::from(local))];
+        self.collective.all_reduce_sum_f64(&mut any)?;
+        Ok(any[0] > 0.0)
+    }
+
+    /// The epoch's sums over every process (the skipped-batch count is already common).
+    fn global_progress(&self, p: Progress) -> Result<Progress> {
+        if self.collective.world_size() == 1 {
+            return Ok(p);
+        }
+        let mut sums = [p.loss_sum, p.correct as f64, p.seen as f64, p.skipped_images as f64];
+        self.collective.all_reduce_sum_f64(&mut sums)?;
+        Ok(Progress {
+            loss_sum: sums[0],
+            correct: sums[1].round() as usize,
+            seen: sums[2].round() as usize,
+            skipped_images: sums[3].round() as usize,
+            ..p
+        })
     }
 
     /// Saves the position inside `epoch` and reports the stop.
@@ -656,8 +808,11 @@ impl Trainer {
         TrainError::BadImages { errors: bad }
     }
 
-    /// Writes `checkpoint.safetensors`: the one file a resume reads.
+    /// Writes `checkpoint.safetensors`: the one file a resume reads (rank 0 only).
     fn save_checkpoint(&self, d: &RunData) -> Result<()> {
+        if self.collective.rank() != 0 {
+            return Ok(());
+        }
         let mut entries: Vec<(String, Tensor)> =
             self.model.state_dict().into_iter().map(|(k, t)| (format!("{}{k}", keys::MODEL), t)).collect();
         entries.extend(self.optimizer.state_dict().into_iter().map(|(k, t)| (format!("{}{k}", keys::OPTIMIZER), t)));
@@ -670,6 +825,9 @@ impl Trainer {
     /// The end-of-epoch writes: the best weights when they improved, then the checkpoint, then
     /// the reports. A failure names the file; every file keeps its previous version.
     fn save_epoch(&self, d: &RunData, improved: bool) -> Result<()> {
+        if self.collective.rank() != 0 {
+            return Ok(());
+        }
         if improved {
             self.write_tensors("best.safetensors", &self.model.state_dict(), &d.metadata)?;
         }
@@ -679,6 +837,9 @@ impl Trainer {
 
     /// The files rewritten from the checkpoint's state: the last weights and the reports.
     fn write_reports(&self, d: &RunData) -> Result<()> {
+        if self.collective.rank() != 0 {
+            return Ok(());
+        }
         self.write_tensors("last.safetensors", &self.model.state_dict(), &d.metadata)?;
         self.write_report("metrics.csv", metrics_csv(&self.state.rows).into_bytes())?;
         let points: Vec<EpochPoint> = self

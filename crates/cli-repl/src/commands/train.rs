@@ -10,6 +10,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use train::dist::Collective;
 use train::{
     demo, Checkpoint, EarlyStopping, Event, FitOutcome, Monitor, OnNonFinite, OptimizerKind, SchedulerKind,
     StepOutcome, TrainConfig, TrainError, Trainer,
@@ -355,6 +356,9 @@ impl Progress {
 fn final_report(trainer: &mut Trainer, print: bool) -> Result<()> {
     trainer.restore_best().map_err(explain)?;
     let Some(report) = trainer.class_report().map_err(explain)? else { return Ok(()) };
+    if trainer.rank() != 0 {
+        return Ok(());
+    }
     report.write(&trainer.config().out).map_err(explain)?;
     if print {
         println!("the best weights on the validation set:\n{}", report.table());
@@ -362,8 +366,53 @@ fn final_report(trainer: &mut Trainer, print: bool) -> Result<()> {
     Ok(())
 }
 
-/// Runs `resnet train`.
+/// The processes training together: the ones `mpirun` started (in a build with the `mpi`
+/// feature), else this one alone.
+fn connect() -> Result<Rc<dyn Collective>> {
+    #[cfg(feature = "mpi")]
+    if train::dist::Mpi::launched() {
+        return Ok(Rc::new(train::dist::Mpi::init().map_err(explain)?));
+    }
+    Ok(Rc::new(train::dist::SingleProcess))
+}
+
+/// Whether a finished run still needs its per-class report (a kill can come before or between
+/// its two files): rank 0's folder decides for every process.
+fn report_missing(trainer: &Trainer) -> Result<bool> {
+    let written = ["report.json", "confusion.png"].iter().all(|f| trainer.config().out.join(f).is_file());
+    let mut missing = [f32::from(u8::from(!written))];
+    trainer.collective().broadcast(&mut missing, 0).map_err(explain)?;
+    Ok(missing[0] > 0.0)
+}
+
+/// The run of a process other than rank 0: the same collective calls as rank 0's, no output.
+fn finish_quietly(trainer: &mut Trainer) -> Result<()> {
+    match trainer.fit().map_err(explain)? {
+        FitOutcome::Completed | FitOutcome::EarlyStopped { .. } => final_report(trainer, false),
+        FitOutcome::AlreadyDone { epochs } if epochs > 0 && report_missing(trainer)? => final_report(trainer, false),
+        _ => Ok(()),
+    }
+}
+
+/// Runs `resnet train`; under `mpirun`, as one process of a data-parallel run, where a failure
+/// in any process ends them all, naming its rank.
 pub fn run(args: TrainArgs) -> Result<()> {
+    let collective = connect()?;
+    if collective.world_size() == 1 {
+        return run_in(args, collective);
+    }
+    let rank = collective.rank();
+    match run_in(args, collective.clone()) {
+        Ok(()) => collective.barrier().map_err(explain),
+        Err(e) => {
+            eprintln!("error in rank {rank} of {}: {e}", collective.world_size());
+            collective.abort(1)
+        }
+    }
+}
+
+fn run_in(args: TrainArgs, collective: Rc<dyn Collective>) -> Result<()> {
+    let leader = collective.rank() == 0;
     let device = tensor::Device::parse(&args.device)?;
     let resumed = match &args.resume {
         Some(_) if args.weights.is_some() => {
@@ -398,7 +447,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if resumed.is_none() && Checkpoint::exists_in(&config.out) {
         return Err(explain(TrainError::HoldsRun { out: config.out.clone() }));
     }
-    if demo {
+    if demo && leader {
         let dir = demo::dir(config.demo_dir.as_deref());
         match demo::prepare(config.demo_dir.as_deref()).map_err(explain)? {
             demo::Prepared::Reused => {}
@@ -413,23 +462,38 @@ pub fn run(args: TrainArgs) -> Result<()> {
             }
         }
     }
+    // The other processes wait for rank 0's demo dataset.
+    collective.barrier().map_err(explain)?;
     let mut trainer = match resumed {
         Some(ck) => {
             let state = ck.state.clone();
             let dir = args.resume.clone().unwrap_or_default();
-            let trainer = Trainer::resume(config, ck).map_err(explain)?;
+            let trainer = Trainer::resume_distributed(config, ck, collective.clone()).map_err(explain)?;
             let within = state.progress.map(|p| format!(", batch {} of epoch {}", p.next_batch, state.epoch + 1));
-            println!(
-                "resuming {} after epoch {}{} (best validation accuracy {:.1}%)",
-                dir.display(),
-                state.epoch,
-                within.unwrap_or_default(),
-                100.0 * state.best_acc.max(0.0)
-            );
+            leader.then(|| {
+                println!(
+                    "resuming {} after epoch {}{} (best validation accuracy {:.1}%)",
+                    dir.display(),
+                    state.epoch,
+                    within.unwrap_or_default(),
+                    100.0 * state.best_acc.max(0.0)
+                )
+            });
             trainer
         }
-        None => Trainer::new(config).map_err(explain)?,
+        None => Trainer::new_distributed(config, collective.clone()).map_err(explain)?,
     };
+    if !leader {
+        // The other processes train in silence: rank 0 speaks for the run.
+        return finish_quietly(&mut trainer);
+    }
+    if collective.world_size() > 1 {
+        println!(
+            "data-parallel over {} processes: a global batch of {}",
+            collective.world_size(),
+            collective.world_size() * trainer.config().batch_size
+        );
+    }
     if let (Some((theirs, ours)), Some(w)) = (trainer.reinitialised_head(), &args.weights) {
         if theirs != 0 && theirs != ours {
             println!("{}: the head has {theirs} classes, the data {ours}: the head is re-initialised", w.display());
@@ -477,7 +541,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         FitOutcome::AlreadyDone { epochs } => {
             println!("the run already has {epochs} epochs; nothing to do (raise --epochs to continue)");
             // A run killed after its last epoch but before its report gets one now.
-            if epochs > 0 && !trainer.config().out.join("report.json").is_file() {
+            if epochs > 0 && report_missing(&trainer)? {
                 final_report(&mut trainer, false)?;
             }
             return Ok(());

@@ -1,0 +1,71 @@
+//! Data-parallel training against one process, under `mpirun -np 2`: two SGD-with-momentum
+//! steps of a narrow ResNet-18 on 2 x 4 images give the weights one process gets on the same 8
+//! images (the model in eval mode, so batch norm uses running statistics and every image's
+//! gradient is its own), and every rank ends with the same weights. Run by tests/distributed.rs:
+//!
+//! ```text
+//! mpirun --allow-run-as-root --oversubscribe -np 2 target/release/examples/ddp_check
+//! ```
+use nn::{Method, ModuleExt, Optimizer};
+use resnet_rs::train::dist::{Collective, Mpi, SingleProcess};
+use resnet_rs::train::{TrainConfig, Trainer};
+use resnet_rs::{nn, resnet, tensor};
+use std::rc::Rc;
+use tensor::{Rng, Tensor};
+
+fn trainer(seed: u64, collective: Rc<dyn Collective>) -> Trainer {
+    let mut config = resnet::Arch::Resnet18.config(3);
+    config.base_planes = 4;
+    let model = config.build(resnet::Init::Torchvision(seed)).expect("model");
+    model.eval();
+    let opt = Optimizer::new(Method::sgd(0.9), model.trainable_parameters(), 0.1, 1e-4).expect("optimizer");
+    Trainer::from_parts(model, opt, TrainConfig::default())
+        .and_then(|t| t.with_collective(collective))
+        .expect("trainer")
+}
+
+fn weights(t: &Trainer) -> Vec<f32> {
+    t.model().trainable_parameters().iter().flat_map(|p| p.value().to_vec_f32().expect("weights")).collect()
+}
+
+fn main() {
+    let mpi: Rc<dyn Collective> = Rc::new(Mpi::init().expect("MPI"));
+    let (rank, world) = (mpi.rank(), mpi.world_size());
+    let mut rng = Rng::seed(5);
+    let batches: Vec<(Tensor, Tensor)> = (0..2)
+        .map(|_| {
+            (
+                Tensor::randn(&[4 * world, 3, 32, 32], &mut rng),
+                Tensor::from_vec_i64((0..4 * world as i64).map(|i| i % 3).collect(), &[4 * world]).expect("labels"),
+            )
+        })
+        .collect();
+    // Each rank starts from its own seed: the broadcast makes rank 0's weights everyone's.
+    let mut ddp = trainer(rank as u64 + 1, mpi.clone());
+    for (x, y) in &batches {
+        let mine = x.narrow(0, 4 * rank, 4).expect("shard").contiguous();
+        let labels = y.narrow(0, 4 * rank, 4).expect("labels").contiguous();
+        ddp.step(&mine, &labels).expect("step");
+    }
+    let got = weights(&ddp);
+    let mut rank0 = got.clone();
+    mpi.broadcast(&mut rank0, 0).expect("broadcast");
+    if got != rank0 {
+        eprintln!("rank {rank}: the weights differ from rank 0's");
+        mpi.abort(1);
+    }
+    if rank == 0 {
+        let mut single = trainer(1, Rc::new(SingleProcess));
+        for (x, y) in &batches {
+            single.step(x, y).expect("step");
+        }
+        let want = weights(&single);
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+        println!("ddp ok: {world} ranks x 4 images vs 1 x {}: max relative difference {err:.1e}", 4 * world);
+        if err > 1e-5 {
+            mpi.abort(1);
+        }
+    }
+    mpi.barrier().expect("barrier");
+}
