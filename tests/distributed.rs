@@ -73,3 +73,62 @@ fn a_rank_that_fails_ends_every_rank_naming_itself() {
     assert!(!dir.join("run/checkpoint.safetensors").exists(), "nothing half-written");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The processes `mpirun` (`pid`) started.
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// One rank killed (SIGKILL) mid-epoch: `mpirun` ends the other within seconds, the checkpoint
+/// rank 0 wrote is whole, and the run resumes under `mpirun` to its end.
+#[test]
+fn a_killed_rank_ends_the_run_and_it_resumes() {
+    let dir = temp_dir("mpirun-kill");
+    let data = demo_dataset(&dir.join("data"), 12, 2, 32);
+    let out = dir.join("run");
+    let bin = env!("CARGO_BIN_EXE_resnet");
+    let small =
+        ["--base-planes", "4", "--image-size", "24", "--eval-resize", "24", "--batch-size", "4", "--workers", "1"];
+    let mut args: Vec<&str> = vec!["train", "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend(["--epochs", "40", "--save-every", "2"]);
+    args.extend(small);
+    let mut run = Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2", bin])
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !out.join("checkpoint.safetensors").exists() {
+        assert!(Instant::now() < deadline, "no checkpoint was written");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let ranks = children(run.id());
+    assert_eq!(ranks.len(), 2, "mpirun's processes: {ranks:?}");
+    let killed = Instant::now();
+    // SAFETY: a plain kill(2) of a process this test's mpirun started.
+    assert_eq!(unsafe { libc::kill(ranks[1] as i32, libc::SIGKILL) }, 0);
+    let status = loop {
+        if let Some(s) = run.try_wait().unwrap() {
+            break s;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(30), "the other rank was left running");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let state = train::Checkpoint::read(&out).expect("the checkpoint is whole").state;
+    assert!(state.epoch < 40, "the run was killed before its end");
+    let mut resume: Vec<&str> = vec!["train", "--resume", out.to_str().unwrap()];
+    resume.extend(small);
+    let o = mpirun(Path::new(bin), &resume);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("resuming"), "{}", text(&o));
+    assert_eq!(train::Checkpoint::read(&out).unwrap().state.epoch, 40);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
