@@ -1,7 +1,8 @@
 //! Data-parallel training against one process, under `mpirun -np 2`: two SGD-with-momentum
 //! steps of a narrow ResNet-18 on 2 x 4 images give the weights one process gets on the same 8
-//! images (the model in eval mode, so batch norm uses running statistics and every image's
-//! gradient is its own), and every rank ends with the same weights. Run by tests/distributed.rs:
+//! images — in eval mode (batch norm on running statistics, every image's gradient its own), and
+//! in training mode with SyncBatchNorm (weights and running statistics) — and every rank ends
+//! with the same weights. Run by tests/distributed.rs:
 //!
 //! ```text
 //! mpirun --allow-run-as-root --oversubscribe -np 2 target/release/examples/ddp_check
@@ -67,5 +68,39 @@ fn main() {
             mpi.abort(1);
         }
     }
+    // Training mode with SyncBatchNorm: batch norm normalises over both ranks' 4 images, as one
+    // process does over its 8.
+    resnet_rs::train::dist::sync_batch_norm(Some(mpi.clone()));
+    let mut ddp = trainer(rank as u64 + 1, mpi.clone());
+    ddp.model().train();
+    for (x, y) in &batches {
+        let mine = x.narrow(0, 4 * rank, 4).expect("shard").contiguous();
+        let labels = y.narrow(0, 4 * rank, 4).expect("labels").contiguous();
+        ddp.step(&mine, &labels).expect("step");
+    }
+    resnet_rs::train::dist::sync_batch_norm(None);
+    let got = state(&ddp);
+    if rank == 0 {
+        let mut single = trainer(1, Rc::new(SingleProcess));
+        single.model().train();
+        for (x, y) in &batches {
+            single.step(x, y).expect("step");
+        }
+        let want = state(&single);
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+        println!(
+            "sync-bn ok: {world} ranks x 4 images vs 1 x {} in training mode: max relative difference {err:.1e}",
+            4 * world
+        );
+        if err > 1e-4 {
+            mpi.abort(1);
+        }
+    }
     mpi.barrier().expect("barrier");
+}
+
+/// Every float of the model's state: weights and batch-norm running statistics.
+fn state(t: &Trainer) -> Vec<f32> {
+    t.model().state_dict().iter().filter_map(|(_, v)| v.to_vec_f32().ok()).flatten().collect()
 }

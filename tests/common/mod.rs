@@ -81,3 +81,9 @@ pub fn tensor_bits(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<u64>)> {
         })
         .collect()
 }
+
+/// The f32 tensors of a weight file by name, flattened.
+pub fn read_tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
+    let sd = resnet::read_weights(path).unwrap_or_else(|e| panic!("{e}"));
+    sd.entries.into_iter().filter_map(|(k, t)| Some((k, t.to_vec_f32().ok()?))).collect()
+}

@@ -57,6 +57,37 @@ pub fn enable_grad() -> NoGradGuard {
     NoGradGuard { previous: GRAD_ENABLED.with(|g| g.replace(true)) }
 }
 
+/// The processes whose batch statistics SyncBatchNorm sums (data-parallel training): the
+/// `train` crate adapts its collective operations to this.
+pub trait ProcessGroup {
+    /// How many processes take part.
+    fn world_size(&self) -> usize;
+    /// Sums `values` elementwise over every process, in place.
+    fn all_reduce_sum(&self, values: &mut [f32]) -> std::result::Result<(), String>;
+}
+
+thread_local! {
+    static SYNC_GROUP: std::cell::RefCell<Option<std::rc::Rc<dyn ProcessGroup>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes every training-mode `BatchNorm2d` on this thread a SyncBatchNorm over `group`
+/// (`torch.nn.SyncBatchNorm.convert_sync_batchnorm`): the batch statistics are those of the
+/// processes' batches together. `None` goes back to per-process statistics.
+pub fn set_sync_batch_norm(group: Option<std::rc::Rc<dyn ProcessGroup>>) {
+    SYNC_GROUP.with(|g| *g.borrow_mut() = group);
+}
+
+/// The SyncBatchNorm group of this thread, when one with more than one process is set.
+pub(crate) fn sync_group() -> Option<std::rc::Rc<dyn ProcessGroup>> {
+    SYNC_GROUP.with(|g| g.borrow().clone()).filter(|g| g.world_size() > 1)
+}
+
+fn all_reduce(group: &dyn ProcessGroup, t: &Tensor) -> Result<Tensor> {
+    let mut values = t.to_vec_f32()?;
+    group.all_reduce_sum(&mut values).map_err(|e| NnError::Config(format!("all-reduce: {e}")))?;
+    Ok(Tensor::from_vec(values, t.shape())?.to_device(t.device())?)
+}
+
 enum Origin {
     /// Created by the user (parameters, inputs, constants).
     Leaf,
@@ -362,6 +393,8 @@ pub(crate) enum Op {
         input: Var,
         mask: Tensor,
     },
+    /// A sum over the processes of the SyncBatchNorm group; its gradient is summed the same way.
+    AllReduceSum(Var),
 }
 
 /// Sums a broadcast gradient back to the shape of the operand it came from.
@@ -396,7 +429,8 @@ impl Op {
             | Op::AvgPool2d { input, .. }
             | Op::NllLoss { input, .. }
             | Op::SoftNllLoss { input, .. }
-            | Op::Dropout { input, .. } => vec![input],
+            | Op::Dropout { input, .. }
+            | Op::AllReduceSum(input) => vec![input],
             Op::CrossEntropy { logits, .. } | Op::SoftCrossEntropy { logits, .. } => vec![logits],
             Op::Linear { input, weight, bias } | Op::Conv2d { input, weight, bias, .. } => {
                 let mut v = vec![input, weight];
@@ -551,6 +585,14 @@ impl Op {
                 vec![(input.clone(), Tensor::from_vec(d, &shape)?)]
             }
             Op::Dropout { input, mask } => vec![(input.clone(), g.mul(mask)?)],
+            // Every process's loss depends on every process's statistics: the gradients that
+            // reach the sum from all of them come back to each input.
+            Op::AllReduceSum(input) => {
+                let group = sync_group().ok_or_else(|| {
+                    NnError::Autograd("backward through a SyncBatchNorm sum outside its process group".into())
+                })?;
+                vec![(input.clone(), all_reduce(group.as_ref(), g)?)]
+            }
         })
     }
 }
@@ -595,6 +637,11 @@ impl Var {
     pub fn div(&self, rhs: &Var) -> Result<Var> {
         let v = self.value().div(&rhs.value())?;
         Ok(Var::record(v, &[self, rhs], || Op::Div(self.clone(), rhs.clone())))
+    }
+    /// The sum of this value over the processes of the SyncBatchNorm group (differentiable).
+    pub(crate) fn all_reduce_sum(&self, group: &dyn ProcessGroup) -> Result<Var> {
+        let v = all_reduce(group, &self.value())?;
+        Ok(Var::record(v, &[self], || Op::AllReduceSum(self.clone())))
     }
     /// `self + s`
     pub fn add_scalar(&self, s: f32) -> Result<Var> {

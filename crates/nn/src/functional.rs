@@ -61,6 +61,56 @@ pub fn adaptive_avg_pool2d(input: &Var, output: [usize; 2]) -> Result<Var> {
     Ok(Var::record(y, &[input], || Op::AdaptiveAvgPool2d(input.clone())))
 }
 
+/// SyncBatchNorm's training mode: as [`batch_norm_train`], with the mean and variance of every
+/// process's batch together (two sums over `group`, differentiable, so the gradients also flow
+/// through the other processes' statistics). Running statistics as PyTorch updates them, with
+/// the unbiased variance of all the processes' values.
+pub fn sync_batch_norm_train(
+    input: &Var,
+    weight: Option<&Var>,
+    bias: Option<&Var>,
+    running: Option<(&Tensor, &Tensor)>,
+    momentum: f64,
+    eps: f64,
+    group: &dyn crate::ProcessGroup,
+) -> Result<(Var, Option<(Tensor, Tensor)>)> {
+    let shape = input.shape();
+    if shape.len() != 4 {
+        return Err(crate::NnError::Shape(format!("SyncBatchNorm: expected [N, C, H, W], got {shape:?}")));
+    }
+    let c = shape[1];
+    let mut count = [(shape[0] * shape[2] * shape[3]) as f32];
+    group.all_reduce_sum(&mut count).map_err(|e| crate::NnError::Config(format!("all-reduce: {e}")))?;
+    let total = count[0];
+    if total <= 1.0 {
+        return Err(crate::NnError::Shape("SyncBatchNorm: training needs more than one value per channel".into()));
+    }
+    let per_channel = [1, c, 1, 1];
+    let mean = input.sum(&[0, 2, 3], false)?.all_reduce_sum(group)?.mul_scalar(1.0 / total)?;
+    let centered = input.sub(&mean.reshape(&per_channel)?)?;
+    let var = centered.mul(&centered)?.sum(&[0, 2, 3], false)?.all_reduce_sum(group)?.mul_scalar(1.0 / total)?;
+    let invstd = var.add_scalar(eps as f32)?.powf(-0.5)?;
+    let mut y = centered.mul(&invstd.reshape(&per_channel)?)?;
+    if let Some(w) = weight {
+        y = y.mul(&w.reshape(&per_channel)?)?;
+    }
+    if let Some(b) = bias {
+        y = y.add(&b.reshape(&per_channel)?)?;
+    }
+    let running = match running {
+        Some((rm, rv)) => {
+            let m = momentum as f32;
+            let unbiased = var.value().mul_scalar(total / (total - 1.0))?;
+            Some((
+                rm.mul_scalar(1.0 - m)?.add(&mean.value().mul_scalar(m)?)?,
+                rv.mul_scalar(1.0 - m)?.add(&unbiased.mul_scalar(m)?)?,
+            ))
+        }
+        None => None,
+    };
+    Ok((y, running))
+}
+
 /// Training-mode batch norm: normalises with batch statistics and returns the updated running
 /// statistics (when given) beside the output.
 pub fn batch_norm_train(

@@ -41,7 +41,9 @@ mod optim;
 mod sched;
 mod summary;
 
-pub use autograd::{enable_grad, is_grad_enabled, no_grad, with_no_grad, NoGradGuard, Reduction, Var};
+pub use autograd::{
+    enable_grad, is_grad_enabled, no_grad, set_sync_batch_norm, with_no_grad, NoGradGuard, ProcessGroup, Reduction, Var,
+};
 pub use layers::{
     AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, Dropout, Flatten, Identity, Linear, MaxPool2d,
     ReLU, Sequential,

@@ -57,6 +57,10 @@ pub struct TrainConfig {
     /// `batch_size` x `accumulate` fits in the memory of `batch_size`. 1: no accumulation.
     #[serde(default = "one")]
     pub accumulate: usize,
+    /// Data-parallel runs: batch norm over every process's batch together (SyncBatchNorm)
+    /// instead of each process's own (DDP's default).
+    #[serde(default)]
+    pub sync_bn: bool,
 
     /// Epochs to train (a resumed run may be given more).
     #[serde(skip, default = "ten")]
@@ -129,6 +133,7 @@ impl Default for TrainConfig {
             crop_scale: Some((0.08, 1.0)),
             eval_resize: None,
             accumulate: 1,
+            sync_bn: false,
             epochs: ten(),
             weights: None,
             workers: two(),

@@ -123,6 +123,26 @@ fn broadcast_vars(collective: &dyn Collective, vars: &[Var]) -> Result<()> {
     Ok(())
 }
 
+/// Makes every training-mode batch norm on this thread a SyncBatchNorm over `collective`
+/// (`torch.nn.SyncBatchNorm`): each normalises with the statistics of every process's batch
+/// together, so N processes x batch B train as one process x batch N x B. `None` goes back to
+/// per-process statistics (DDP's default).
+pub fn sync_batch_norm(collective: Option<std::rc::Rc<dyn Collective>>) {
+    nn::set_sync_batch_norm(collective.map(|c| std::rc::Rc::new(Group(c)) as std::rc::Rc<dyn nn::ProcessGroup>));
+}
+
+/// A collective as the process group of `nn`'s SyncBatchNorm.
+struct Group(std::rc::Rc<dyn Collective>);
+
+impl nn::ProcessGroup for Group {
+    fn world_size(&self) -> usize {
+        self.0.world_size()
+    }
+    fn all_reduce_sum(&self, values: &mut [f32]) -> std::result::Result<(), String> {
+        self.0.all_reduce_sum(values).map_err(|e| e.to_string())
+    }
+}
+
 /// Open MPI (or any MPI) through the `mpi` crate: the processes `mpirun` started.
 #[cfg(feature = "mpi")]
 pub struct Mpi {

@@ -270,6 +270,9 @@ impl Trainer {
         let val = Loader::new(val, presets::imagenet_eval(resize, image_size)?, loader_config(false))?;
         let updates_per_epoch = train.len().max(1).div_ceil(config.accumulate);
         crate::dist::broadcast_parameters(collective.as_ref(), &model)?;
+        if config.sync_bn && world_size > 1 {
+            crate::dist::sync_batch_norm(Some(collective.clone()));
+        }
         let params = model.trainable_parameters();
         let mut optimizer = Optimizer::new(method(&config), params.clone(), config.lr, config.weight_decay)?;
         let (schedule, per_step_schedule) = schedule(&config, updates_per_epoch);
@@ -888,6 +891,15 @@ impl Trainer {
 
     fn save_failed(&self, name: &str, e: tensor::TensorError) -> TrainError {
         TrainError::Save { path: self.config.out.join(name), out: self.config.out.clone(), source: Box::new(e.into()) }
+    }
+}
+
+impl Drop for Trainer {
+    fn drop(&mut self) {
+        if self.config.sync_bn && self.collective.world_size() > 1 {
+            // The thread's batch norms go back to per-process statistics with the run.
+            crate::dist::sync_batch_norm(None);
+        }
     }
 }
 

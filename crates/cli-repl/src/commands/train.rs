@@ -77,6 +77,10 @@ pub struct TrainArgs {
     /// (an effective batch of N x --batch-size) [default: 1].
     #[arg(long)]
     pub accumulate: Option<usize>,
+    /// Under mpirun: batch norm over every process's batch together (SyncBatchNorm), so N
+    /// processes x --batch-size train as one process with N times the batch.
+    #[arg(long)]
+    pub sync_bn: bool,
     /// Seeds the model, the shuffling and the augmentation [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,
@@ -172,6 +176,7 @@ fn resolve(args: &TrainArgs, saved: Option<&TrainConfig>) -> Result<TrainConfig>
             data.is_none().then_some(args.image_size.unwrap_or(d.image_size)),
         )?,
         accumulate: pick("accumulate", args.accumulate, s.map(|s| s.accumulate), d.accumulate)?,
+        sync_bn: args.sync_bn || s.is_some_and(|s| s.sync_bn),
         epochs: d.epochs,
         data,
         ..TrainConfig::default()
