@@ -205,30 +205,11 @@ impl Module for BatchNorm2d {
                 counter.set_value(Tensor::from_vec_i64(vec![count], &[])?);
                 let momentum = self.momentum.unwrap_or(1.0 / count as f64);
                 let (rmv, rvv) = (rm.value(), rv.value());
-                if let Some(group) = crate::autograd::sync_group() {
-                    let (y, running) = F::sync_batch_norm_train(
-                        input,
-                        self.weight.as_ref(),
-                        self.bias.as_ref(),
-                        Some((&rmv, &rvv)),
-                        momentum,
-                        self.eps,
-                        group.as_ref(),
-                    )?;
-                    if let Some((m, v)) = running {
-                        rm.set_value(m);
-                        rv.set_value(v);
-                    }
-                    return Ok(y);
-                }
-                let (y, running) = F::batch_norm_train(
-                    input,
-                    self.weight.as_ref(),
-                    self.bias.as_ref(),
-                    Some((&rmv, &rvv)),
-                    momentum,
-                    self.eps,
-                )?;
+                let (w, b, running) = (self.weight.as_ref(), self.bias.as_ref(), Some((&rmv, &rvv)));
+                let (y, running) = match crate::autograd::sync_group() {
+                    Some(group) => F::sync_batch_norm_train(input, w, b, running, momentum, self.eps, group.as_ref())?,
+                    None => F::batch_norm_train(input, w, b, running, momentum, self.eps)?,
+                };
                 if let Some((m, v)) = running {
                     rm.set_value(m);
                     rv.set_value(v);

@@ -1,5 +1,5 @@
 //! Collective operations for data-parallel training, behind one trait: [`SingleProcess`] (world
-//! size 1, what every run without a launcher uses) and, with the `mpi` feature, [`Mpi`] over Open
+//! size 1, what every run without a launcher uses) and, with the `mpi` feature, `Mpi` over Open
 //! MPI (`mpirun -np N ...`, on one machine or several). An NCCL implementation for GPUs (through
 //! `cudarc`, behind the `cuda` feature) would be a third implementation of the same trait.
 //!

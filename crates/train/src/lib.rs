@@ -13,6 +13,10 @@
 //! reads, bit for bit), `best.safetensors`, `last.safetensors`, `metrics.csv`, `curves.png`,
 //! `run.json`, `class_indices.json`.
 //!
+//! Under `mpirun` it trains data-parallel with DistributedDataParallel's rules
+//! ([`Trainer::new_distributed`], [`dist`]: sharded epochs, averaged gradients, SyncBatchNorm on
+//! request, validation over the whole set, rank 0 alone writing).
+//!
 //! **What it is not.** It prints nothing and draws no progress bars: it reports through
 //! [`Event`]s, and its caller (the CLI's indicatif bars, a user's logger) decides what to show.
 //! It parses no command line and installs no signal handler: [`Trainer::stop_handle`] is the
