@@ -451,21 +451,32 @@ impl Trainer {
     /// Loss, top-1 and top-5 accuracy on the validation set, in eval mode without recording;
     /// the model is back in training mode afterwards. `None` when the stop flag ended it.
     pub fn evaluate(&mut self) -> Result<Option<EvalMetrics>> {
-        let data = self.data.take().ok_or_else(|| config_err("evaluate needs data: build the Trainer with new"))?;
-        let result = self.evaluate_on(&data);
+        self.with_data("evaluate", |t, d| t.evaluate_on(d))
+    }
+
+    /// Runs `f` with the run's data, which [`Trainer::from_parts`] has not.
+    fn with_data<T>(&mut self, what: &str, f: impl FnOnce(&mut Trainer, &RunData) -> Result<T>) -> Result<T> {
+        let data =
+            self.data.take().ok_or_else(|| config_err(format!("{what} needs data: build the Trainer with new")))?;
+        let result = f(self, &data);
         self.data = Some(data);
         result
     }
 
     fn evaluate_on(&mut self, d: &RunData) -> Result<Option<EvalMetrics>> {
-        self.model.eval();
-        let result = self.evaluate_pass(d);
-        self.model.train();
-        result
+        Ok(self.evaluate_in_eval_mode(d, None)?.map(|(metrics, _)| metrics))
     }
 
-    fn evaluate_pass(&mut self, d: &RunData) -> Result<Option<EvalMetrics>> {
-        Ok(self.evaluate_with_confusion(d, None)?.map(|(metrics, _)| metrics))
+    /// The validation pass in eval mode (the model is back in training mode afterwards).
+    fn evaluate_in_eval_mode(
+        &mut self,
+        d: &RunData,
+        confusion: Option<&mut Vec<Vec<usize>>>,
+    ) -> Result<Option<(EvalMetrics, usize)>> {
+        self.model.eval();
+        let result = self.evaluate_with_confusion(d, confusion);
+        self.model.train();
+        result
     }
 
     /// The validation pass; with `confusion`, it also counts `confusion[true][predicted]`.
@@ -520,15 +531,12 @@ impl Trainer {
     /// support, the confusion matrix, top-1 and top-5 (scikit-learn's `classification_report`
     /// and `confusion_matrix`). `None` when the stop flag ended it.
     pub fn class_report(&mut self) -> Result<Option<ClassReport>> {
-        let data = self.data.take().ok_or_else(|| config_err("class_report needs data: build the Trainer with new"))?;
-        self.model.eval();
-        let n = data.classes.len();
-        let mut confusion = vec![vec![0usize; n]; n];
-        let result = self.evaluate_with_confusion(&data, Some(&mut confusion));
-        self.model.train();
-        let report = result.map(|r| r.map(|(_, top5)| ClassReport::new(&data.classes, confusion, top5)));
-        self.data = Some(data);
-        report
+        self.with_data("class_report", |t, d| {
+            let n = d.classes.len();
+            let mut confusion = vec![vec![0usize; n]; n];
+            let result = t.evaluate_in_eval_mode(d, Some(&mut confusion))?;
+            Ok(result.map(|(_, top5)| ClassReport::new(&d.classes, confusion, top5)))
+        })
     }
 
     /// Loads `best.safetensors` (the weights of the best validation accuracy) into the model,
@@ -562,15 +570,12 @@ impl Trainer {
     /// [`FitOutcome::Interrupted`]; an error names the epoch and batch, and the last checkpoint
     /// stays as it was.
     pub fn fit(&mut self) -> Result<FitOutcome> {
-        let data = self.data.take().ok_or_else(|| config_err("fit needs data: build the Trainer with new"))?;
-        let result = self.fit_on(&data);
-        self.data = Some(data);
-        result
+        self.with_data("fit", |t, d| t.fit_on(d))
     }
 
     fn fit_on(&mut self, d: &RunData) -> Result<FitOutcome> {
         let epochs = self.state.epochs;
-        if self.state.epoch > 0 && self.state.progress.is_none() && !self.reports_current(d) {
+        if self.state.epoch > 0 && self.state.progress.is_none() && !self.reports_current() {
             // A kill came between the checkpoint and the reports it names.
             self.write_reports(d)?;
         }
@@ -872,7 +877,7 @@ impl Trainer {
 
     /// Whether the reports belong to the checkpoint's state (`run.json`, written after the
     /// others, matches it).
-    fn reports_current(&self, _d: &RunData) -> bool {
+    fn reports_current(&self) -> bool {
         std::fs::read_to_string(self.config.out.join("run.json")).is_ok_and(|s| s == self.summary())
     }
 
