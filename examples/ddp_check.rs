@@ -1,8 +1,9 @@
 //! Data-parallel training against one process, under `mpirun -np 2`: two SGD-with-momentum
 //! steps of a narrow ResNet-18 on 2 x 4 images give the weights one process gets on the same 8
-//! images — in eval mode (batch norm on running statistics, every image's gradient its own), and
-//! in training mode with SyncBatchNorm (weights and running statistics) — and every rank ends
-//! with the same weights. Run by tests/distributed.rs:
+//! images — in eval mode (batch norm on running statistics, every image's gradient its own),
+//! also as one step accumulated over both batches, and in training mode with SyncBatchNorm
+//! (weights and running statistics) — and every rank ends with the same weights. The gradients
+//! go in small buckets, each all-reduced during the backward pass. Run by tests/distributed.rs:
 //!
 //! ```text
 //! mpirun --allow-run-as-root --oversubscribe -np 2 target/release/examples/ddp_check
@@ -14,15 +15,15 @@ use resnet_rs::{nn, resnet, tensor};
 use std::rc::Rc;
 use tensor::{Rng, Tensor};
 
-fn trainer(seed: u64, collective: Rc<dyn Collective>) -> Trainer {
+fn trainer(seed: u64, collective: Rc<dyn Collective>, accumulate: usize) -> Trainer {
     let mut config = resnet::Arch::Resnet18.config(3);
     config.base_planes = 4;
     let model = config.build(resnet::Init::Torchvision(seed)).expect("model");
     model.eval();
     let opt = Optimizer::new(Method::sgd(0.9), model.trainable_parameters(), 0.1, 1e-4).expect("optimizer");
-    Trainer::from_parts(model, opt, TrainConfig::default())
-        .and_then(|t| t.with_collective(collective))
-        .expect("trainer")
+    // Buckets of 10 KiB: the gradients travel in a dozen all-reduces started during the backward.
+    let config = TrainConfig { bucket_cap_mb: 0.01, accumulate, ..TrainConfig::default() };
+    Trainer::from_parts(model, opt, config).and_then(|t| t.with_collective(collective)).expect("trainer")
 }
 
 fn weights(t: &Trainer) -> Vec<f32> {
@@ -42,36 +43,43 @@ fn main() {
         })
         .collect();
     // Each rank starts from its own seed: the broadcast makes rank 0's weights everyone's.
-    let mut ddp = trainer(rank as u64 + 1, mpi.clone());
-    for (x, y) in &batches {
-        let mine = x.narrow(0, 4 * rank, 4).expect("shard").contiguous();
-        let labels = y.narrow(0, 4 * rank, 4).expect("labels").contiguous();
-        ddp.step(&mine, &labels).expect("step");
-    }
-    let got = weights(&ddp);
-    let mut rank0 = got.clone();
-    mpi.broadcast(&mut rank0, 0).expect("broadcast");
-    if got != rank0 {
-        eprintln!("rank {rank}: the weights differ from rank 0's");
-        mpi.abort(1);
-    }
-    if rank == 0 {
-        let mut single = trainer(1, Rc::new(SingleProcess));
+    // Two updates, then one update accumulated over both batches (the first backward pass
+    // without all-reduce, DDP's no_sync; the second all-reduces the sum).
+    for accumulate in [1, 2] {
+        let mut ddp = trainer(rank as u64 + 1, mpi.clone(), accumulate);
         for (x, y) in &batches {
-            single.step(x, y).expect("step");
+            let mine = x.narrow(0, 4 * rank, 4).expect("shard").contiguous();
+            let labels = y.narrow(0, 4 * rank, 4).expect("labels").contiguous();
+            ddp.step(&mine, &labels).expect("step");
         }
-        let want = weights(&single);
-        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
-        println!("ddp ok: {world} ranks x 4 images vs 1 x {}: max relative difference {err:.1e}", 4 * world);
-        if err > 1e-5 {
+        let got = weights(&ddp);
+        let mut rank0 = got.clone();
+        mpi.broadcast(&mut rank0, 0).expect("broadcast");
+        if got != rank0 {
+            eprintln!("rank {rank}: the weights differ from rank 0's");
             mpi.abort(1);
+        }
+        if rank == 0 {
+            let mut single = trainer(1, Rc::new(SingleProcess), accumulate);
+            for (x, y) in &batches {
+                single.step(x, y).expect("step");
+            }
+            let want = weights(&single);
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+            println!(
+                "ddp ok (accumulate {accumulate}): {world} ranks x 4 images vs 1 x {}: max relative difference {err:.1e}",
+                4 * world
+            );
+            if err > 1e-5 {
+                mpi.abort(1);
+            }
         }
     }
     // Training mode with SyncBatchNorm: batch norm normalises over both ranks' 4 images, as one
     // process does over its 8.
     resnet_rs::train::dist::sync_batch_norm(Some(mpi.clone()));
-    let mut ddp = trainer(rank as u64 + 1, mpi.clone());
+    let mut ddp = trainer(rank as u64 + 1, mpi.clone(), 1);
     ddp.model().train();
     for (x, y) in &batches {
         let mine = x.narrow(0, 4 * rank, 4).expect("shard").contiguous();
@@ -81,7 +89,7 @@ fn main() {
     resnet_rs::train::dist::sync_batch_norm(None);
     let got = state(&ddp);
     if rank == 0 {
-        let mut single = trainer(1, Rc::new(SingleProcess));
+        let mut single = trainer(1, Rc::new(SingleProcess), 1);
         single.model().train();
         for (x, y) in &batches {
             single.step(x, y).expect("step");

@@ -32,7 +32,10 @@ fn example(name: &str) -> PathBuf {
 fn two_ranks_take_the_steps_one_process_takes_on_their_images() {
     let o = mpirun(&example("ddp_check"), &[]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("ddp ok: 2 ranks x 4 images vs 1 x 8"), "{}", text(&o));
+    for accumulate in [1, 2] {
+        let line = format!("ddp ok (accumulate {accumulate}): 2 ranks x 4 images vs 1 x 8");
+        assert!(text(&o).contains(&line), "{}", text(&o));
+    }
     assert!(text(&o).contains("sync-bn ok: 2 ranks x 4 images vs 1 x 8 in training mode"), "{}", text(&o));
 }
 

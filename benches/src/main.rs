@@ -28,9 +28,12 @@ fn keep_freed_pages() {
 }
 
 mod data_cases;
+#[cfg(feature = "mpi")]
+mod ddp_cases;
 mod model_cases;
 
 use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tensor::{conv2d, conv2d_backward_input, conv2d_backward_weight, Conv2dParams, Rng, Tensor};
@@ -84,6 +87,20 @@ const CONV_SHAPES: &[ConvShape] = &[
 const CONV_BATCH: usize = 8;
 
 static DEVICE: OnceLock<tensor::Device> = OnceLock::new();
+
+/// This process's rank in a data-parallel case: only rank 0 prints the result, and every rank
+/// times the same number of steps (each step waits for the others, so a time-based count
+/// would leave one rank waiting forever for a step the others never take).
+static RANK: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+pub(crate) fn set_reporting_rank(rank: usize) {
+    RANK.store(rank, Ordering::Relaxed);
+}
+
+fn is_distributed() -> bool {
+    RANK.load(Ordering::Relaxed) != usize::MAX
+}
 
 /// The device the cases run on (`--device`, default the host).
 pub(crate) fn device() -> tensor::Device {
@@ -145,6 +162,8 @@ fn cases() -> Vec<Case> {
         }
     }
     v.extend(model_cases::cases());
+    #[cfg(feature = "mpi")]
+    v.extend(ddp_cases::cases());
     v.extend(data_cases::cases());
     v.push(Case { name: "autograd-small-step".into(), prepare: Box::new(|| small_step(true)) });
     v.push(Case { name: "kernels-small-step".into(), prepare: Box::new(|| small_step(false)) });
@@ -286,7 +305,8 @@ mod fma {
     }
 }
 
-/// Runs `f` after warm-up until both a minimum count and a minimum time are reached.
+/// Runs `f` after warm-up until both a minimum count and a minimum time are reached (the count
+/// alone in a data-parallel case).
 fn measure(f: &mut dyn FnMut(), quick: bool) -> Vec<f64> {
     let (warmup, min_runs, min_time, max_time) = if quick {
         (1, 3, Duration::from_millis(200), Duration::from_secs(5))
@@ -298,11 +318,12 @@ fn measure(f: &mut dyn FnMut(), quick: bool) -> Vec<f64> {
     }
     let start = Instant::now();
     let mut samples = Vec::new();
-    while samples.len() < min_runs || (start.elapsed() < min_time && samples.len() < 1000) {
+    let fixed = is_distributed();
+    while samples.len() < min_runs || (!fixed && start.elapsed() < min_time && samples.len() < 1000) {
         let t = Instant::now();
         f();
         samples.push(t.elapsed().as_secs_f64());
-        if start.elapsed() > max_time && samples.len() >= min_runs {
+        if !fixed && start.elapsed() > max_time && samples.len() >= min_runs {
             break;
         }
     }
@@ -354,6 +375,8 @@ fn main() {
             "images": prepared.images,
             "peak_rss_mb": peak_rss_mb(),
         });
-        println!("{line}");
+        if RANK.load(Ordering::Relaxed) == 0 || !is_distributed() {
+            println!("{line}");
+        }
     }
 }

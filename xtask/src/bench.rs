@@ -9,6 +9,10 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Data-parallel cases: run under `mpirun -np 2`, the threads split between the processes.
+const DDP_PREFIX: &str = "ddp-";
+const DDP_PROCESSES: usize = 2;
+
 /// Conv shapes of the tensor issue (tags as in benches/src/main.rs).
 const CONV_TAGS: &[&str] =
     &["7x7s2-3to64-224", "3x3-64to64-56", "1x1-256to64-56", "3x3-256to256-14", "3x3g32-128to128-56"];
@@ -30,6 +34,7 @@ pub fn canonical_cases() -> Vec<String> {
         "train-resnet18-b16",
         "train-resnet50-b8",
         "train-resnet18-b64-64px",
+        "ddp-train-resnet18-b64-64px",
         "data-train-b32",
         "data-eval-b32",
         "load-resnet50",
@@ -53,7 +58,10 @@ options:
   --python PATH      the Python for --vs-torch (default: python3)
   --quick            fewer repetitions (a smoke run)
   --threads N        threads on both sides (default: all cores)
-  --device D         cpu (default), wgpu or cuda: build the cases with that GPU feature";
+  --device D         cpu (default), wgpu or cuda: build the cases with that GPU feature
+
+The ddp-* cases run under `mpirun -np 2` (Open MPI: openmpi-bin and libopenmpi-dev), each
+process with half the threads; they are not available without Open MPI.";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
@@ -283,12 +291,14 @@ fn run_lines(cmd: &mut Command) -> Result<Vec<String>, String> {
     Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).filter(|l| !l.trim().is_empty()).collect())
 }
 
-fn build_cases(device: &str) -> Result<PathBuf, String> {
+fn build_cases(device: &str, with_mpi: bool) -> Result<PathBuf, String> {
     let root = workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut args = vec!["build", "--release", "--quiet", "-p", "bench-cases"];
     if device != "cpu" {
         args.extend(["--features", device]);
+    } else if with_mpi {
+        args.extend(["--features", "mpi"]);
     }
     let status =
         Command::new(cargo).args(&args).current_dir(&root).status().map_err(|e| format!("cannot run cargo: {e}"))?;
@@ -341,14 +351,35 @@ pub fn civil_date(days: u64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// Whether Open MPI's launcher is installed (its headers come with it in `libopenmpi-dev`).
+fn have_mpirun() -> bool {
+    Command::new("mpirun").arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
+}
+
 pub fn run(o: &Options) -> Result<(), String> {
-    let bin = build_cases(&o.device)?;
+    let want_ddp = o.device == "cpu"
+        && canonical_cases().iter().any(|n| n.starts_with(DDP_PREFIX) && matches(o.filter.as_deref(), n));
+    let with_mpi = want_ddp && have_mpirun();
+    if want_ddp && !with_mpi {
+        eprintln!("the ddp-* cases need Open MPI (mpirun, libopenmpi-dev): not available here");
+    }
+    let bin = build_cases(&o.device, with_mpi)?;
     let threads = o.threads.to_string();
+    let threads_per_process = (o.threads / DDP_PROCESSES).max(1).to_string();
     // PyTorch's side runs on CUDA against either of our GPU devices.
     let torch_device = if o.device == "cpu" { "cpu" } else { "cuda" };
     let ours = |name: &str| -> Result<Raw, String> {
-        let mut cmd = Command::new(&bin);
-        cmd.env("RAYON_NUM_THREADS", &threads).args(["--device", &o.device]).arg(name);
+        let mut cmd = if name.starts_with(DDP_PREFIX) {
+            let mut cmd = Command::new("mpirun");
+            cmd.args(["--allow-run-as-root", "--oversubscribe", "-np", &DDP_PROCESSES.to_string()]);
+            cmd.args(["-x", &format!("RAYON_NUM_THREADS={threads_per_process}")]).arg(&bin);
+            cmd
+        } else {
+            let mut cmd = Command::new(&bin);
+            cmd.env("RAYON_NUM_THREADS", &threads);
+            cmd
+        };
+        cmd.args(["--device", &o.device]).arg(name);
         if o.quick {
             cmd.arg("--quick");
         }

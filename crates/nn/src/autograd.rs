@@ -213,6 +213,16 @@ impl Var {
     /// Computes the gradient of this scalar with respect to every leaf that requires one and
     /// adds it to the leaf's `grad`, like `loss.backward()`. The graph is released afterwards.
     pub fn backward(&self) -> Result<()> {
+        self.backward_with_hook(&mut |_| Ok(()))
+    }
+
+    /// [`Var::backward`], calling `on_leaf_ready` with each leaf as soon as its gradient for this
+    /// pass is final (every op that used it has propagated; its `grad` already holds the sum),
+    /// while the rest of the backward pass still runs — what PyTorch's gradient hooks give
+    /// DistributedDataParallel, which starts all-reducing a bucket of gradients while the
+    /// earlier layers' gradients are still being computed. Each leaf that receives a gradient
+    /// is reported once; an error from the hook ends the pass.
+    pub fn backward_with_hook(&self, on_leaf_ready: &mut dyn FnMut(&Var) -> Result<()>) -> Result<()> {
         let value = self.value();
         if value.numel() != 1 {
             return Err(NnError::Autograd(format!(
@@ -226,13 +236,21 @@ impl Var {
         // Every node reachable through nodes that require grad.
         let mut nodes = Vec::new();
         let mut seen = std::collections::HashSet::new();
+        // How many recorded ops still have to propagate into each node: a leaf whose count
+        // reaches zero has its final gradient.
+        let mut consumers: HashMap<u64, usize> = HashMap::new();
         let mut stack = vec![self.clone()];
         while let Some(v) = stack.pop() {
             if !seen.insert(v.id()) {
                 continue;
             }
             match &*lock(&v.0.origin) {
-                Origin::Op(op) => stack.extend(op.inputs().into_iter().filter(|p| p.requires_grad()).cloned()),
+                Origin::Op(op) => {
+                    for input in distinct_grad_inputs(op) {
+                        *consumers.entry(input.id()).or_insert(0) += 1;
+                        stack.push(input.clone());
+                    }
+                }
                 Origin::Released => {
                     return Err(NnError::Autograd(
                         "backward() through a graph that was already released by an earlier backward()".into(),
@@ -251,11 +269,8 @@ impl Var {
             match origin {
                 Origin::Leaf => {
                     *lock(&v.0.origin) = Origin::Leaf;
-                    let mut slot = lock(&v.0.grad);
-                    *slot = Some(match slot.take() {
-                        Some(old) => old.add(&g)?,
-                        None => g,
-                    });
+                    v.accumulate_grad(g)?;
+                    on_leaf_ready(&v)?;
                 }
                 Origin::Op(op) => {
                     for (input, grad) in op.backward(&g)? {
@@ -267,12 +282,47 @@ impl Var {
                             None => grads.insert(input.id(), grad),
                         };
                     }
+                    // Leaves are the oldest nodes, last in the walk: hand each over as soon as
+                    // its last consumer is done instead.
+                    for input in distinct_grad_inputs(&op) {
+                        let left = consumers.get_mut(&input.id()).map(|c| {
+                            *c -= 1;
+                            *c
+                        });
+                        if left == Some(0) && input.is_leaf() {
+                            if let Some(g) = grads.remove(&input.id()) {
+                                input.accumulate_grad(g)?;
+                                on_leaf_ready(input)?;
+                            }
+                        }
+                    }
                 }
                 Origin::Released => unreachable!("rejected while collecting the graph"),
             }
         }
         Ok(())
     }
+
+    /// Adds `g` to this leaf's gradient.
+    fn accumulate_grad(&self, g: Tensor) -> Result<()> {
+        let mut slot = lock(&self.0.grad);
+        *slot = Some(match slot.take() {
+            Some(old) => old.add(&g)?,
+            None => g,
+        });
+        Ok(())
+    }
+}
+
+/// The inputs of `op` that gradients flow to, each once (`x * x` uses `x` twice).
+fn distinct_grad_inputs(op: &Op) -> Vec<&Var> {
+    let mut inputs: Vec<&Var> = Vec::new();
+    for input in op.inputs() {
+        if input.requires_grad() && !inputs.iter().any(|v| v.id() == input.id()) {
+            inputs.push(input);
+        }
+    }
+    inputs
 }
 
 /// How a loss over a batch is reduced.

@@ -129,6 +129,48 @@ fn a_value_used_twice_gets_both_gradients() {
 }
 
 #[test]
+fn each_leaf_is_handed_over_once_with_its_final_gradient_while_the_pass_still_runs() {
+    // A two-layer network whose first weight is used twice: h = relu(x w1) + x w1, loss =
+    // sum(h w2) + sum(w2 * w2). The hook must see w2 (the last layer) before w1, each once,
+    // each with the gradient a plain backward() leaves.
+    let mut rng = Rng::seed(3);
+    let x = Var::constant(Tensor::randn(&[4, 3], &mut rng));
+    let (t1, t2) = (Tensor::randn(&[3, 5], &mut rng), Tensor::randn(&[5, 2], &mut rng));
+    let loss_of = |w1: &Var, w2: &Var| {
+        let a = x.matmul(w1).unwrap();
+        let h = a.relu().unwrap().add(&a).unwrap();
+        h.matmul(w2).unwrap().sum_all().unwrap().add(&w2.mul(w2).unwrap().sum_all().unwrap()).unwrap()
+    };
+    let (w1, w2) = (Var::parameter(t1.clone()), Var::parameter(t2.clone()));
+    loss_of(&w1, &w2).backward().unwrap();
+
+    let (h1, h2) = (Var::parameter(t1), Var::parameter(t2));
+    // An earlier pass's gradient is part of what the hook sees (gradient accumulation).
+    h1.set_grad(Some(Tensor::ones(&[3, 5])));
+    let mut seen: Vec<(u64, Vec<f32>, bool)> = Vec::new();
+    loss_of(&h1, &h2)
+        .backward_with_hook(&mut |leaf| {
+            let first_layer_done = h1.grad().is_some_and(|g| g.to_vec_f32().unwrap() != vec![1.0; 15]);
+            seen.push((leaf.id(), leaf.grad().unwrap().to_vec_f32().unwrap(), first_layer_done));
+            Ok(())
+        })
+        .unwrap();
+    let ids: Vec<u64> = seen.iter().map(|s| s.0).collect();
+    assert_eq!(ids, vec![h2.id(), h1.id()], "last layer first, each once");
+    assert!(!seen[0].2, "w2 is handed over before w1's gradient exists");
+    assert_eq!(seen[0].1, w2.grad().unwrap().to_vec_f32().unwrap());
+    let expected_w1: Vec<f32> = w1.grad().unwrap().to_vec_f32().unwrap().iter().map(|g| g + 1.0).collect();
+    assert_eq!(seen[1].1, expected_w1);
+    assert_eq!(h1.grad().unwrap().to_vec_f32().unwrap(), expected_w1);
+
+    // An error from the hook ends the pass and is returned.
+    let (e1, e2) = (Var::parameter(Tensor::ones(&[3, 5])), Var::parameter(Tensor::ones(&[5, 2])));
+    let e = loss_of(&e1, &e2).backward_with_hook(&mut |_| Err(NnError::Autograd("stop here".into()))).unwrap_err();
+    assert!(e.to_string().contains("stop here"), "{e}");
+    assert!(e1.grad().is_none(), "the pass ended at the first leaf");
+}
+
+#[test]
 fn no_grad_records_nothing_and_detach_cuts() {
     let x = Var::parameter(Tensor::ones(&[2]));
     let y = with_no_grad(|| x.mul_scalar(2.0).unwrap());

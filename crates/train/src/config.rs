@@ -94,6 +94,10 @@ pub struct TrainConfig {
     /// Stop when a validation metric has not improved for a number of epochs.
     #[serde(skip)]
     pub early_stopping: Option<EarlyStopping>,
+    /// Data-parallel runs: the gradients are all-reduced in buckets of about this many MiB, each
+    /// as soon as the backward pass has finished it (DDP's `bucket_cap_mb`).
+    #[serde(skip, default = "bucket_cap_mb")]
+    pub bucket_cap_mb: f64,
     /// Fault injection for tests: these 1-based (epoch, batch) pairs get a NaN loss.
     #[doc(hidden)]
     #[serde(skip)]
@@ -108,6 +112,9 @@ fn two() -> usize {
 }
 fn ten() -> usize {
     10
+}
+fn bucket_cap_mb() -> f64 {
+    crate::dist::BUCKET_CAP_MB
 }
 fn default_out() -> PathBuf {
     PathBuf::from("runs/train")
@@ -144,6 +151,7 @@ impl Default for TrainConfig {
             skip_bad_images: false,
             eval_every: 0,
             early_stopping: None,
+            bucket_cap_mb: bucket_cap_mb(),
             inject_nonfinite: Vec::new(),
         }
     }
@@ -198,6 +206,9 @@ impl TrainConfig {
             if !(f > 0.0 && f < 1.0) {
                 return Err(config_err(format!("val_split {f}: expected a share between 0 and 1")));
             }
+        }
+        if !(self.bucket_cap_mb > 0.0 && self.bucket_cap_mb.is_finite()) {
+            return Err(config_err(format!("bucket_cap_mb {}: expected a positive size in MiB", self.bucket_cap_mb)));
         }
         if self.early_stopping.is_some_and(|e| e.patience == 0) {
             return Err(config_err("early stopping's patience must be at least 1 epoch"));
@@ -371,6 +382,7 @@ mod tests {
         assert!(bad(TrainConfig { batch_size: 0, ..Default::default() }).contains("batch_size"));
         assert!(bad(TrainConfig { eval_resize: Some(100), ..Default::default() }).contains("eval_resize 100"));
         assert!(bad(TrainConfig { accumulate: 0, ..Default::default() }).contains("accumulate"));
+        assert!(bad(TrainConfig { bucket_cap_mb: 0.0, ..Default::default() }).contains("bucket_cap_mb 0"));
         assert!(TrainConfig::default().validate().is_ok() && TrainConfig::demo().validate().is_ok());
     }
 }

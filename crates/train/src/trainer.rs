@@ -2,7 +2,7 @@
 //! loop over them.
 
 use crate::datasets::{self, Datasets};
-use crate::dist::{Collective, SingleProcess};
+use crate::dist::{Collective, GradientBuckets, SingleProcess};
 use crate::plot::{curves_png, EpochPoint};
 use crate::state::keys;
 use crate::{
@@ -101,6 +101,8 @@ pub struct Trainer {
     /// Whether the schedule steps with the optimizer (one-cycle) rather than per epoch.
     per_step_schedule: bool,
     params: Vec<Var>,
+    /// How the gradients are packed for the all-reduce of a data-parallel run.
+    buckets: GradientBuckets,
     data: Option<RunData>,
     state: RunState,
     callbacks: Vec<Box<dyn Callback>>,
@@ -161,6 +163,7 @@ impl Trainer {
         config.validate()?;
         let scheduler = Scheduler::new(LrSchedule::Constant, &mut optimizer)?;
         let params = model.trainable_parameters();
+        let buckets = GradientBuckets::new(&params, config.bucket_cap_mb);
         Ok(Trainer {
             state: RunState::fresh(config.epochs),
             config,
@@ -168,6 +171,7 @@ impl Trainer {
             optimizer,
             scheduler,
             per_step_schedule: false,
+            buckets,
             params,
             data: None,
             callbacks: Vec::new(),
@@ -294,12 +298,14 @@ impl Trainer {
             }
             scheduler.set_steps(state.scheduler_steps, &mut optimizer);
         }
+        let buckets = GradientBuckets::new(&params, config.bucket_cap_mb);
         Ok(Trainer {
             config,
             model,
             optimizer,
             scheduler,
             per_step_schedule,
+            buckets,
             params,
             data: Some(RunData { train, val, classes, demo, metadata }),
             state,
@@ -402,21 +408,22 @@ impl Trainer {
         if inject_nan {
             value = f64::NAN;
         }
-        let mut fault = if !value.is_finite() {
-            Some(format!("the loss became {value}"))
-        } else {
+        // One decision for every process, before the backward pass all-reduces: a loss that
+        // failed anywhere skips the batch everywhere.
+        let mut fault = self.agree_on_fault((!value.is_finite()).then(|| format!("the loss became {value}")))?;
+        // The optimizer steps after this batch: its backward pass all-reduces the gradients
+        // (the batches before it in an accumulation window are DDP's `no_sync`).
+        let synchronised = fault.is_none() && self.pending + 1 == self.config.accumulate;
+        if fault.is_none() {
             let scaled =
                 if self.config.accumulate > 1 { loss.mul_scalar(1.0 / self.config.accumulate as f32)? } else { loss };
-            scaled.backward()?;
-            (!gradients_finite(&self.params)?).then(|| "a gradient became non-finite".to_string())
-        };
-        if self.collective.world_size() > 1 {
-            // One decision for every process: a batch that failed anywhere is skipped everywhere.
-            let mut bad = [f64::from(u8::from(fault.is_some()))];
-            self.collective.all_reduce_sum_f64(&mut bad)?;
-            if bad[0] > 0.0 && fault.is_none() {
-                fault = Some("the loss or a gradient became non-finite in another process".to_string());
+            if synchronised {
+                self.buckets.backward(self.collective.as_ref(), &scaled)?;
+            } else {
+                scaled.backward()?;
             }
+            let local = (!gradients_finite(&self.params)?).then(|| "a gradient became non-finite".to_string());
+            fault = self.agree_on_fault(local)?;
         }
         if let Some(why) = fault {
             // The window ends without an update; the next step starts from zeroed gradients.
@@ -430,16 +437,33 @@ impl Trainer {
         self.pending += 1;
         let optimizer_stepped = self.pending == self.config.accumulate;
         if optimizer_stepped {
-            self.apply_update()?;
+            self.apply_update(synchronised)?;
         }
         Ok(StepOutcome::Updated { loss: value, correct, images: images_n, optimizer_stepped })
     }
 
+    /// `local` (this process's fault, if any) made every process's: with several processes, a
+    /// fault in any of them is a fault in all.
+    fn agree_on_fault(&self, local: Option<String>) -> Result<Option<String>> {
+        if self.collective.world_size() == 1 {
+            return Ok(local);
+        }
+        let mut faults = [f64::from(u8::from(local.is_some()))];
+        self.collective.all_reduce_sum_f64(&mut faults)?;
+        Ok(match local {
+            None if faults[0] > 0.0 => Some("the loss or a gradient became non-finite in another process".to_string()),
+            local => local,
+        })
+    }
+
     /// The optimizer's step on the accumulated gradients (and the schedule's, when it steps
-    /// with the optimizer).
-    fn apply_update(&mut self) -> Result<()> {
-        // DDP's all-reduce: every process steps on the mean of their accumulated gradients.
-        crate::dist::average_gradients(self.collective.as_ref(), &self.params)?;
+    /// with the optimizer). `synchronised`: the last backward pass already averaged them over
+    /// the processes.
+    fn apply_update(&mut self, synchronised: bool) -> Result<()> {
+        if !synchronised {
+            // DDP's all-reduce: every process steps on the mean of their accumulated gradients.
+            self.buckets.average(self.collective.as_ref())?;
+        }
         self.optimizer.step()?;
         self.pending = 0;
         if self.per_step_schedule {
@@ -685,7 +709,7 @@ impl Trainer {
             }
             if self.pending > 0 {
                 // The epoch's last, partial window.
-                self.apply_update()?;
+                self.apply_update(false)?;
             }
             p.seconds = seconds_before + started.elapsed().as_secs_f64();
             let p = self.global_progress(p)?;

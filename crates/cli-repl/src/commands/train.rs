@@ -81,6 +81,10 @@ pub struct TrainArgs {
     /// processes x --batch-size train as one process with N times the batch.
     #[arg(long)]
     pub sync_bn: bool,
+    /// Under mpirun: the gradients are all-reduced in buckets of about this many MiB, each as
+    /// soon as the backward pass has finished it (DDP's bucket_cap_mb).
+    #[arg(long, default_value_t = train::dist::BUCKET_CAP_MB, value_name = "MIB")]
+    pub bucket_cap_mb: f64,
     /// Seeds the model, the shuffling and the augmentation [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,
@@ -441,6 +445,7 @@ fn run_in(args: TrainArgs, collective: Rc<dyn Collective>) -> Result<()> {
     config.on_nonfinite = args.on_nonfinite;
     config.skip_bad_images = args.skip_bad_images;
     config.eval_every = args.eval_every;
+    config.bucket_cap_mb = args.bucket_cap_mb;
     config.early_stopping = args.early_stopping.map(|patience| EarlyStopping {
         monitor: args.monitor,
         patience,
