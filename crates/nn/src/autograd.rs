@@ -412,31 +412,19 @@ pub(crate) enum Op {
         running_var: Tensor,
         eps: f64,
     },
+    /// Cross-entropy against a target distribution (one-hot, or label-smoothed) held as a
+    /// tensor on the logits' device: the gradient is `(probs - target) * scale * g`.
     CrossEntropy {
         logits: Var,
         probs: Tensor,
-        targets: Vec<usize>,
-        smoothing: f32,
-        scale: f32,
-    },
-    /// Cross-entropy against a target distribution held as a tensor (the GPU path: the
-    /// gradient is `(probs - target) * scale * g`, computed on the device).
-    SoftCrossEntropy {
-        logits: Var,
-        probs: Tensor,
         target: Tensor,
         scale: f32,
     },
-    /// NLL against a target distribution held as a tensor (the GPU path: the gradient is
-    /// `-target * scale * g`).
-    SoftNllLoss {
-        input: Var,
-        target: Tensor,
-        scale: f32,
-    },
+    /// NLL against a target distribution held as a tensor: the gradient is
+    /// `-target * scale * g`.
     NllLoss {
         input: Var,
-        targets: Vec<usize>,
+        target: Tensor,
         scale: f32,
     },
     Dropout {
@@ -478,10 +466,9 @@ impl Op {
             | Op::MaxPool2d { input, .. }
             | Op::AvgPool2d { input, .. }
             | Op::NllLoss { input, .. }
-            | Op::SoftNllLoss { input, .. }
             | Op::Dropout { input, .. }
             | Op::AllReduceSum(input) => vec![input],
-            Op::CrossEntropy { logits, .. } | Op::SoftCrossEntropy { logits, .. } => vec![logits],
+            Op::CrossEntropy { logits, .. } => vec![logits],
             Op::Linear { input, weight, bias } | Op::Conv2d { input, weight, bias, .. } => {
                 let mut v = vec![input, weight];
                 v.extend(bias.as_ref());
@@ -603,36 +590,13 @@ impl Op {
                     tensor::batch_norm_eval_backward(g, &input.value(), w.as_ref(), running_mean, running_var, *eps)?;
                 affine_grads(input, weight, bias, grads)
             }
-            Op::CrossEntropy { logits, probs, targets, smoothing, scale } => {
+            Op::CrossEntropy { logits, probs, target, scale } => {
                 // d loss / d logits = (softmax - target distribution) * scale * g
-                let classes = probs.shape()[1];
-                let mut d = probs.to_vec_f32()?;
-                let off = smoothing / classes as f32;
-                for (row, &t) in targets.iter().enumerate() {
-                    let r = &mut d[row * classes..(row + 1) * classes];
-                    r.iter_mut().for_each(|v| *v -= off);
-                    r[t] -= 1.0 - smoothing;
-                }
-                let s = scale * g.item()?;
-                let grad = Tensor::from_vec(d.into_iter().map(|v| v * s).collect(), probs.shape())?;
-                vec![(logits.clone(), grad)]
-            }
-            Op::SoftCrossEntropy { logits, probs, target, scale } => {
                 let grad = probs.sub(target)?.mul(&g.mul_scalar(*scale)?)?;
                 vec![(logits.clone(), grad)]
             }
-            Op::SoftNllLoss { input, target, scale } => {
+            Op::NllLoss { input, target, scale } => {
                 vec![(input.clone(), target.mul(&g.mul_scalar(-*scale)?)?)]
-            }
-            Op::NllLoss { input, targets, scale } => {
-                let shape = input.shape();
-                let classes = shape[1];
-                let mut d = vec![0f32; shape.iter().product()];
-                let s = scale * g.item()?;
-                for (row, &t) in targets.iter().enumerate() {
-                    d[row * classes + t] = -s;
-                }
-                vec![(input.clone(), Tensor::from_vec(d, &shape)?)]
             }
             Op::Dropout { input, mask } => vec![(input.clone(), g.mul(mask)?)],
             // Every process's loss depends on every process's statistics: the gradients that

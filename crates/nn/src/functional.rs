@@ -187,44 +187,20 @@ pub fn cross_entropy(logits: &Var, targets: &Tensor, reduction: Reduction, label
         return Err(NnError::Config(format!("label smoothing must be in [0, 1], got {label_smoothing}")));
     }
     let (batch, classes) = (x.shape()[0], x.shape()[1]);
-    let t = class_targets("cross_entropy", targets, batch, classes)?;
+    class_targets("cross_entropy", targets, batch, classes)?;
     let scale = match reduction {
         Reduction::Mean => 1.0 / batch as f32,
         Reduction::Sum => 1.0,
     };
-    if x.device().is_gpu() {
-        // On a GPU the loss stays there: the target distribution is a tensor on the device and
-        // every sum is a kernel, so only the scalar loss is ever read back (by the caller).
-        let target = Tensor::one_hot(&targets.to_device(x.device())?, classes)?
-            .mul_scalar(1.0 - label_smoothing)?
-            .add_scalar(label_smoothing / classes as f32)?;
-        let logp = x.log_softmax(1)?;
-        let loss = logp.mul(&target)?.sum(&[0, 1], false)?.mul_scalar(-scale)?;
-        let probs = logp.exp()?;
-        return Ok(Var::record(loss, &[logits], || Op::SoftCrossEntropy {
-            logits: logits.clone(),
-            probs,
-            target,
-            scale,
-        }));
-    }
-    let logp = x.log_softmax(1)?.to_vec_f32()?;
-    let mut total = 0f64;
-    for (row, &c) in t.iter().enumerate() {
-        let r = &logp[row * classes..(row + 1) * classes];
-        let nll = -(r[c] as f64);
-        let uniform = -r.iter().map(|&v| v as f64).sum::<f64>() / classes as f64;
-        total += (1.0 - label_smoothing as f64) * nll + label_smoothing as f64 * uniform;
-    }
-    let loss = Tensor::scalar((total * scale as f64) as f32);
-    let probs = Tensor::from_vec(logp.iter().map(|v| v.exp()).collect(), x.shape())?;
-    Ok(Var::record(loss, &[logits], || Op::CrossEntropy {
-        logits: logits.clone(),
-        probs,
-        targets: t,
-        smoothing: label_smoothing,
-        scale,
-    }))
+    // The target distribution is a tensor on the logits' device and every sum is a kernel
+    // there: on a GPU only the scalar loss is ever read back (by the caller).
+    let target = Tensor::one_hot(&targets.to_device(x.device())?, classes)?
+        .mul_scalar(1.0 - label_smoothing)?
+        .add_scalar(label_smoothing / classes as f32)?;
+    let logp = x.log_softmax(1)?;
+    let loss = logp.mul(&target)?.sum(&[0, 1], false)?.mul_scalar(-scale)?;
+    let probs = logp.exp()?;
+    Ok(Var::record(loss, &[logits], || Op::CrossEntropy { logits: logits.clone(), probs, target, scale }))
 }
 
 /// Negative log-likelihood of log-probabilities `[batch, classes]`.
@@ -234,22 +210,12 @@ pub fn nll_loss(log_probs: &Var, targets: &Tensor, reduction: Reduction) -> Resu
         return Err(NnError::Shape(format!("nll_loss: input must be [batch, classes], got {:?}", x.shape())));
     }
     let (batch, classes) = (x.shape()[0], x.shape()[1]);
-    let t = class_targets("nll_loss", targets, batch, classes)?;
-    if x.device().is_gpu() {
-        let scale = match reduction {
-            Reduction::Mean => 1.0 / batch as f32,
-            Reduction::Sum => 1.0,
-        };
-        let target = Tensor::one_hot(&targets.to_device(x.device())?, classes)?;
-        let loss = x.mul(&target)?.sum(&[0, 1], false)?.mul_scalar(-scale)?;
-        return Ok(Var::record(loss, &[log_probs], || Op::SoftNllLoss { input: log_probs.clone(), target, scale }));
-    }
-    let v = x.to_vec_f32()?;
-    let total: f64 = t.iter().enumerate().map(|(row, &c)| -(v[row * classes + c] as f64)).sum();
+    class_targets("nll_loss", targets, batch, classes)?;
     let scale = match reduction {
         Reduction::Mean => 1.0 / batch as f32,
         Reduction::Sum => 1.0,
     };
-    let loss = Tensor::scalar((total * scale as f64) as f32);
-    Ok(Var::record(loss, &[log_probs], || Op::NllLoss { input: log_probs.clone(), targets: t, scale }))
+    let target = Tensor::one_hot(&targets.to_device(x.device())?, classes)?;
+    let loss = x.mul(&target)?.sum(&[0, 1], false)?.mul_scalar(-scale)?;
+    Ok(Var::record(loss, &[log_probs], || Op::NllLoss { input: log_probs.clone(), target, scale }))
 }

@@ -74,13 +74,13 @@ pub fn topk_accuracy(scores: &Tensor, targets: &Tensor, k: usize) -> Result<f64>
 
 /// Top-1 accuracy.
 pub fn accuracy(scores: &Tensor, targets: &Tensor) -> Result<f64> {
-    if scores.device().is_gpu() && scores.rank() == 2 && scores.shape()[1] > 0 {
-        // On a GPU only the row-wise argmax comes back, not the whole score matrix. (Ties:
-        // the first maximum, as topk's lower-index-first rule.)
-        let t = crate::autograd::class_targets("accuracy", targets, scores.shape()[0], scores.shape()[1])?;
-        let best = scores.argmax(1, false)?.to_vec_i64()?;
-        let hits = best.iter().zip(&t).filter(|(&b, &t)| b as usize == t).count();
-        return Ok(hits as f64 / t.len().max(1) as f64);
+    if scores.rank() != 2 || scores.shape()[1] == 0 {
+        return topk_accuracy(scores, targets, 1);
     }
-    topk_accuracy(scores, targets, 1)
+    // The row-wise argmax (on a GPU, only it comes back, not the whole score matrix). Ties:
+    // the first maximum, as topk's lower-index-first rule.
+    let t = crate::autograd::class_targets("accuracy", targets, scores.shape()[0], scores.shape()[1])?;
+    let best = scores.argmax(1, false)?.to_vec_i64()?;
+    let hits = best.iter().zip(&t).filter(|(&b, &t)| b as usize == t).count();
+    Ok(hits as f64 / t.len().max(1) as f64)
 }

@@ -34,6 +34,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod backend;
 mod device;
 mod dtype;
 mod error;

@@ -4,11 +4,11 @@
 //! (reshape of contiguous data, permute, transpose, narrow, unsqueeze) share it too. Ops never
 //! mutate their inputs; every op returns a new tensor.
 
+use crate::backend::{backend_for, backend_of};
 use crate::error::{bad_shape, invalid, mismatch, Result, TensorError};
 use crate::shape::{broadcast_shapes, check_dim, checked_numel};
 use crate::{DType, Device};
-use ndarray::{ArcArray, ArrayD, ArrayViewD, Axis, IxDyn, Slice, Zip};
-use rayon::prelude::*;
+use ndarray::{ArcArray, ArrayD, ArrayViewD, IxDyn};
 use std::borrow::Cow;
 use std::fmt;
 
@@ -42,6 +42,8 @@ macro_rules! each_storage {
         }
     };
 }
+
+mod host;
 
 impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -318,10 +320,8 @@ impl Tensor {
     /// The value of a one-element f32 tensor (any rank), like `tensor.item()` (which waits for
     /// a GPU and copies the value down).
     pub fn item(&self) -> Result<f32> {
-        if self.device().is_gpu() {
-            return self.to_host()?.item();
-        }
-        let a = self.f32_array("item")?;
+        let host = self.to_host()?;
+        let a = host.f32_array("item")?;
         if a.len() != 1 {
             return Err(bad_shape("item", a.shape(), "item() needs a tensor with one element"));
         }
@@ -376,7 +376,7 @@ impl Tensor {
         Ok(self.f32_data(op)?.into_owned())
     }
 
-    /// The GPU array of an operand that [`gpu_device`] found on a GPU.
+    /// The GPU array of an operand on a GPU (the GPU backend's operands all are).
     #[cfg(gpu)]
     pub(crate) fn gpu_of(&self, op: &'static str) -> Result<&crate::gpu::GpuArray> {
         match &self.storage {
@@ -385,7 +385,7 @@ impl Tensor {
         }
     }
 
-    /// The GPU array of an f32 operand that [`gpu_device`] found on a GPU.
+    /// The GPU array of an f32 operand on a GPU.
     #[cfg(gpu)]
     pub(crate) fn gpu_f32(&self, op: &'static str) -> Result<&crate::gpu::GpuArray> {
         let g = self.gpu_of(op)?;
@@ -413,15 +413,7 @@ impl Tensor {
         if n != self.numel() {
             return Err(mismatch("reshape", self.shape(), shape));
         }
-        #[cfg(gpu)]
-        if let Storage::Gpu(g) = &self.storage {
-            return Ok(Tensor::from_gpu(g.reshaped(shape)));
-        }
-        let t = self.contiguous();
-        let storage = each_storage!(t.storage, a => a
-            .into_shape_with_order(IxDyn(shape))
-            .expect("contiguous data of the same size can take any shape"));
-        Ok(Tensor { storage })
+        backend_of("reshape", self)?.reshape(self, shape)
     }
 
     /// Collapses dimensions `start..=end` into one, like `torch.flatten`.
@@ -447,32 +439,14 @@ impl Tensor {
         if dims.len() != rank || dims.iter().any(|&d| d >= rank || std::mem::replace(&mut seen[d], true)) {
             return Err(bad_shape("permute", self.shape(), format!("{dims:?} is not a permutation of the dimensions")));
         }
-        #[cfg(gpu)]
-        if let Storage::Gpu(g) = &self.storage {
-            let strides = crate::gpu::contiguous_strides(&g.shape);
-            let shape: Vec<usize> = dims.iter().map(|&d| g.shape[d]).collect();
-            let strides: Vec<usize> = dims.iter().map(|&d| strides[d]).collect();
-            return Ok(Tensor::from_gpu(crate::gpu::strided_copy(g, &shape, &strides, 0)?));
-        }
-        let storage = each_storage!(self.storage.clone(), a => a.permuted_axes(IxDyn(dims)));
-        Ok(Tensor { storage })
+        backend_of("permute", self)?.permute(self, dims)
     }
 
     /// Swaps two dimensions without copying.
     pub fn transpose(&self, d0: usize, d1: usize) -> Result<Tensor> {
         check_dim("transpose", d0, self.rank())?;
         check_dim("transpose", d1, self.rank())?;
-        if self.device().is_gpu() {
-            let mut dims: Vec<usize> = (0..self.rank()).collect();
-            dims.swap(d0, d1);
-            return self.permute(&dims);
-        }
-        let storage = each_storage!(self.storage.clone(), a => {
-            let mut a = a;
-            a.swap_axes(d0, d1);
-            a
-        });
-        Ok(Tensor { storage })
+        backend_of("transpose", self)?.transpose(self, d0, d1)
     }
 
     /// The transpose of a 2-D tensor.
@@ -494,19 +468,7 @@ impl Tensor {
                 format!("cannot take {len} elements from {start} of dimension {dim}"),
             ));
         }
-        #[cfg(gpu)]
-        if let Storage::Gpu(g) = &self.storage {
-            let strides = crate::gpu::contiguous_strides(&g.shape);
-            let mut shape = g.shape.clone();
-            shape[dim] = len;
-            return Ok(Tensor::from_gpu(crate::gpu::strided_copy(g, &shape, &strides, start * strides[dim])?));
-        }
-        let storage = each_storage!(self.storage.clone(), a => {
-            let mut a = a;
-            a.slice_axis_inplace(Axis(dim), Slice::from(start..start + len));
-            a
-        });
-        Ok(Tensor { storage })
+        backend_of("narrow", self)?.narrow(self, dim, start, len)
     }
 
     /// Inserts a dimension of size 1 at `dim`.
@@ -514,13 +476,7 @@ impl Tensor {
         if dim > self.rank() {
             return Err(TensorError::DimOutOfRange { op: "unsqueeze", dim, rank: self.rank() + 1 });
         }
-        if self.device().is_gpu() {
-            let mut shape = self.shape().to_vec();
-            shape.insert(dim, 1);
-            return self.reshape(&shape);
-        }
-        let storage = each_storage!(self.storage.clone(), a => a.insert_axis(Axis(dim)));
-        Ok(Tensor { storage })
+        backend_of("unsqueeze", self)?.unsqueeze(self, dim)
     }
 
     /// Removes dimension `dim`, which must have size 1.
@@ -529,13 +485,7 @@ impl Tensor {
         if self.shape()[dim] != 1 {
             return Err(bad_shape("squeeze", self.shape(), format!("dimension {dim} does not have size 1")));
         }
-        if self.device().is_gpu() {
-            let mut shape = self.shape().to_vec();
-            shape.remove(dim);
-            return self.reshape(&shape);
-        }
-        let storage = each_storage!(self.storage.clone(), a => a.index_axis_move(Axis(dim), 0));
-        Ok(Tensor { storage })
+        backend_of("squeeze", self)?.squeeze(self, dim)
     }
 
     /// A copy stretched to `shape` by numpy broadcasting, like `expand(...).contiguous()`.
@@ -544,20 +494,7 @@ impl Tensor {
         if target != shape {
             return Err(mismatch("broadcast_to", self.shape(), shape));
         }
-        #[cfg(gpu)]
-        if let Storage::Gpu(g) = &self.storage {
-            let own = crate::gpu::contiguous_strides(&g.shape);
-            let lead = shape.len() - g.shape.len();
-            let strides: Vec<usize> =
-                (0..shape.len()).map(|d| if d < lead || g.shape[d - lead] == 1 { 0 } else { own[d - lead] }).collect();
-            return Ok(Tensor::from_gpu(crate::gpu::strided_copy(g, shape, &strides, 0)?));
-        }
-        let storage = each_storage!(&self.storage, a => a
-            .broadcast(IxDyn(shape))
-            .expect("shapes checked above")
-            .to_owned()
-            .into_shared());
-        Ok(Tensor { storage })
+        backend_of("broadcast_to", self)?.broadcast_to(self, shape)
     }
 
     /// Joins tensors of equal shape except along `dim`, like `torch.cat`.
@@ -572,25 +509,10 @@ impl Tensor {
                 return Err(mismatch("cat", first.shape(), t.shape()));
             }
         }
-        #[cfg(gpu)]
-        if gpu_device("cat", &tensors.iter().map(|t| Some(*t)).collect::<Vec<_>>())?.is_some() {
-            let parts = tensors.iter().map(|t| t.gpu_of("cat")).collect::<Result<Vec<_>>>()?;
-            let mut shape = first.shape().to_vec();
-            shape[dim] = tensors.iter().map(|t| t.shape()[dim]).sum();
-            return Ok(Tensor::from_gpu(crate::gpu::cat(&parts, dim, &shape)?));
-        }
-        match first.dtype() {
-            DType::F32 => {
-                let views = tensors.iter().map(|t| t.f32_array("cat").map(|a| a.view())).collect::<Result<Vec<_>>>()?;
-                let a = ndarray::concatenate(Axis(dim), &views).map_err(|e| invalid("cat", e.to_string()))?;
-                Ok(Tensor::from_f32_array(a))
-            }
-            DType::I64 => {
-                let views = tensors.iter().map(|t| t.i64_array("cat").map(|a| a.view())).collect::<Result<Vec<_>>>()?;
-                let a = ndarray::concatenate(Axis(dim), &views).map_err(|e| invalid("cat", e.to_string()))?;
-                Ok(Tensor::from_i64_array(a))
-            }
-        }
+        let mut shape = first.shape().to_vec();
+        shape[dim] = tensors.iter().map(|t| t.shape()[dim]).sum();
+        let operands: Vec<Option<&Tensor>> = tensors.iter().map(|t| Some(*t)).collect();
+        backend_for("cat", &operands)?.cat(tensors, dim, &shape)
     }
 
     /// Joins tensors of equal shape along a new dimension `dim`, like `torch.stack`.
@@ -608,9 +530,11 @@ impl Tensor {
         Tensor::cat(&expanded.iter().collect::<Vec<_>>(), dim)
     }
 
+    /// The values of an index tensor, each checked to be below `size` (read back from a GPU:
+    /// a kernel cannot report a bad one).
     fn checked_indices(&self, op: &'static str, index: &Tensor, size: usize) -> Result<Vec<usize>> {
-        let values = if index.device().is_gpu() { Cow::Owned(index.to_vec_i64()?) } else { index.i64_data(op)? };
-        values
+        let host = index.to_host()?;
+        host.i64_data(op)?
             .iter()
             .map(|&i| {
                 if i >= 0 && (i as u64) < size as u64 {
@@ -628,19 +552,8 @@ impl Tensor {
         if index.rank() != 1 {
             return Err(bad_shape("index_select", index.shape(), "the index must be 1-D"));
         }
-        // On a GPU the index is read back to be checked (a kernel cannot report a bad one).
         let idx = self.checked_indices("index_select", index, self.shape()[dim])?;
-        #[cfg(gpu)]
-        if gpu_device("index_select", &[Some(self), Some(index)])?.is_some() {
-            let (x, ix) = (self.gpu_of("index_select")?, index.gpu_of("index_select")?);
-            let mut shape = self.shape().to_vec();
-            shape[dim] = idx.len();
-            let inner = self.shape()[dim + 1..].iter().product();
-            let out = crate::gpu::gather(x, ix, (self.shape()[dim], idx.len(), inner), &shape, true)?;
-            return Ok(Tensor::from_gpu(out));
-        }
-        let storage = each_storage!(&self.storage, a => a.select(Axis(dim), &idx).into_shared());
-        Ok(Tensor { storage })
+        backend_for("index_select", &[Some(self), Some(index)])?.index_select(self, dim, index, &idx)
     }
 
     /// `out[i][j] = self[index[i][j]][j]` for `dim = 0` (and likewise for other dims), like
@@ -653,53 +566,7 @@ impl Tensor {
         {
             return Err(mismatch("gather", self.shape(), ishape));
         }
-        #[cfg(gpu)]
-        if gpu_device("gather", &[Some(self), Some(index)])?.is_some() {
-            let (x, idx) = (self.gpu_of("gather")?, index.gpu_of("gather")?);
-            let same_elsewhere = ishape.iter().zip(self.shape()).enumerate().all(|(d, (i, s))| d == dim || i == s);
-            if idx.dtype != DType::I64 || !same_elsewhere {
-                return Err(TensorError::Unsupported {
-                    op: "gather with an index smaller than the input",
-                    device: x.device.to_string(),
-                });
-            }
-            // The indices are checked on the host (a copy down of the index, and a wait): a GPU
-            // kernel cannot report one out of range.
-            let size = self.shape()[dim];
-            if let Some(&bad) = index.to_vec_i64()?.iter().find(|&&i| i < 0 || i as u64 >= size as u64) {
-                return Err(TensorError::IndexOutOfRange { op: "gather", index: bad, size });
-            }
-            let inner: usize = self.shape()[dim + 1..].iter().product();
-            let out = crate::gpu::gather(x, idx, (size, ishape[dim], inner), ishape, false)?;
-            return Ok(Tensor::from_gpu(out));
-        }
-        let idx = index.i64_array("gather")?;
-        let size = self.shape()[dim];
-        if let Some(&bad) = idx.iter().find(|&&i| i < 0 || i as u64 >= size as u64) {
-            return Err(TensorError::IndexOutOfRange { op: "gather", index: bad, size });
-        }
-        let idx = idx.as_standard_layout();
-        let idx = idx.as_slice().expect("standard layout");
-        let src_index = |flat: usize| {
-            let mut pos = unravel(flat, ishape);
-            pos[dim] = idx[flat] as usize;
-            IxDyn(&pos)
-        };
-        let storage = match &self.storage {
-            Storage::F32(a) => Storage::F32(
-                ArrayD::from_shape_vec(IxDyn(ishape), (0..idx.len()).map(|f| a[src_index(f)]).collect())
-                    .expect("sized")
-                    .into_shared(),
-            ),
-            Storage::I64(a) => Storage::I64(
-                ArrayD::from_shape_vec(IxDyn(ishape), (0..idx.len()).map(|f| a[src_index(f)]).collect())
-                    .expect("sized")
-                    .into_shared(),
-            ),
-            #[cfg(gpu)]
-            Storage::Gpu(g) => return Err(TensorError::Unsupported { op: "gather", device: g.device.to_string() }),
-        };
-        Ok(Tensor { storage })
+        backend_for("gather", &[Some(self), Some(index)])?.gather(self, dim, index)
     }
 }
 
@@ -725,7 +592,7 @@ pub enum BinaryOp {
 }
 
 impl BinaryOp {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             BinaryOp::Add => "add",
             BinaryOp::Sub => "sub",
@@ -772,80 +639,12 @@ impl BinaryOp {
     }
 }
 
-fn map_f32(a: &ArcArray<f32, IxDyn>, f: impl Fn(f32) -> f32 + Sync + Send) -> Tensor {
-    if let Some(s) = a.as_slice() {
-        let v: Vec<f32> = if s.len() >= PARALLEL_THRESHOLD {
-            s.par_iter().map(|&x| f(x)).collect()
-        } else {
-            s.iter().map(|&x| f(x)).collect()
-        };
-        Tensor::from_vec_unchecked(v, a.shape())
-    } else {
-        Tensor::from_f32_array(a.map(|&x| f(x)))
-    }
-}
-
 impl Tensor {
     /// Applies a binary op with numpy broadcasting; both operands must have the same dtype.
     pub fn binary(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
         let name = op.name();
         let shape = broadcast_shapes(name, self.shape(), rhs.shape())?;
-        #[cfg(gpu)]
-        if gpu_device(name, &[Some(self), Some(rhs)])?.is_some() {
-            let (a, b) = (self.gpu_of(name)?, rhs.gpu_of(name)?);
-            if a.dtype != DType::F32 || b.dtype != DType::F32 {
-                return Err(TensorError::Unsupported { op: name, device: format!("{} (i64 arithmetic)", a.device) });
-            }
-            use crate::op_codes as k;
-            let code = match op {
-                BinaryOp::Add => k::B_ADD,
-                BinaryOp::Sub => k::B_SUB,
-                BinaryOp::Mul => k::B_MUL,
-                BinaryOp::Div => k::B_DIV,
-                BinaryOp::Maximum => k::B_MAX,
-                BinaryOp::Minimum => k::B_MIN,
-            };
-            return Ok(Tensor::from_gpu(crate::gpu::binary(a, b, &shape, code)?));
-        }
-        match (&self.storage, &rhs.storage) {
-            (Storage::F32(a), Storage::F32(b)) => {
-                if let (Some(x), Some(y)) = (a.as_slice(), b.as_slice()) {
-                    if a.shape() == b.shape() {
-                        let v: Vec<f32> = if x.len() >= PARALLEL_THRESHOLD {
-                            x.par_iter().zip(y.par_iter()).map(|(&p, &q)| op.f32(p, q)).collect()
-                        } else {
-                            x.iter().zip(y).map(|(&p, &q)| op.f32(p, q)).collect()
-                        };
-                        return Ok(Tensor::from_vec_unchecked(v, &shape));
-                    }
-                }
-                let av = a.broadcast(IxDyn(&shape)).ok_or_else(|| mismatch(name, a.shape(), &shape))?;
-                let bv = b.broadcast(IxDyn(&shape)).ok_or_else(|| mismatch(name, b.shape(), &shape))?;
-                let zip = Zip::from(&av).and(&bv);
-                let out = if av.len() >= PARALLEL_THRESHOLD {
-                    zip.par_map_collect(|&p, &q| op.f32(p, q))
-                } else {
-                    zip.map_collect(|&p, &q| op.f32(p, q))
-                };
-                Ok(Tensor::from_f32_array(out))
-            }
-            (Storage::I64(a), Storage::I64(b)) => {
-                let av = a.broadcast(IxDyn(&shape)).ok_or_else(|| mismatch(name, a.shape(), &shape))?;
-                let bv = b.broadcast(IxDyn(&shape)).ok_or_else(|| mismatch(name, b.shape(), &shape))?;
-                let mut failed = false;
-                let out = Zip::from(&av).and(&bv).map_collect(|&p, &q| {
-                    op.i64(p, q).unwrap_or_else(|| {
-                        failed = true;
-                        0
-                    })
-                });
-                if failed {
-                    return Err(invalid(name, "i64 overflow or division by zero"));
-                }
-                Ok(Tensor::from_i64_array(out))
-            }
-            _ => Err(TensorError::DType { op: name, expected: self.dtype(), got: rhs.dtype() }),
-        }
+        backend_for(name, &[Some(self), Some(rhs)])?.binary(self, rhs, op, &shape)
     }
 
     /// `self + rhs` with broadcasting.
@@ -879,98 +678,137 @@ impl Tensor {
         if self.shape() != output.shape() {
             return Err(mismatch(OP, self.shape(), output.shape()));
         }
-        #[cfg(gpu)]
-        if gpu_device(OP, &[Some(self), Some(output)])?.is_some() {
-            let g = crate::gpu::binary(self.gpu_f32(OP)?, output.gpu_f32(OP)?, self.shape(), codes::B_RELU_MASK)?;
-            return Ok(Tensor::from_gpu(g));
-        }
-        let (g, y) = (self.f32_data(OP)?, output.f32_data(OP)?);
-        let pick = |(&g, &y): (&f32, &f32)| if y > 0.0 { g } else { 0.0 };
-        let v = if g.len() >= PARALLEL_THRESHOLD {
-            g.par_iter().zip(y.par_iter()).map(pick).collect()
-        } else {
-            g.iter().zip(y.iter()).map(pick).collect()
-        };
-        Ok(Tensor::from_vec_unchecked(v, self.shape()))
+        backend_for(OP, &[Some(self), Some(output)])?.relu_backward(self, output)
     }
 
     /// Applies `f` to every f32 element (host tensors only: a Rust closure cannot run on a GPU).
     pub fn map(&self, op: &'static str, f: impl Fn(f32) -> f32 + Sync + Send) -> Result<Tensor> {
-        Ok(map_f32(self.f32_array(op)?, f))
+        Ok(host::map_f32(self.f32_array(op)?, f))
     }
 
-    /// A named unary op: the GPU kernel `code` (with scalars `a`, `b`) on a GPU, `f` on the host.
-    fn unary(&self, op: &'static str, code: UnaryCode, f: impl Fn(f32) -> f32 + Sync + Send) -> Result<Tensor> {
-        #[cfg(gpu)]
-        if let Storage::Gpu(g) = &self.storage {
-            if g.dtype != DType::F32 {
-                return Err(TensorError::DType { op, expected: DType::F32, got: g.dtype });
-            }
-            let (code, a, b) = code;
-            return Ok(Tensor::from_gpu(crate::gpu::unary(g, code, a, b)?));
+    /// Whether every element is finite (no NaN, no infinity), like `torch.isfinite(t).all()`;
+    /// on a GPU one value is read back.
+    pub fn all_finite(&self) -> Result<bool> {
+        Tensor::all_finite_together(&[self])
+    }
+
+    /// Whether every element of every tensor is finite, with one read-back on a GPU (the
+    /// tensors on one device): the gradient check of a training step.
+    pub fn all_finite_together(tensors: &[&Tensor]) -> Result<bool> {
+        const OP: &str = "all_finite";
+        if let Some(t) = tensors.iter().find(|t| t.dtype() != DType::F32) {
+            return Err(TensorError::DType { op: OP, expected: DType::F32, got: t.dtype() });
         }
-        let _ = code;
-        self.map(op, f)
+        let operands: Vec<Option<&Tensor>> = tensors.iter().map(|t| Some(*t)).collect();
+        backend_for(OP, &operands)?.all_finite(tensors)
+    }
+
+    fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        backend_of(op.name(), self)?.unary(self, op)
     }
 
     /// `-x`
     pub fn neg(&self) -> Result<Tensor> {
-        self.unary("neg", (codes::U_NEG, 0.0, 0.0), |x| -x)
+        self.unary(UnaryOp::Neg)
     }
     /// `e^x`
     pub fn exp(&self) -> Result<Tensor> {
-        self.unary("exp", (codes::U_EXP, 0.0, 0.0), f32::exp)
+        self.unary(UnaryOp::Exp)
     }
     /// Natural logarithm.
     pub fn log(&self) -> Result<Tensor> {
-        self.unary("log", (codes::U_LOG, 0.0, 0.0), f32::ln)
+        self.unary(UnaryOp::Log)
     }
     /// Square root.
     pub fn sqrt(&self) -> Result<Tensor> {
-        self.unary("sqrt", (codes::U_SQRT, 0.0, 0.0), f32::sqrt)
+        self.unary(UnaryOp::Sqrt)
     }
     /// `x^p`
     pub fn powf(&self, p: f32) -> Result<Tensor> {
-        self.unary("powf", (codes::U_POWF, p, 0.0), move |x| x.powf(p))
+        self.unary(UnaryOp::Powf(p))
     }
     /// `max(x, 0)`
     pub fn relu(&self) -> Result<Tensor> {
-        self.unary("relu", (codes::U_RELU, 0.0, 0.0), crate::kernels::relu)
+        self.unary(UnaryOp::Relu)
     }
     /// `|x|`
     pub fn abs(&self) -> Result<Tensor> {
-        self.unary("abs", (codes::U_ABS, 0.0, 0.0), f32::abs)
+        self.unary(UnaryOp::Abs)
     }
-    /// Clamps into `[min, max]`, like `torch.clamp`.
+    /// Clamps into `[min, max]`, like `torch.clamp` (NaN stays NaN).
     pub fn clamp(&self, min: f32, max: f32) -> Result<Tensor> {
         if min > max {
             return Err(invalid("clamp", format!("min {min} is greater than max {max}")));
         }
-        // NaN stays NaN, as in PyTorch (`f32::max` would turn it into `min`).
-        self.unary("clamp", (codes::U_CLAMP, min, max), move |x| {
-            if x < min {
-                min
-            } else if x > max {
-                max
-            } else {
-                x
-            }
-        })
+        self.unary(UnaryOp::Clamp(min, max))
     }
     /// `x + s`
     pub fn add_scalar(&self, s: f32) -> Result<Tensor> {
-        self.unary("add_scalar", (codes::U_ADD_SCALAR, s, 0.0), move |x| x + s)
+        self.unary(UnaryOp::AddScalar(s))
     }
     /// `x * s`
     pub fn mul_scalar(&self, s: f32) -> Result<Tensor> {
-        self.unary("mul_scalar", (codes::U_MUL_SCALAR, s, 0.0), move |x| x * s)
+        self.unary(UnaryOp::MulScalar(s))
     }
 }
 
-/// A GPU unary kernel and its two scalar arguments.
-type UnaryCode = (u32, f32, f32);
+/// A named elementwise unary op, with its scalar arguments.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum UnaryOp {
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Powf(f32),
+    Relu,
+    Abs,
+    /// `[min, max]`; NaN stays NaN, as in PyTorch.
+    Clamp(f32, f32),
+    AddScalar(f32),
+    MulScalar(f32),
+}
 
-use crate::op_codes as codes;
+impl UnaryOp {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Powf(_) => "powf",
+            UnaryOp::Relu => "relu",
+            UnaryOp::Abs => "abs",
+            UnaryOp::Clamp(..) => "clamp",
+            UnaryOp::AddScalar(_) => "add_scalar",
+            UnaryOp::MulScalar(_) => "mul_scalar",
+        }
+    }
+
+    /// The op on one value (the host's rule, which the GPU kernels follow).
+    #[inline(always)]
+    pub(crate) fn f32(self, x: f32) -> f32 {
+        match self {
+            UnaryOp::Neg => -x,
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Log => x.ln(),
+            UnaryOp::Sqrt => x.sqrt(),
+            UnaryOp::Powf(p) => x.powf(p),
+            UnaryOp::Relu => crate::kernels::relu(x),
+            UnaryOp::Abs => x.abs(),
+            UnaryOp::Clamp(min, max) => {
+                if x < min {
+                    min
+                } else if x > max {
+                    max
+                } else {
+                    x
+                }
+            }
+            UnaryOp::AddScalar(s) => x + s,
+            UnaryOp::MulScalar(s) => x * s,
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Reductions and softmax
@@ -987,86 +825,22 @@ impl Tensor {
         Ok(d)
     }
 
-    fn reduce_sum(&self, op: &'static str, dims: &[usize], keepdim: bool) -> Result<(ArrayD<f64>, usize)> {
-        let a = self.f32_array(op)?;
-        let dims = self.sorted_dims(op, dims)?;
-        // Accumulate in f64: BN statistics and losses over large batches stay exact to f32.
-        let mut acc: ArrayD<f64> = a.mapv(|v| v as f64);
-        let mut count = 1usize;
-        for &d in dims.iter().rev() {
-            count *= acc.shape()[d];
-            acc = acc.sum_axis(Axis(d));
-            if keepdim {
-                acc.insert_axis_inplace(Axis(d));
-            }
-        }
-        Ok((acc, count))
-    }
-
-    /// Sums (or takes the maximum, `code` = `R_MAX`) over `dims` on a GPU, one axis at a time.
-    #[cfg(gpu)]
-    fn gpu_reduce(&self, op: &'static str, dims: &[usize], keepdim: bool, code: u32) -> Result<Tensor> {
-        let g = self.gpu_of(op)?;
-        if g.dtype != DType::F32 {
-            return Err(TensorError::DType { op, expected: DType::F32, got: g.dtype });
-        }
-        let dims = self.sorted_dims(op, dims)?;
-        let mut cur = g.clone();
-        let mut shape = g.shape.clone();
-        for &d in dims.iter().rev() {
-            let (outer, red, inner) = (shape[..d].iter().product(), shape[d], shape[d + 1..].iter().product());
-            shape[d] = 1;
-            cur = match red {
-                0 if code == codes::R_SUM => crate::gpu::zeros(&shape, g.device)?,
-                0 => return Err(bad_shape(op, self.shape(), format!("cannot reduce the empty dimension {d}"))),
-                1 => cur.reshaped(&shape),
-                _ => crate::gpu::reduce(&cur, outer, red, inner, code, &shape)?,
-            };
-        }
-        if !keepdim {
-            let kept: Vec<usize> =
-                shape.iter().enumerate().filter(|(d, _)| !dims.contains(d)).map(|(_, &s)| s).collect();
-            cur = cur.reshaped(&kept);
-        }
-        Ok(Tensor::from_gpu(cur))
-    }
-
     /// Sum over `dims` (all when empty... use [`Tensor::sum_all`]), like `torch.sum(dim, keepdim)`.
     pub fn sum(&self, dims: &[usize], keepdim: bool) -> Result<Tensor> {
-        #[cfg(gpu)]
-        if self.device().is_gpu() {
-            return self.gpu_reduce("sum", dims, keepdim, codes::R_SUM);
-        }
-        let (acc, _) = self.reduce_sum("sum", dims, keepdim)?;
-        Ok(Tensor::from_f32_array(acc.mapv(|v| v as f32)))
+        let dims = self.sorted_dims("sum", dims)?;
+        backend_of("sum", self)?.sum(self, &dims, keepdim)
     }
 
     /// Mean over `dims`, like `torch.mean(dim, keepdim)`.
     pub fn mean(&self, dims: &[usize], keepdim: bool) -> Result<Tensor> {
-        if self.device().is_gpu() {
-            let count: usize = self.sorted_dims("mean", dims)?.iter().map(|&d| self.shape()[d]).product();
-            return self.sum(dims, keepdim)?.mul_scalar(1.0 / count as f32);
-        }
-        let (acc, count) = self.reduce_sum("mean", dims, keepdim)?;
-        Ok(Tensor::from_f32_array(acc.mapv(|v| (v / count as f64) as f32)))
+        let dims = self.sorted_dims("mean", dims)?;
+        backend_of("mean", self)?.mean(self, &dims, keepdim)
     }
 
     /// Variance over `dims`; `unbiased` divides by `n - 1` (torch's default), else by `n`.
     pub fn var(&self, dims: &[usize], unbiased: bool, keepdim: bool) -> Result<Tensor> {
-        if self.device().is_gpu() {
-            let count: usize = self.sorted_dims("var", dims)?.iter().map(|&d| self.shape()[d]).product();
-            let centred = self.sub(&self.mean(dims, true)?)?;
-            let denom = if unbiased { count.saturating_sub(1) } else { count } as f32;
-            return centred.mul(&centred)?.sum(dims, keepdim)?.mul_scalar(1.0 / denom);
-        }
-        let (sum, count) = self.reduce_sum("var", dims, true)?;
-        let a = self.f32_array("var")?;
-        let mean = sum.mapv(|v| v / count as f64);
-        let centred = Zip::from(a).and_broadcast(&mean).map_collect(|&x, &m| (x as f64 - m) * (x as f64 - m));
-        let sq = Tensor::from_f32_array(centred.mapv(|v| v as f32));
-        let (acc, _) = sq.reduce_sum("var", dims, keepdim)?;
-        let denom = if unbiased { count.saturating_sub(1) } else { count } as f64;
-        Ok(Tensor::from_f32_array(acc.mapv(|v| (v / denom) as f32)))
+        let dims = self.sorted_dims("var", dims)?;
+        backend_of("var", self)?.var(self, &dims, unbiased, keepdim)
     }
 
     /// Sum of all elements.
@@ -1081,76 +855,16 @@ impl Tensor {
         self.mean(&d, false)?.item()
     }
 
-    fn reduce_lanes<T: Clone>(
-        &self,
-        op: &'static str,
-        dim: usize,
-        keepdim: bool,
-        f: impl Fn(ndarray::ArrayView1<'_, f32>) -> T,
-    ) -> Result<ArrayD<T>> {
-        let a = self.f32_array(op)?;
-        check_dim(op, dim, self.rank())?;
-        if a.shape()[dim] == 0 {
-            return Err(bad_shape(op, a.shape(), format!("cannot reduce the empty dimension {dim}")));
-        }
-        let mut out = a.map_axis(Axis(dim), f);
-        if keepdim {
-            out.insert_axis_inplace(Axis(dim));
-        }
-        Ok(out)
-    }
-
     /// Maximum along `dim` (NaN wins, like torch).
     pub fn max(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
-        #[cfg(gpu)]
-        if self.device().is_gpu() {
-            check_dim("max", dim, self.rank())?;
-            return self.gpu_reduce("max", &[dim], keepdim, codes::R_MAX);
-        }
-        let out = self.reduce_lanes("max", dim, keepdim, |lane| {
-            lane.iter()
-                .copied()
-                .fold(f32::NEG_INFINITY, |m, x| if m.is_nan() || !(x.is_nan() || x > m) { m } else { x })
-        })?;
-        Ok(Tensor::from_f32_array(out))
+        check_dim("max", dim, self.rank())?;
+        backend_of("max", self)?.max(self, dim, keepdim)
     }
 
     /// Index of the first maximum along `dim` (i64), like `torch.argmax`.
     pub fn argmax(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
-        #[cfg(gpu)]
-        if let Storage::Gpu(g) = &self.storage {
-            check_dim("argmax", dim, self.rank())?;
-            if g.shape[dim] == 0 || g.dtype != DType::F32 {
-                return Err(bad_shape(
-                    "argmax",
-                    self.shape(),
-                    format!("cannot reduce dimension {dim} of an empty or i64 tensor"),
-                ));
-            }
-            let mut shape = g.shape.clone();
-            let (outer, red, inner) = (shape[..dim].iter().product(), shape[dim], shape[dim + 1..].iter().product());
-            if keepdim {
-                shape[dim] = 1;
-            } else {
-                shape.remove(dim);
-            }
-            return Ok(Tensor::from_gpu(crate::gpu::argmax(g, outer, red, inner, &shape)?));
-        }
-        let out = self.reduce_lanes("argmax", dim, keepdim, |lane| {
-            let mut best = 0usize;
-            let mut best_v = f32::NEG_INFINITY;
-            for (i, &x) in lane.iter().enumerate() {
-                if best_v.is_nan() {
-                    break;
-                }
-                if x.is_nan() || x > best_v || i == 0 {
-                    best = i;
-                    best_v = x;
-                }
-            }
-            best as i64
-        })?;
-        Ok(Tensor::from_i64_array(out))
+        check_dim("argmax", dim, self.rank())?;
+        backend_of("argmax", self)?.argmax(self, dim, keepdim)
     }
 
     /// `exp(x) / sum(exp(x))` along `dim`, computed stably (max subtracted first).
@@ -1164,28 +878,8 @@ impl Tensor {
     }
 
     fn softmax_impl(&self, op: &'static str, dim: usize, log: bool) -> Result<Tensor> {
-        if self.device().is_gpu() {
-            check_dim(op, dim, self.rank())?;
-            let shifted = self.sub(&self.max(dim, true)?)?;
-            let e = shifted.exp()?;
-            let sum = e.sum(&[dim], true)?;
-            return if log { shifted.sub(&sum.log()?) } else { e.div(&sum) };
-        }
-        let a = self.f32_array(op)?;
         check_dim(op, dim, self.rank())?;
-        let mut out = ArrayD::<f32>::zeros(a.raw_dim());
-        Zip::from(out.lanes_mut(Axis(dim))).and(a.lanes(Axis(dim))).for_each(|mut o, x| {
-            let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let m = if m.is_finite() { m } else { 0.0 };
-            let sum: f64 = x.iter().map(|&v| ((v - m) as f64).exp()).sum();
-            if log {
-                let lse = m as f64 + sum.ln();
-                o.iter_mut().zip(x).for_each(|(o, &v)| *o = (v as f64 - lse) as f32);
-            } else {
-                o.iter_mut().zip(x).for_each(|(o, &v)| *o = (((v - m) as f64).exp() / sum) as f32);
-            }
-        });
-        Ok(Tensor::from_f32_array(out))
+        backend_of(op, self)?.softmax(self, dim, log)
     }
 }
 
@@ -1198,78 +892,7 @@ impl Tensor {
     /// broadcasting, like `torch.matmul` for operands of rank >= 2. Strided views (such as a
     /// transpose) are read in place, without a copy.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
-        #[cfg(gpu)]
-        if gpu_device("matmul", &[Some(self), Some(rhs)])?.is_some() {
-            return self.gpu_matmul(rhs);
-        }
-        let a = self.f32_array("matmul")?;
-        let b = rhs.f32_array("matmul")?;
-        let (ra, rb) = (a.ndim(), b.ndim());
-        if ra < 2 || rb < 2 || a.shape()[ra - 1] != b.shape()[rb - 2] {
-            return Err(mismatch("matmul", a.shape(), b.shape()));
-        }
-        let (m, k, n) = (a.shape()[ra - 2], a.shape()[ra - 1], b.shape()[rb - 1]);
-        let batch = broadcast_shapes("matmul", &a.shape()[..ra - 2], &b.shape()[..rb - 2])?;
-        let mut a_shape = batch.clone();
-        a_shape.extend([m, k]);
-        let mut b_shape = batch.clone();
-        b_shape.extend([k, n]);
-        let av = a.broadcast(IxDyn(&a_shape)).ok_or_else(|| mismatch("matmul", a.shape(), &a_shape))?;
-        let bv = b.broadcast(IxDyn(&b_shape)).ok_or_else(|| mismatch("matmul", b.shape(), &b_shape))?;
-        let nb: usize = batch.iter().product();
-        let mut out = vec![0f32; nb * m * n];
-        let offsets = |strides: &[isize]| -> Vec<isize> {
-            (0..nb).map(|f| unravel(f, &batch).iter().zip(strides).map(|(&i, &s)| i as isize * s).sum()).collect()
-        };
-        let (sa, sb) = (av.strides(), bv.strides());
-        let (oa, ob) = (offsets(&sa[..batch.len()]), offsets(&sb[..batch.len()]));
-        let lhs = crate::kernels::matmul::MatRef::strided(av.as_ptr(), m, k, sa[batch.len()], sa[batch.len() + 1]);
-        let rhs_m = crate::kernels::matmul::MatRef::strided(bv.as_ptr(), k, n, sb[batch.len()], sb[batch.len() + 1]);
-        crate::kernels::matmul::batched_sgemm(&mut out, m, n, lhs, &oa, rhs_m, &ob);
-        let mut shape = batch;
-        shape.extend([m, n]);
-        Ok(Tensor::from_vec_unchecked(out, &shape))
-    }
-}
-
-#[cfg(gpu)]
-impl Tensor {
-    fn gpu_matmul(&self, rhs: &Tensor) -> Result<Tensor> {
-        let (a, b) = (self.gpu_of("matmul")?, rhs.gpu_of("matmul")?);
-        if a.dtype != DType::F32 || b.dtype != DType::F32 {
-            return Err(TensorError::DType { op: "matmul", expected: DType::F32, got: DType::I64 });
-        }
-        let (ra, rb) = (a.shape.len(), b.shape.len());
-        if ra < 2 || rb < 2 || a.shape[ra - 1] != b.shape[rb - 2] {
-            return Err(mismatch("matmul", &a.shape, &b.shape));
-        }
-        let (m, k, n) = (a.shape[ra - 2], a.shape[ra - 1], b.shape[rb - 1]);
-        let batch = broadcast_shapes("matmul", &a.shape[..ra - 2], &b.shape[..rb - 2])?;
-        let nb: usize = batch.iter().product();
-        // An operand whose batch is a single matrix is read with batch stride 0; one broadcast
-        // along some batch dimensions only is expanded first.
-        let expand = |t: &Tensor, rows: usize, cols: usize| -> Result<(Tensor, bool)> {
-            let own: usize = t.shape()[..t.rank() - 2].iter().product();
-            if own == 1 {
-                return Ok((t.clone(), false));
-            }
-            let mut full = batch.clone();
-            full.extend([rows, cols]);
-            Ok((if t.shape() == full.as_slice() { t.clone() } else { t.broadcast_to(&full)? }, true))
-        };
-        let (ta, a_batched) = expand(self, m, k)?;
-        let (tb, b_batched) = expand(rhs, k, n)?;
-        let mut shape = batch;
-        shape.extend([m, n]);
-        let out = crate::gpu::matmul(
-            ta.gpu_of("matmul")?,
-            tb.gpu_of("matmul")?,
-            nb,
-            (m, k, n),
-            (a_batched, b_batched),
-            &shape,
-        )?;
-        Ok(Tensor::from_gpu(out))
+        backend_for("matmul", &[Some(self), Some(rhs)])?.matmul(self, rhs)
     }
 }
 
@@ -1283,23 +906,7 @@ impl Tensor {
         }
         let mut shape = targets.shape().to_vec();
         shape.push(classes);
-        #[cfg(gpu)]
-        if let Storage::Gpu(g) = &targets.storage {
-            // Equality of the class index with 0..classes, broadcast; the indices are exact in
-            // f32 below 2^24. Out-of-range targets give all-zero rows (the host refuses them).
-            let t = Tensor::from_gpu(crate::gpu::cast(g, DType::F32)).unsqueeze(targets.rank())?;
-            let range = Tensor::arange(0.0, classes as f32, 1.0)?.to_device(g.device)?;
-            let out = crate::gpu::binary(t.gpu_f32(OP)?, range.gpu_f32(OP)?, &shape, codes::B_EQ)?;
-            return Ok(Tensor::from_gpu(out));
-        }
-        let mut out = vec![0f32; shape.iter().product()];
-        for (row, &t) in targets.i64_data(OP)?.iter().enumerate() {
-            match usize::try_from(t).ok().filter(|&t| t < classes) {
-                Some(t) => out[row * classes + t] = 1.0,
-                None => return Err(TensorError::IndexOutOfRange { op: OP, index: t, size: classes }),
-            }
-        }
-        Ok(Tensor::from_vec_unchecked(out, &shape))
+        backend_of(OP, targets)?.one_hot(targets, classes, &shape)
     }
 }
 
@@ -1313,22 +920,4 @@ pub(crate) fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
         }
     }
     pos
-}
-
-/// The GPU device shared by the given operands, `None` when all are on the host, and an error
-/// when they are on different devices.
-#[cfg(gpu)]
-pub(crate) fn gpu_device(op: &'static str, operands: &[Option<&Tensor>]) -> Result<Option<Device>> {
-    let devices: Vec<Device> = operands.iter().flatten().map(|t| t.device()).collect();
-    match devices.first() {
-        Some(&first) if devices.iter().any(|d| d.is_gpu()) => {
-            if devices.iter().all(|&d| d == first) {
-                Ok(Some(first))
-            } else {
-                let names: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
-                Err(TensorError::DeviceMismatch { op, devices: names.join(", ") })
-            }
-        }
-        _ => Ok(None),
-    }
 }

@@ -195,3 +195,24 @@ fn initialisers() {
     assert_eq!(fans(&[8, 4, 3, 3]).unwrap(), (36, 72));
     assert!(fans(&[8]).is_err());
 }
+
+#[test]
+fn infinities_and_nans_are_found_anywhere() {
+    let mut v = vec![1.5f32; 40_000];
+    let all = |v: &[f32]| Tensor::from_vec(v.to_vec(), &[v.len()]).unwrap().all_finite().unwrap();
+    assert!(all(&v) && all(&[]) && all(&[f32::MAX, f32::MIN_POSITIVE, -0.0]));
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -f32::NAN] {
+        for at in [0, 16_383, 16_384, 39_999] {
+            v[at] = bad;
+            assert!(!all(&v), "{bad} at {at}");
+            v[at] = 1.5;
+        }
+    }
+    // Several tensors at once, the bad value in the last; i64 is refused by name.
+    let ok = Tensor::ones(&[3]);
+    let bad = Tensor::from_vec(vec![0.0, f32::NAN], &[2]).unwrap();
+    assert!(Tensor::all_finite_together(&[&ok, &ok]).unwrap());
+    assert!(!Tensor::all_finite_together(&[&ok, &bad]).unwrap());
+    let e = Tensor::arange_i64(3).all_finite().unwrap_err();
+    assert!(e.to_string().contains("all_finite"), "{e}");
+}

@@ -16,7 +16,10 @@
 //! compares its position with its output's length or runs on an exact grid (one cube per
 //! channel or per output).
 
+mod backend;
 pub(crate) mod kernels;
+
+pub(crate) use backend::Gpu;
 
 use crate::error::{Result, TensorError};
 use crate::kernels::conv::ConvGeom;

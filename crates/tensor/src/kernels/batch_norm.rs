@@ -5,6 +5,7 @@
 //! Statistics are accumulated in f64 per channel; channels are the unit of parallel work.
 
 use super::matmul::SyncPtr;
+use crate::backend::{backend_for, Host, NormOps};
 use crate::error::{bad_shape, invalid, mismatch, Result};
 use crate::Tensor;
 use rayon::prelude::*;
@@ -81,66 +82,15 @@ pub fn batch_norm_train(
     if count <= 1 {
         return Err(bad_shape(OP, input.shape(), "training needs more than one value per channel"));
     }
-    #[cfg(gpu)]
-    if crate::tensor::gpu_device(OP, &[Some(input), weight, bias, running.map(|r| r.0), running.map(|r| r.1)])?
-        .is_some()
-    {
-        return on_gpu::train(input, weight, bias, running, momentum, eps, count);
-    }
-    let gamma = channel_vec(OP, weight, c, 1.0)?;
-    let beta = channel_vec(OP, bias, c, 0.0)?;
-    let x = input.f32_data(OP)?;
-    let stats = per_channel(c, s, |_, range| {
-        let sum: f64 = (0..n)
-            .map(|ni| {
-                let v = &x[range(ni)];
-                sum_f64(v.len(), |i| v[i] as f64)
-            })
-            .sum();
-        let mean = sum / count as f64;
-        let sq: f64 = (0..n)
-            .map(|ni| {
-                let v = &x[range(ni)];
-                sum_f64(v.len(), |i| {
-                    let d = v[i] as f64 - mean;
-                    d * d
-                })
-            })
-            .sum();
-        (mean, sq / count as f64)
-    });
-    let mut out = vec![0f32; x.len()];
-    let ptr = SyncPtr(out.as_mut_ptr());
-    let invstd: Vec<f64> = stats.iter().map(|&(_, var)| 1.0 / (var + eps).sqrt()).collect();
-    per_channel(c, s, |ci, range| {
-        let scale = (gamma[ci] as f64 * invstd[ci]) as f32;
-        let shift = (beta[ci] as f64 - stats[ci].0 * gamma[ci] as f64 * invstd[ci]) as f32;
-        for ni in 0..n {
-            let r = range(ni);
-            // SAFETY: each channel writes only its own ranges.
-            let o = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r.start), r.len()) };
-            o.iter_mut().zip(&x[r]).for_each(|(o, &v)| *o = v * scale + shift);
-        }
-    });
-    let (running_mean, running_var) = match running {
-        None => (None, None),
-        Some((rm, rv)) => {
-            let rm_v = channel_vec(OP, Some(rm), c, 0.0)?;
-            let rv_v = channel_vec(OP, Some(rv), c, 1.0)?;
-            let unbias = count as f64 / (count - 1) as f64;
-            let m = momentum;
-            let new_mean = (0..c).map(|i| ((1.0 - m) * rm_v[i] as f64 + m * stats[i].0) as f32).collect();
-            let new_var = (0..c).map(|i| ((1.0 - m) * rv_v[i] as f64 + m * stats[i].1 * unbias) as f32).collect();
-            (Some(Tensor::from_vec_unchecked(new_mean, &[c])), Some(Tensor::from_vec_unchecked(new_var, &[c])))
-        }
-    };
-    Ok(BatchNormTrain {
-        output: Tensor::from_vec_unchecked(out, input.shape()),
-        mean: Tensor::from_vec_unchecked(stats.iter().map(|s| s.0 as f32).collect(), &[c]),
-        invstd: Tensor::from_vec_unchecked(invstd.iter().map(|&v| v as f32).collect(), &[c]),
-        running_mean,
-        running_var,
-    })
+    backend_for(OP, &[Some(input), weight, bias, running.map(|r| r.0), running.map(|r| r.1)])?.batch_norm_train(
+        input,
+        weight,
+        bias,
+        running,
+        momentum,
+        eps,
+        (n, c, s),
+    )
 }
 
 /// `torch.nn.functional.batch_norm(training=False)`: normalises with the running statistics.
@@ -153,28 +103,16 @@ pub fn batch_norm_eval(
     eps: f64,
 ) -> Result<Tensor> {
     const OP: &str = "batch_norm_eval";
-    let (_, c, s) = layout(OP, input.shape())?;
-    #[cfg(gpu)]
-    if crate::tensor::gpu_device(OP, &[Some(input), weight, bias, Some(running_mean), Some(running_var)])?.is_some() {
-        let (scale, shift) = on_gpu::eval_affine(OP, c, weight, bias, running_mean, running_var, eps)?;
-        let out = crate::gpu::channel_affine(
-            input.gpu_f32(OP)?,
-            Some(scale.gpu_f32(OP)?),
-            Some(shift.gpu_f32(OP)?),
-            None,
-            false,
-        )?;
-        return Ok(Tensor::from_gpu(out));
-    }
-    let (scale, shift) = eval_affine(OP, c, weight, bias, running_mean, running_var, eps)?;
-    let x = input.f32_data(OP)?;
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(s.max(1)).enumerate().for_each(|(i, o)| {
-        let ci = i % c;
-        let src = &x[i * s..(i + 1) * s];
-        o.iter_mut().zip(src).for_each(|(o, &v)| *o = v * scale[ci] + shift[ci]);
-    });
-    Ok(Tensor::from_vec_unchecked(out, input.shape()))
+    let (n, c, s) = layout(OP, input.shape())?;
+    backend_for(OP, &[Some(input), weight, bias, Some(running_mean), Some(running_var)])?.batch_norm_eval(
+        input,
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        eps,
+        (n, c, s),
+    )
 }
 
 /// Per-channel `y = x * scale + shift` of eval-mode batch norm.
@@ -226,45 +164,14 @@ pub fn batch_norm_train_backward(
         return Err(mismatch(OP, grad_output.shape(), input.shape()));
     }
     let (n, c, s) = layout(OP, input.shape())?;
-    #[cfg(gpu)]
-    if crate::tensor::gpu_device(OP, &[Some(grad_output), Some(input), weight, Some(mean), Some(invstd)])?.is_some() {
-        return on_gpu::train_backward(grad_output, input, weight, mean, invstd, c);
-    }
-    let m = (n * s) as f64;
-    let gamma = channel_vec(OP, weight, c, 1.0)?;
-    let mean = channel_vec(OP, Some(mean), c, 0.0)?;
-    let invstd = channel_vec(OP, Some(invstd), c, 1.0)?;
-    let x = input.f32_data(OP)?;
-    let dy = grad_output.f32_data(OP)?;
-    let mut dx = vec![0f32; x.len()];
-    let ptr = SyncPtr(dx.as_mut_ptr());
-    let sums = per_channel(c, s, |ci, range| {
-        let (mu, is) = (mean[ci] as f64, invstd[ci] as f64);
-        let (mut sum_dy, mut sum_dy_xhat) = (0f64, 0f64);
-        for ni in 0..n {
-            let (g, v) = (&dy[range(ni)], &x[range(ni)]);
-            sum_dy += sum_f64(g.len(), |i| g[i] as f64);
-            sum_dy_xhat += sum_f64(g.len(), |i| g[i] as f64 * (v[i] as f64 - mu)) * is;
-        }
-        let k = gamma[ci] as f64 * is;
-        let a = (sum_dy / m) as f32;
-        let b = (sum_dy_xhat / m) as f32;
-        for ni in 0..n {
-            let r = range(ni);
-            // SAFETY: each channel writes only its own ranges.
-            let o = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r.start), r.len()) };
-            for ((o, &g), &v) in o.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
-                let xhat = ((v as f64 - mu) * is) as f32;
-                *o = (k as f32) * (g - a - xhat * b);
-            }
-        }
-        (sum_dy_xhat as f32, sum_dy as f32)
-    });
-    Ok(BatchNormGrads {
-        input: Tensor::from_vec_unchecked(dx, input.shape()),
-        weight: Tensor::from_vec_unchecked(sums.iter().map(|s| s.0).collect(), &[c]),
-        bias: Tensor::from_vec_unchecked(sums.iter().map(|s| s.1).collect(), &[c]),
-    })
+    backend_for(OP, &[Some(grad_output), Some(input), weight, Some(mean), Some(invstd)])?.batch_norm_train_backward(
+        grad_output,
+        input,
+        weight,
+        mean,
+        invstd,
+        (n, c, s),
+    )
 }
 
 /// Backward of [`batch_norm_eval`] (the statistics are constants).
@@ -281,40 +188,8 @@ pub fn batch_norm_eval_backward(
         return Err(mismatch(OP, grad_output.shape(), input.shape()));
     }
     let (n, c, s) = layout(OP, input.shape())?;
-    #[cfg(gpu)]
-    if crate::tensor::gpu_device(OP, &[Some(grad_output), Some(input), weight, Some(running_mean), Some(running_var)])?
-        .is_some()
-    {
-        return on_gpu::eval_backward(grad_output, input, weight, running_mean, running_var, eps, c);
-    }
-    let gamma = channel_vec(OP, weight, c, 1.0)?;
-    let mean = channel_vec(OP, Some(running_mean), c, 0.0)?;
-    let var = channel_vec(OP, Some(running_var), c, 1.0)?;
-    let x = input.f32_data(OP)?;
-    let dy = grad_output.f32_data(OP)?;
-    let mut dx = vec![0f32; x.len()];
-    let ptr = SyncPtr(dx.as_mut_ptr());
-    let sums = per_channel(c, s, |ci, range| {
-        let is = 1.0 / (var[ci] as f64 + eps).sqrt();
-        let k = (gamma[ci] as f64 * is) as f32;
-        let (mut sdy, mut sdyx) = (0f64, 0f64);
-        for ni in 0..n {
-            let r = range(ni);
-            // SAFETY: each channel writes only its own ranges.
-            let o = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r.start), r.len()) };
-            for ((o, &g), &v) in o.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
-                *o = g * k;
-                sdy += g as f64;
-                sdyx += g as f64 * (v as f64 - mean[ci] as f64) * is;
-            }
-        }
-        (sdyx as f32, sdy as f32)
-    });
-    Ok(BatchNormGrads {
-        input: Tensor::from_vec_unchecked(dx, input.shape()),
-        weight: Tensor::from_vec_unchecked(sums.iter().map(|s| s.0).collect(), &[c]),
-        bias: Tensor::from_vec_unchecked(sums.iter().map(|s| s.1).collect(), &[c]),
-    })
+    backend_for(OP, &[Some(grad_output), Some(input), weight, Some(running_mean), Some(running_var)])?
+        .batch_norm_eval_backward(grad_output, input, weight, running_mean, running_var, eps, (n, c, s))
 }
 
 /// Folds an eval-mode batch norm that follows a conv into the conv's weight and bias:
@@ -335,147 +210,201 @@ pub fn fold_batch_norm(
         return Err(invalid(OP, format!("cannot fold into a conv weight of shape {ws:?}")));
     }
     let c = ws[0];
-    if conv_weight.device().is_gpu() {
-        // Folding happens once per model: on the host, with the result moved back.
-        let device = conv_weight.device();
-        let host = |t: Option<&Tensor>| t.map(|t| t.to_device(crate::Device::Cpu)).transpose();
-        let (w, b, g, bb) = (host(Some(conv_weight))?, host(conv_bias)?, host(bn_weight)?, host(bn_bias)?);
-        let (rm, rv) = (running_mean.to_device(crate::Device::Cpu)?, running_var.to_device(crate::Device::Cpu)?);
-        let (fw, fb) =
-            fold_batch_norm(w.as_ref().unwrap_or(conv_weight), b.as_ref(), g.as_ref(), bb.as_ref(), &rm, &rv, eps)?;
-        return Ok((fw.to_device(device)?, fb.to_device(device)?));
-    }
+    // Folding happens once per model, on the host, the result moved to the weight's device
+    // (for a host weight, every move is the tensor itself).
+    let host = |t: &Tensor| t.to_device(crate::Device::Cpu);
+    let (rm, rv) = (host(running_mean)?, host(running_var)?);
+    let (bn_weight, bn_bias) = (bn_weight.map(host).transpose()?, bn_bias.map(host).transpose()?);
     let per_out = ws[1..].iter().product::<usize>();
-    let (scale, shift) = eval_affine(OP, c, bn_weight, bn_bias, running_mean, running_var, eps)?;
-    let b = channel_vec(OP, conv_bias, c, 0.0)?;
-    let w = conv_weight.f32_data(OP)?;
-    let folded: Vec<f32> = w.iter().enumerate().map(|(i, &v)| v * scale[i / per_out]).collect();
+    let (scale, shift) = eval_affine(OP, c, bn_weight.as_ref(), bn_bias.as_ref(), &rm, &rv, eps)?;
+    let b = channel_vec(OP, conv_bias.map(host).transpose()?.as_ref(), c, 0.0)?;
+    let w = host(conv_weight)?;
+    let folded: Vec<f32> = w.f32_data(OP)?.iter().enumerate().map(|(i, &v)| v * scale[i / per_out]).collect();
     let bias: Vec<f32> = (0..c).map(|i| b[i] * scale[i] + shift[i]).collect();
-    Ok((Tensor::from_vec_unchecked(folded, ws), Tensor::from_vec_unchecked(bias, &[c])))
+    let device = conv_weight.device();
+    Ok((
+        Tensor::from_vec_unchecked(folded, ws).to_device(device)?,
+        Tensor::from_vec_unchecked(bias, &[c]).to_device(device)?,
+    ))
 }
 
-/// The GPU paths: per-channel statistics and gradient sums by one kernel each, the small
-/// per-channel arithmetic by tensor ops on the device, nothing copied to the host.
-#[cfg(gpu)]
-mod on_gpu {
-    use super::{BatchNormGrads, BatchNormTrain};
-    use crate::error::{bad_shape, Result};
-    use crate::op_codes::U_RSQRT_EPS;
-    use crate::{gpu, Tensor};
-
-    /// A per-channel parameter on `device`, or `default` everywhere when absent.
-    fn channel(op: &'static str, t: Option<&Tensor>, c: usize, default: f32, device: crate::Device) -> Result<Tensor> {
-        match t {
-            None => Tensor::full(&[c], default).to_device(device),
-            Some(t) if t.shape() == [c] => Ok(t.clone()),
-            Some(t) => Err(bad_shape(op, t.shape(), format!("a per-channel parameter must be [{c}]"))),
-        }
-    }
-
-    fn rsqrt_eps(op: &'static str, var: &Tensor, eps: f64) -> Result<Tensor> {
-        Ok(Tensor::from_gpu(gpu::unary(var.gpu_f32(op)?, U_RSQRT_EPS, eps as f32, 0.0)?))
-    }
-
-    /// `scale = gamma / sqrt(var + eps)` and `shift = beta - mean * scale`.
-    pub(super) fn eval_affine(
-        op: &'static str,
-        c: usize,
-        weight: Option<&Tensor>,
-        bias: Option<&Tensor>,
-        mean: &Tensor,
-        var: &Tensor,
-        eps: f64,
-    ) -> Result<(Tensor, Tensor)> {
-        let device = mean.device();
-        let gamma = channel(op, weight, c, 1.0, device)?;
-        let beta = channel(op, bias, c, 0.0, device)?;
-        let (mean, var) = (channel(op, Some(mean), c, 0.0, device)?, channel(op, Some(var), c, 1.0, device)?);
-        let scale = gamma.mul(&rsqrt_eps(op, &var, eps)?)?;
-        let shift = beta.sub(&mean.mul(&scale)?)?;
-        Ok((scale, shift))
-    }
-
-    pub(super) fn train(
+impl NormOps for Host {
+    fn batch_norm_train(
+        &self,
         input: &Tensor,
         weight: Option<&Tensor>,
         bias: Option<&Tensor>,
         running: Option<(&Tensor, &Tensor)>,
         momentum: f64,
         eps: f64,
-        count: usize,
+        layout: (usize, usize, usize),
     ) -> Result<BatchNormTrain> {
         const OP: &str = "batch_norm_train";
-        let x = input.gpu_f32(OP)?;
-        let (c, device) = (x.shape[1], x.device);
-        let (mean, var) = gpu::channel_stats(x)?;
-        let (mean, var) = (Tensor::from_gpu(mean), Tensor::from_gpu(var));
-        let invstd = rsqrt_eps(OP, &var, eps)?;
-        let gamma = channel(OP, weight, c, 1.0, device)?;
-        let beta = channel(OP, bias, c, 0.0, device)?;
-        let scale = gamma.mul(&invstd)?;
-        let shift = beta.sub(&mean.mul(&scale)?)?;
-        let output =
-            Tensor::from_gpu(gpu::channel_affine(x, Some(scale.gpu_f32(OP)?), Some(shift.gpu_f32(OP)?), None, false)?);
+        let (n, c, s) = layout;
+        let count = n * s;
+        let gamma = channel_vec(OP, weight, c, 1.0)?;
+        let beta = channel_vec(OP, bias, c, 0.0)?;
+        let x = input.f32_data(OP)?;
+        let stats = per_channel(c, s, |_, range| {
+            let sum: f64 = (0..n)
+                .map(|ni| {
+                    let v = &x[range(ni)];
+                    sum_f64(v.len(), |i| v[i] as f64)
+                })
+                .sum();
+            let mean = sum / count as f64;
+            let sq: f64 = (0..n)
+                .map(|ni| {
+                    let v = &x[range(ni)];
+                    sum_f64(v.len(), |i| {
+                        let d = v[i] as f64 - mean;
+                        d * d
+                    })
+                })
+                .sum();
+            (mean, sq / count as f64)
+        });
+        let mut out = vec![0f32; x.len()];
+        let ptr = SyncPtr(out.as_mut_ptr());
+        let invstd: Vec<f64> = stats.iter().map(|&(_, var)| 1.0 / (var + eps).sqrt()).collect();
+        per_channel(c, s, |ci, range| {
+            let scale = (gamma[ci] as f64 * invstd[ci]) as f32;
+            let shift = (beta[ci] as f64 - stats[ci].0 * gamma[ci] as f64 * invstd[ci]) as f32;
+            for ni in 0..n {
+                let r = range(ni);
+                // SAFETY: each channel writes only its own ranges.
+                let o = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r.start), r.len()) };
+                o.iter_mut().zip(&x[r]).for_each(|(o, &v)| *o = v * scale + shift);
+            }
+        });
         let (running_mean, running_var) = match running {
             None => (None, None),
             Some((rm, rv)) => {
-                let (rm, rv) = (channel(OP, Some(rm), c, 0.0, device)?, channel(OP, Some(rv), c, 1.0, device)?);
-                let m = momentum as f32;
+                let rm_v = channel_vec(OP, Some(rm), c, 0.0)?;
+                let rv_v = channel_vec(OP, Some(rv), c, 1.0)?;
                 let unbias = count as f64 / (count - 1) as f64;
-                let new_mean = rm.mul_scalar(1.0 - m)?.add(&mean.mul_scalar(m)?)?;
-                let new_var = rv.mul_scalar(1.0 - m)?.add(&var.mul_scalar((momentum * unbias) as f32)?)?;
-                (Some(new_mean), Some(new_var))
+                let m = momentum;
+                let new_mean = (0..c).map(|i| ((1.0 - m) * rm_v[i] as f64 + m * stats[i].0) as f32).collect();
+                let new_var = (0..c).map(|i| ((1.0 - m) * rv_v[i] as f64 + m * stats[i].1 * unbias) as f32).collect();
+                (Some(Tensor::from_vec_unchecked(new_mean, &[c])), Some(Tensor::from_vec_unchecked(new_var, &[c])))
             }
         };
-        Ok(BatchNormTrain { output, mean, invstd, running_mean, running_var })
+        Ok(BatchNormTrain {
+            output: Tensor::from_vec_unchecked(out, input.shape()),
+            mean: Tensor::from_vec_unchecked(stats.iter().map(|s| s.0 as f32).collect(), &[c]),
+            invstd: Tensor::from_vec_unchecked(invstd.iter().map(|&v| v as f32).collect(), &[c]),
+            running_mean,
+            running_var,
+        })
     }
-
-    pub(super) fn train_backward(
+    fn batch_norm_eval(
+        &self,
+        input: &Tensor,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f64,
+        layout: (usize, usize, usize),
+    ) -> Result<Tensor> {
+        const OP: &str = "batch_norm_eval";
+        let (_, c, s) = layout;
+        let (scale, shift) = eval_affine(OP, c, weight, bias, running_mean, running_var, eps)?;
+        let x = input.f32_data(OP)?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(s.max(1)).enumerate().for_each(|(i, o)| {
+            let ci = i % c;
+            let src = &x[i * s..(i + 1) * s];
+            o.iter_mut().zip(src).for_each(|(o, &v)| *o = v * scale[ci] + shift[ci]);
+        });
+        Ok(Tensor::from_vec_unchecked(out, input.shape()))
+    }
+    fn batch_norm_train_backward(
+        &self,
         grad_output: &Tensor,
         input: &Tensor,
         weight: Option<&Tensor>,
         mean: &Tensor,
         invstd: &Tensor,
-        c: usize,
+        layout: (usize, usize, usize),
     ) -> Result<BatchNormGrads> {
         const OP: &str = "batch_norm_train_backward";
-        let device = input.device();
-        let gamma = channel(OP, weight, c, 1.0, device)?;
-        let (mean, invstd) = (channel(OP, Some(mean), c, 0.0, device)?, channel(OP, Some(invstd), c, 1.0, device)?);
-        let (dy, x) = (grad_output.gpu_f32(OP)?, input.gpu_f32(OP)?);
-        let (m, is) = (mean.gpu_f32(OP)?, invstd.gpu_f32(OP)?);
-        let (sum_dy, sum_dy_xhat) = gpu::channel_grad_sums(dy, x, m, is)?;
-        let dx = gpu::bn_backward_input(dy, x, m, is, gamma.gpu_f32(OP)?, &sum_dy, &sum_dy_xhat)?;
+        let (n, c, s) = layout;
+        let m = (n * s) as f64;
+        let gamma = channel_vec(OP, weight, c, 1.0)?;
+        let mean = channel_vec(OP, Some(mean), c, 0.0)?;
+        let invstd = channel_vec(OP, Some(invstd), c, 1.0)?;
+        let x = input.f32_data(OP)?;
+        let dy = grad_output.f32_data(OP)?;
+        let mut dx = vec![0f32; x.len()];
+        let ptr = SyncPtr(dx.as_mut_ptr());
+        let sums = per_channel(c, s, |ci, range| {
+            let (mu, is) = (mean[ci] as f64, invstd[ci] as f64);
+            let (mut sum_dy, mut sum_dy_xhat) = (0f64, 0f64);
+            for ni in 0..n {
+                let (g, v) = (&dy[range(ni)], &x[range(ni)]);
+                sum_dy += sum_f64(g.len(), |i| g[i] as f64);
+                sum_dy_xhat += sum_f64(g.len(), |i| g[i] as f64 * (v[i] as f64 - mu)) * is;
+            }
+            let k = gamma[ci] as f64 * is;
+            let a = (sum_dy / m) as f32;
+            let b = (sum_dy_xhat / m) as f32;
+            for ni in 0..n {
+                let r = range(ni);
+                // SAFETY: each channel writes only its own ranges.
+                let o = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r.start), r.len()) };
+                for ((o, &g), &v) in o.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
+                    let xhat = ((v as f64 - mu) * is) as f32;
+                    *o = (k as f32) * (g - a - xhat * b);
+                }
+            }
+            (sum_dy_xhat as f32, sum_dy as f32)
+        });
         Ok(BatchNormGrads {
-            input: Tensor::from_gpu(dx),
-            weight: Tensor::from_gpu(sum_dy_xhat),
-            bias: Tensor::from_gpu(sum_dy),
+            input: Tensor::from_vec_unchecked(dx, input.shape()),
+            weight: Tensor::from_vec_unchecked(sums.iter().map(|s| s.0).collect(), &[c]),
+            bias: Tensor::from_vec_unchecked(sums.iter().map(|s| s.1).collect(), &[c]),
         })
     }
-
-    pub(super) fn eval_backward(
+    fn batch_norm_eval_backward(
+        &self,
         grad_output: &Tensor,
         input: &Tensor,
         weight: Option<&Tensor>,
         running_mean: &Tensor,
         running_var: &Tensor,
         eps: f64,
-        c: usize,
+        layout: (usize, usize, usize),
     ) -> Result<BatchNormGrads> {
         const OP: &str = "batch_norm_eval_backward";
-        let device = input.device();
-        let gamma = channel(OP, weight, c, 1.0, device)?;
-        let mean = channel(OP, Some(running_mean), c, 0.0, device)?;
-        let invstd = rsqrt_eps(OP, &channel(OP, Some(running_var), c, 1.0, device)?, eps)?;
-        let scale = gamma.mul(&invstd)?;
-        let dy = grad_output.gpu_f32(OP)?;
-        let dx = gpu::channel_affine(dy, Some(scale.gpu_f32(OP)?), None, None, false)?;
-        let (sum_dy, sum_dy_xhat) =
-            gpu::channel_grad_sums(dy, input.gpu_f32(OP)?, mean.gpu_f32(OP)?, invstd.gpu_f32(OP)?)?;
+        let (n, c, s) = layout;
+        let gamma = channel_vec(OP, weight, c, 1.0)?;
+        let mean = channel_vec(OP, Some(running_mean), c, 0.0)?;
+        let var = channel_vec(OP, Some(running_var), c, 1.0)?;
+        let x = input.f32_data(OP)?;
+        let dy = grad_output.f32_data(OP)?;
+        let mut dx = vec![0f32; x.len()];
+        let ptr = SyncPtr(dx.as_mut_ptr());
+        let sums = per_channel(c, s, |ci, range| {
+            let is = 1.0 / (var[ci] as f64 + eps).sqrt();
+            let k = (gamma[ci] as f64 * is) as f32;
+            let (mut sdy, mut sdyx) = (0f64, 0f64);
+            for ni in 0..n {
+                let r = range(ni);
+                // SAFETY: each channel writes only its own ranges.
+                let o = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r.start), r.len()) };
+                for ((o, &g), &v) in o.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
+                    *o = g * k;
+                    sdy += g as f64;
+                    sdyx += g as f64 * (v as f64 - mean[ci] as f64) * is;
+                }
+            }
+            (sdyx as f32, sdy as f32)
+        });
         Ok(BatchNormGrads {
-            input: Tensor::from_gpu(dx),
-            weight: Tensor::from_gpu(sum_dy_xhat),
-            bias: Tensor::from_gpu(sum_dy),
+            input: Tensor::from_vec_unchecked(dx, input.shape()),
+            weight: Tensor::from_vec_unchecked(sums.iter().map(|s| s.0).collect(), &[c]),
+            bias: Tensor::from_vec_unchecked(sums.iter().map(|s| s.1).collect(), &[c]),
         })
     }
 }

@@ -14,6 +14,7 @@
 
 use super::matmul::{parallelism, product, MatRef, SyncPtr};
 use super::scratch::Scratch;
+use crate::backend::{backend_for, backend_of, ConvOps, Host};
 use crate::error::{bad_shape, invalid, mismatch, Result};
 use crate::Tensor;
 use gemm::Parallelism;
@@ -131,6 +132,14 @@ impl ConvGeom {
     pub(crate) fn in_hw(&self) -> usize {
         self.h * self.w
     }
+    pub(crate) fn in_shape(&self) -> [usize; 4] {
+        [self.n, self.cin, self.h, self.w]
+    }
+
+    pub(crate) fn weight_shape(&self) -> [usize; 4] {
+        [self.cout, self.cin_g, self.kh, self.kw]
+    }
+
     pub(crate) fn out_shape(&self) -> [usize; 4] {
         [self.n, self.cout, self.oh, self.ow]
     }
@@ -557,31 +566,15 @@ fn fused(
             return Err(mismatch("conv2d residual", r.shape(), &g.out_shape()));
         }
     }
-    #[cfg(gpu)]
-    if crate::tensor::gpu_device(OP, &[Some(input), Some(weight), bias, residual])?.is_some() {
-        let out = crate::gpu::conv2d(
-            input.gpu_f32(OP)?,
-            weight.gpu_f32(OP)?,
-            bias.map(|b| b.gpu_f32(OP)).transpose()?,
-            residual.map(|r| r.gpu_f32(OP)).transpose()?,
-            relu,
-            &g,
-        )?;
-        return Ok(Tensor::from_gpu(out));
-    }
-    let x = input.f32_data(OP)?;
-    let w = weight.f32_data(OP)?;
-    let b = bias.map(|b| b.f32_data(OP)).transpose()?;
-    let r = residual.map(|r| r.f32_data(OP)).transpose()?;
-    let len = g.out_shape().iter().product();
-    // Not zero-filled: every forward path writes each output once (at batch 1, zeroing the
-    // outputs first was 6% of ResNet-50's inference).
-    let mut out = Vec::with_capacity(len);
-    let epi = Epilogue { bias: b.as_deref(), residual: r.as_deref(), relu };
-    forward_slices(&g, &x, &w, epi, &mut out.spare_capacity_mut()[..len], winograd_cache);
-    // SAFETY: forward_slices wrote all `len` elements (each path writes every output).
-    unsafe { out.set_len(len) };
-    Ok(Tensor::from_vec_unchecked(out, &g.out_shape()))
+    backend_for(OP, &[Some(input), Some(weight), bias, residual])?.conv2d(
+        &g,
+        input,
+        weight,
+        bias,
+        residual,
+        relu,
+        winograd_cache,
+    )
 }
 
 /// A convolution whose weights are fixed (inference): whatever it derives from them — the
@@ -682,92 +675,7 @@ pub fn conv2d_backward_input(
     if grad_output.shape() != g.out_shape() {
         return Err(mismatch(OP, grad_output.shape(), &g.out_shape()));
     }
-    #[cfg(gpu)]
-    if crate::tensor::gpu_device(OP, &[Some(grad_output), Some(weight)])?.is_some() {
-        let dx = crate::gpu::conv2d_backward_input(grad_output.gpu_f32(OP)?, weight.gpu_f32(OP)?, &g)?;
-        return Ok(Tensor::from_gpu(dx));
-    }
-    let dy = grad_output.f32_data(OP)?;
-    let w = weight.f32_data(OP)?;
-    let (ohw, k, in_hw) = (g.out_hw(), g.k(), g.in_hw());
-    let mut dx = vec![0f32; g.n * g.cin * in_hw];
-    let image_len = g.cin * in_hw;
-
-    // A stride-1 3x3 conv's input gradient is itself such a conv: of the output gradient with
-    // the kernel flipped and its channels swapped, padded by 2 - padding. That one can take
-    // the Winograd path.
-    if let Some(t) = transposed_3x3(&g) {
-        if super::winograd::suits(&t, false) {
-            let mut flipped = vec![0f32; w.len()];
-            for co in 0..g.cout {
-                for ci in 0..g.cin {
-                    for tap in 0..9 {
-                        flipped[(ci * g.cout + co) * 9 + tap] = w[(co * g.cin + ci) * 9 + 8 - tap];
-                    }
-                }
-            }
-            let u = super::winograd::transform_weights(&flipped, t.cout, t.cin);
-            super::winograd::forward(&t, &dy, &u, Epilogue::default(), as_uninit(&mut dx));
-            return Ok(Tensor::from_vec_unchecked(dx, input_shape));
-        }
-    }
-
-    let nb = g.images_per_block();
-    if nb > 1 {
-        backward_input_blocks(&g, &dy, &w, &mut dx, nb);
-        return Ok(Tensor::from_vec_unchecked(dx, input_shape));
-    }
-    if g.pointwise() {
-        // dx[n, g] = W_g^T dy[n, g], one GEMM per (image, tile, group), disjoint outputs.
-        let (tile, tiles) = (g.tile(), g.tiles());
-        let items = g.n * tiles;
-        let par = parallelism(items);
-        let dx_ptr = SyncPtr(dx.as_mut_ptr());
-        let run = |item: usize| {
-            let (ni, ti) = (item / tiles, item % tiles);
-            let (p0, p1) = (ti * tile, ((ti + 1) * tile).min(ohw));
-            for gi in 0..g.p.groups {
-                let lhs = MatRef::of(&w, gi * g.cout_g * k, k, g.cout_g, 1, k);
-                let rhs = MatRef::of(&dy, (ni * g.cout + gi * g.cout_g) * ohw + p0, g.cout_g, p1 - p0, ohw, 1);
-                let dst = dx_ptr.get().wrapping_add(ni * image_len + gi * g.cin_g * in_hw + p0);
-                // SAFETY: (image, tile) items write disjoint column ranges.
-                unsafe { product(dst, in_hw as isize, lhs, rhs, false, par, g.small()) };
-            }
-        };
-        if matches!(par, Parallelism::None) {
-            (0..items).into_par_iter().for_each(run);
-        } else {
-            (0..items).for_each(run);
-        }
-    } else {
-        // Per image: dcol = W^T dy, then col2im. Tiles of one image overlap in dx, so images are
-        // the unit of parallel work.
-        let (tile, tiles) = (g.tile(), g.tiles());
-        let par = parallelism(g.n);
-        let rows_all = g.cin * g.kh * g.kw;
-        let run = |(ni, dx_img): (usize, &mut [f32]), col: &mut Scratch| {
-            for ti in 0..tiles {
-                let (p0, p1) = (ti * tile, ((ti + 1) * tile).min(ohw));
-                let len = p1 - p0;
-                col.at_least(rows_all * len);
-                for gi in 0..g.p.groups {
-                    let lhs = MatRef::of(&w, gi * g.cout_g * k, k, g.cout_g, 1, k);
-                    let rhs = MatRef::of(&dy, (ni * g.cout + gi * g.cout_g) * ohw + p0, g.cout_g, len, ohw, 1);
-                    let dst = col[gi * k * len..].as_mut_ptr();
-                    // SAFETY: dst is this group's k x len block of the thread's own buffer.
-                    unsafe { product(dst, len as isize, lhs, rhs, false, par, g.small()) };
-                }
-                col2im(&g, col, len, 0..g.cin, p0, p1, dx_img);
-            }
-        };
-        if matches!(par, Parallelism::None) {
-            dx.par_chunks_mut(image_len).enumerate().for_each_init(Scratch::take, |col, item| run(item, col));
-        } else {
-            let mut col = Scratch::take();
-            dx.chunks_mut(image_len).enumerate().for_each(|item| run(item, &mut col));
-        }
-    }
-    Ok(Tensor::from_vec_unchecked(dx, input_shape))
+    backend_for(OP, &[Some(grad_output), Some(weight)])?.conv2d_backward_input(&g, grad_output, weight)
 }
 
 /// Gradient of [`conv2d`] with respect to its weight, for a weight of `weight_shape`.
@@ -782,79 +690,7 @@ pub fn conv2d_backward_weight(
     if grad_output.shape() != g.out_shape() {
         return Err(mismatch(OP, grad_output.shape(), &g.out_shape()));
     }
-    #[cfg(gpu)]
-    if crate::tensor::gpu_device(OP, &[Some(input), Some(grad_output)])?.is_some() {
-        let dw = crate::gpu::conv2d_backward_weight(input.gpu_f32(OP)?, grad_output.gpu_f32(OP)?, &g)?;
-        return Ok(Tensor::from_gpu(dw));
-    }
-    let x = input.f32_data(OP)?;
-    let dy = grad_output.f32_data(OP)?;
-    let (ohw, k, in_hw) = (g.out_hw(), g.k(), g.in_hw());
-    let nb = g.images_per_block();
-    // Items: (image, tile) pairs, or blocks of `nb` whole images when outputs are small.
-    let (tile, tiles) = (g.tile(), g.tiles());
-    let items = if nb > 1 { g.n.div_ceil(nb) } else { g.n * tiles };
-    let par = parallelism(items);
-    let wlen = g.cout * k;
-    let rows_all = g.cin * g.kh * g.kw;
-    // dW_g += dy[items' columns] * col_g[items' columns]^T, accumulated into `acc`.
-    let run = |item: usize, bufs: &mut (Scratch, Scratch), acc: &mut [f32]| {
-        let (col, dys) = bufs;
-        if nb > 1 {
-            let (i0, count) = (item * nb, nb.min(g.n - item * nb));
-            let cols = count * ohw;
-            gather_block(&g, &x, i0, count, col);
-            gather_planes(&dy, g.cout, ohw, i0, count, dys);
-            for gi in 0..g.p.groups {
-                let lhs = MatRef::of(dys, gi * g.cout_g * cols, g.cout_g, cols, cols, 1);
-                let rhs = MatRef::of(col, gi * k * cols, cols, k, 1, cols);
-                let dst = acc[gi * g.cout_g * k..].as_mut_ptr();
-                // SAFETY: dst is group gi's block of this worker's own accumulator.
-                unsafe { product(dst, k as isize, lhs, rhs, true, par, g.small()) };
-            }
-            return;
-        }
-        let (ni, ti) = (item / tiles, item % tiles);
-        let (p0, p1) = (ti * tile, ((ti + 1) * tile).min(ohw));
-        let len = p1 - p0;
-        let image = &x[ni * g.cin * in_hw..(ni + 1) * g.cin * in_hw];
-        if !g.pointwise() {
-            col.at_least(rows_all * len);
-            im2col_all(&g, image, p0, p1, col, !matches!(par, Parallelism::None));
-        }
-        for gi in 0..g.p.groups {
-            let lhs = MatRef::of(&dy, (ni * g.cout + gi * g.cout_g) * ohw + p0, g.cout_g, len, ohw, 1);
-            let rhs = if g.pointwise() {
-                MatRef::of(image, gi * g.cin_g * in_hw + p0, len, k, 1, in_hw)
-            } else {
-                MatRef::of(col, gi * k * len, len, k, 1, len)
-            };
-            let dst = acc[gi * g.cout_g * k..].as_mut_ptr();
-            // SAFETY: dst is group gi's block of this worker's own accumulator.
-            unsafe { product(dst, k as isize, lhs, rhs, true, par, g.small()) };
-        }
-    };
-    // Each thread sums a fixed, contiguous range of items, and the partial sums are added in
-    // range order: the result does not depend on which thread ran what (rayon's `fold` splits
-    // by work stealing, which made the sum's rounding vary from run to run).
-    let parts = if matches!(par, Parallelism::None) { rayon::current_num_threads().min(items).max(1) } else { 1 };
-    let partials: Vec<Vec<f32>> = (0..parts)
-        .into_par_iter()
-        .map(|part| {
-            let mut acc = vec![0f32; wlen];
-            let mut bufs = (Scratch::take(), Scratch::take());
-            for item in part * items / parts..(part + 1) * items / parts {
-                run(item, &mut bufs, &mut acc);
-            }
-            acc
-        })
-        .collect();
-    let mut partials = partials.into_iter();
-    let mut dw = partials.next().unwrap_or_else(|| vec![0f32; wlen]);
-    for p in partials {
-        dw.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
-    }
-    Ok(Tensor::from_vec_unchecked(dw, weight_shape))
+    backend_for(OP, &[Some(input), Some(grad_output)])?.conv2d_backward_weight(&g, input, grad_output)
 }
 
 /// Gradient of [`conv2d`] with respect to its bias: `grad_output` summed over batch and space.
@@ -864,20 +700,7 @@ pub fn conv2d_backward_bias(grad_output: &Tensor) -> Result<Tensor> {
     if s.len() != 4 {
         return Err(bad_shape(OP, s, "the output gradient must be 4-D"));
     }
-    let (n, c, hw) = (s[0], s[1], s[2] * s[3]);
-    if grad_output.device().is_gpu() {
-        return grad_output.sum(&[0, 2, 3], false);
-    }
-    let dy = grad_output.f32_data(OP)?;
-    let db: Vec<f32> = (0..c)
-        .into_par_iter()
-        .map(|ci| {
-            (0..n)
-                .map(|ni| dy[(ni * c + ci) * hw..(ni * c + ci + 1) * hw].iter().map(|&v| v as f64).sum::<f64>())
-                .sum::<f64>() as f32
-        })
-        .collect();
-    Ok(Tensor::from_vec_unchecked(db, &[c]))
+    backend_of(OP, grad_output)?.conv2d_backward_bias(grad_output)
 }
 
 /// Multiply-accumulates of a conv forward pass (`n * cout * oh * ow * cin / groups * kh * kw`).
@@ -888,4 +711,204 @@ pub fn conv2d_macs(input_shape: &[usize], weight_shape: &[usize], p: Conv2dParam
 /// The output shape of [`conv2d`] for the given input and weight shapes.
 pub fn conv2d_output_shape(input_shape: &[usize], weight_shape: &[usize], p: Conv2dParams) -> Result<[usize; 4]> {
     Ok(ConvGeom::new("conv2d_output_shape", input_shape, weight_shape, p)?.out_shape())
+}
+
+impl ConvOps for Host {
+    fn conv2d(
+        &self,
+        g: &ConvGeom,
+        input: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        residual: Option<&Tensor>,
+        relu: bool,
+        winograd_cache: Option<&OnceLock<Vec<f32>>>,
+    ) -> Result<Tensor> {
+        const OP: &str = "conv2d";
+        let x = input.f32_data(OP)?;
+        let w = weight.f32_data(OP)?;
+        let b = bias.map(|b| b.f32_data(OP)).transpose()?;
+        let r = residual.map(|r| r.f32_data(OP)).transpose()?;
+        let len = g.out_shape().iter().product();
+        // Not zero-filled: every forward path writes each output once (at batch 1, zeroing the
+        // outputs first was 6% of ResNet-50's inference).
+        let mut out = Vec::with_capacity(len);
+        let epi = Epilogue { bias: b.as_deref(), residual: r.as_deref(), relu };
+        forward_slices(g, &x, &w, epi, &mut out.spare_capacity_mut()[..len], winograd_cache);
+        // SAFETY: forward_slices wrote all `len` elements (each path writes every output).
+        unsafe { out.set_len(len) };
+        Ok(Tensor::from_vec_unchecked(out, &g.out_shape()))
+    }
+    fn conv2d_backward_input(&self, g: &ConvGeom, grad_output: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        const OP: &str = "conv2d_backward_input";
+        let input_shape = &g.in_shape()[..];
+        let dy = grad_output.f32_data(OP)?;
+        let w = weight.f32_data(OP)?;
+        let (ohw, k, in_hw) = (g.out_hw(), g.k(), g.in_hw());
+        let mut dx = vec![0f32; g.n * g.cin * in_hw];
+        let image_len = g.cin * in_hw;
+
+        // A stride-1 3x3 conv's input gradient is itself such a conv: of the output gradient with
+        // the kernel flipped and its channels swapped, padded by 2 - padding. That one can take
+        // the Winograd path.
+        if let Some(t) = transposed_3x3(g) {
+            if super::winograd::suits(&t, false) {
+                let mut flipped = vec![0f32; w.len()];
+                for co in 0..g.cout {
+                    for ci in 0..g.cin {
+                        for tap in 0..9 {
+                            flipped[(ci * g.cout + co) * 9 + tap] = w[(co * g.cin + ci) * 9 + 8 - tap];
+                        }
+                    }
+                }
+                let u = super::winograd::transform_weights(&flipped, t.cout, t.cin);
+                super::winograd::forward(&t, &dy, &u, Epilogue::default(), as_uninit(&mut dx));
+                return Ok(Tensor::from_vec_unchecked(dx, input_shape));
+            }
+        }
+
+        let nb = g.images_per_block();
+        if nb > 1 {
+            backward_input_blocks(g, &dy, &w, &mut dx, nb);
+            return Ok(Tensor::from_vec_unchecked(dx, input_shape));
+        }
+        if g.pointwise() {
+            // dx[n, g] = W_g^T dy[n, g], one GEMM per (image, tile, group), disjoint outputs.
+            let (tile, tiles) = (g.tile(), g.tiles());
+            let items = g.n * tiles;
+            let par = parallelism(items);
+            let dx_ptr = SyncPtr(dx.as_mut_ptr());
+            let run = |item: usize| {
+                let (ni, ti) = (item / tiles, item % tiles);
+                let (p0, p1) = (ti * tile, ((ti + 1) * tile).min(ohw));
+                for gi in 0..g.p.groups {
+                    let lhs = MatRef::of(&w, gi * g.cout_g * k, k, g.cout_g, 1, k);
+                    let rhs = MatRef::of(&dy, (ni * g.cout + gi * g.cout_g) * ohw + p0, g.cout_g, p1 - p0, ohw, 1);
+                    let dst = dx_ptr.get().wrapping_add(ni * image_len + gi * g.cin_g * in_hw + p0);
+                    // SAFETY: (image, tile) items write disjoint column ranges.
+                    unsafe { product(dst, in_hw as isize, lhs, rhs, false, par, g.small()) };
+                }
+            };
+            if matches!(par, Parallelism::None) {
+                (0..items).into_par_iter().for_each(run);
+            } else {
+                (0..items).for_each(run);
+            }
+        } else {
+            // Per image: dcol = W^T dy, then col2im. Tiles of one image overlap in dx, so images are
+            // the unit of parallel work.
+            let (tile, tiles) = (g.tile(), g.tiles());
+            let par = parallelism(g.n);
+            let rows_all = g.cin * g.kh * g.kw;
+            let run = |(ni, dx_img): (usize, &mut [f32]), col: &mut Scratch| {
+                for ti in 0..tiles {
+                    let (p0, p1) = (ti * tile, ((ti + 1) * tile).min(ohw));
+                    let len = p1 - p0;
+                    col.at_least(rows_all * len);
+                    for gi in 0..g.p.groups {
+                        let lhs = MatRef::of(&w, gi * g.cout_g * k, k, g.cout_g, 1, k);
+                        let rhs = MatRef::of(&dy, (ni * g.cout + gi * g.cout_g) * ohw + p0, g.cout_g, len, ohw, 1);
+                        let dst = col[gi * k * len..].as_mut_ptr();
+                        // SAFETY: dst is this group's k x len block of the thread's own buffer.
+                        unsafe { product(dst, len as isize, lhs, rhs, false, par, g.small()) };
+                    }
+                    col2im(g, col, len, 0..g.cin, p0, p1, dx_img);
+                }
+            };
+            if matches!(par, Parallelism::None) {
+                dx.par_chunks_mut(image_len).enumerate().for_each_init(Scratch::take, |col, item| run(item, col));
+            } else {
+                let mut col = Scratch::take();
+                dx.chunks_mut(image_len).enumerate().for_each(|item| run(item, &mut col));
+            }
+        }
+        Ok(Tensor::from_vec_unchecked(dx, input_shape))
+    }
+    fn conv2d_backward_weight(&self, g: &ConvGeom, input: &Tensor, grad_output: &Tensor) -> Result<Tensor> {
+        const OP: &str = "conv2d_backward_weight";
+        let weight_shape = &g.weight_shape()[..];
+        let x = input.f32_data(OP)?;
+        let dy = grad_output.f32_data(OP)?;
+        let (ohw, k, in_hw) = (g.out_hw(), g.k(), g.in_hw());
+        let nb = g.images_per_block();
+        // Items: (image, tile) pairs, or blocks of `nb` whole images when outputs are small.
+        let (tile, tiles) = (g.tile(), g.tiles());
+        let items = if nb > 1 { g.n.div_ceil(nb) } else { g.n * tiles };
+        let par = parallelism(items);
+        let wlen = g.cout * k;
+        let rows_all = g.cin * g.kh * g.kw;
+        // dW_g += dy[items' columns] * col_g[items' columns]^T, accumulated into `acc`.
+        let run = |item: usize, bufs: &mut (Scratch, Scratch), acc: &mut [f32]| {
+            let (col, dys) = bufs;
+            if nb > 1 {
+                let (i0, count) = (item * nb, nb.min(g.n - item * nb));
+                let cols = count * ohw;
+                gather_block(g, &x, i0, count, col);
+                gather_planes(&dy, g.cout, ohw, i0, count, dys);
+                for gi in 0..g.p.groups {
+                    let lhs = MatRef::of(dys, gi * g.cout_g * cols, g.cout_g, cols, cols, 1);
+                    let rhs = MatRef::of(col, gi * k * cols, cols, k, 1, cols);
+                    let dst = acc[gi * g.cout_g * k..].as_mut_ptr();
+                    // SAFETY: dst is group gi's block of this worker's own accumulator.
+                    unsafe { product(dst, k as isize, lhs, rhs, true, par, g.small()) };
+                }
+                return;
+            }
+            let (ni, ti) = (item / tiles, item % tiles);
+            let (p0, p1) = (ti * tile, ((ti + 1) * tile).min(ohw));
+            let len = p1 - p0;
+            let image = &x[ni * g.cin * in_hw..(ni + 1) * g.cin * in_hw];
+            if !g.pointwise() {
+                col.at_least(rows_all * len);
+                im2col_all(g, image, p0, p1, col, !matches!(par, Parallelism::None));
+            }
+            for gi in 0..g.p.groups {
+                let lhs = MatRef::of(&dy, (ni * g.cout + gi * g.cout_g) * ohw + p0, g.cout_g, len, ohw, 1);
+                let rhs = if g.pointwise() {
+                    MatRef::of(image, gi * g.cin_g * in_hw + p0, len, k, 1, in_hw)
+                } else {
+                    MatRef::of(col, gi * k * len, len, k, 1, len)
+                };
+                let dst = acc[gi * g.cout_g * k..].as_mut_ptr();
+                // SAFETY: dst is group gi's block of this worker's own accumulator.
+                unsafe { product(dst, k as isize, lhs, rhs, true, par, g.small()) };
+            }
+        };
+        // Each thread sums a fixed, contiguous range of items, and the partial sums are added in
+        // range order: the result does not depend on which thread ran what (rayon's `fold` splits
+        // by work stealing, which made the sum's rounding vary from run to run).
+        let parts = if matches!(par, Parallelism::None) { rayon::current_num_threads().min(items).max(1) } else { 1 };
+        let partials: Vec<Vec<f32>> = (0..parts)
+            .into_par_iter()
+            .map(|part| {
+                let mut acc = vec![0f32; wlen];
+                let mut bufs = (Scratch::take(), Scratch::take());
+                for item in part * items / parts..(part + 1) * items / parts {
+                    run(item, &mut bufs, &mut acc);
+                }
+                acc
+            })
+            .collect();
+        let mut partials = partials.into_iter();
+        let mut dw = partials.next().unwrap_or_else(|| vec![0f32; wlen]);
+        for p in partials {
+            dw.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+        }
+        Ok(Tensor::from_vec_unchecked(dw, weight_shape))
+    }
+    fn conv2d_backward_bias(&self, grad_output: &Tensor) -> Result<Tensor> {
+        const OP: &str = "conv2d_backward_bias";
+        let s = grad_output.shape();
+        let (n, c, hw) = (s[0], s[1], s[2] * s[3]);
+        let dy = grad_output.f32_data(OP)?;
+        let db: Vec<f32> = (0..c)
+            .into_par_iter()
+            .map(|ci| {
+                (0..n)
+                    .map(|ni| dy[(ni * c + ci) * hw..(ni * c + ci + 1) * hw].iter().map(|&v| v as f64).sum::<f64>())
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        Ok(Tensor::from_vec_unchecked(db, &[c]))
+    }
 }

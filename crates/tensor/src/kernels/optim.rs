@@ -6,6 +6,7 @@
 //! the host a buffer nothing else shares is updated in place, as torch does, instead of copied
 //! every step.
 
+use crate::backend::{backend_for, Host, OptimOps};
 use crate::error::{mismatch, Result};
 use crate::Tensor;
 
@@ -41,6 +42,37 @@ pub struct AdamStep {
     pub step: u64,
 }
 
+/// SGD's hyper-parameters as the kernels use them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SgdScalars {
+    pub(crate) lr: f32,
+    pub(crate) wd: f32,
+    /// The momentum factor (0: no buffer).
+    pub(crate) m: f32,
+    /// `1 - dampening`.
+    pub(crate) damp: f32,
+    pub(crate) nesterov: bool,
+}
+
+/// Adam's hyper-parameters for one step, as the kernels use them (torch's order of operations
+/// and roundings).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AdamScalars {
+    pub(crate) b1: f32,
+    pub(crate) b2: f32,
+    pub(crate) one_b1: f32,
+    pub(crate) one_b2: f32,
+    pub(crate) eps: f32,
+    /// Adam's L2 penalty (0 for AdamW).
+    pub(crate) l2: f32,
+    /// AdamW's decoupled decay factor (1 for Adam).
+    pub(crate) shrink: f32,
+    /// `lr / (1 - beta1^t)`.
+    pub(crate) step_size: f32,
+    /// `sqrt(1 - beta2^t)`.
+    pub(crate) bc2: f32,
+}
+
 fn check(op: &'static str, param: &Tensor, others: &[Option<&Tensor>]) -> Result<()> {
     for t in others.iter().flatten().chain([&param]) {
         if t.dtype() != crate::DType::F32 {
@@ -61,31 +93,8 @@ pub fn sgd_step(param: &Tensor, grad: &Tensor, buf: Option<Tensor>, h: SgdStep) 
     const OP: &str = "sgd_step";
     check(OP, param, &[Some(grad), buf.as_ref()])?;
     let (lr, wd, m, damp) = (h.lr as f32, h.weight_decay as f32, h.momentum as f32, (1.0 - h.dampening) as f32);
-    #[cfg(gpu)]
-    if crate::tensor::gpu_device(OP, &[Some(param), Some(grad), buf.as_ref()])?.is_some() {
-        let b = buf.as_ref().map(|b| b.gpu_f32(OP)).transpose()?;
-        let (p, b) = crate::gpu::sgd_step(param.gpu_f32(OP)?, grad.gpu_f32(OP)?, b, lr, wd, m, damp, h.nesterov)?;
-        return Ok((Tensor::from_gpu(p), b.map(Tensor::from_gpu)));
-    }
-    let mut p = param.f32_data(OP)?.into_owned();
-    let g = grad.f32_data(OP)?;
-    let d: Vec<f32> = if wd != 0.0 { p.iter().zip(g.iter()).map(|(&p, &g)| g + wd * p).collect() } else { g.to_vec() };
-    let (d, new_buf) = if h.momentum != 0.0 {
-        let b: Vec<f32> = match buf {
-            None => d.clone(),
-            Some(b) => {
-                let mut b = b.into_f32_vec(OP)?;
-                b.iter_mut().zip(&d).for_each(|(b, &d)| *b = *b * m + damp * d);
-                b
-            }
-        };
-        let dir = if h.nesterov { d.iter().zip(&b).map(|(&d, &b)| d + m * b).collect() } else { b.clone() };
-        (dir, Some(Tensor::from_vec_unchecked(b, param.shape())))
-    } else {
-        (d, None)
-    };
-    p.iter_mut().zip(&d).for_each(|(p, &d)| *p -= lr * d);
-    Ok((Tensor::from_vec_unchecked(p, param.shape()), new_buf))
+    let s = SgdScalars { lr, wd, m, damp, nesterov: h.nesterov };
+    backend_for(OP, &[Some(param), Some(grad), buf.as_ref()])?.sgd_step(param, grad, buf, &s)
 }
 
 /// One Adam / AdamW step: the new parameter, first moment and second moment (`None` moments
@@ -109,46 +118,77 @@ pub fn adam_step(
     // torch passes `1 - beta` as a Python float (f64) cast once to f32.
     let (b1f, b2f, one_b1, one_b2) = (b1 as f32, b2 as f32, (1.0 - b1) as f32, (1.0 - b2) as f32);
     let (eps, bc2f) = (h.eps as f32, bc2_sqrt as f32);
-    #[cfg(gpu)]
-    if let Some(device) = crate::tensor::gpu_device(OP, &[Some(param), Some(grad), m1.as_ref(), m2.as_ref()])? {
-        let (m1, m2) = match (m1, m2) {
-            (Some(a), Some(b)) => (a, b),
-            (a, b) => {
-                let zeros = Tensor::zeros_on(param.shape(), device)?;
-                (a.unwrap_or_else(|| zeros.clone()), b.unwrap_or(zeros))
-            }
+    let s = AdamScalars { b1: b1f, b2: b2f, one_b1, one_b2, eps, l2, shrink, step_size, bc2: bc2f };
+    backend_for(OP, &[Some(param), Some(grad), m1.as_ref(), m2.as_ref()])?.adam_step(param, grad, (m1, m2), &s)
+}
+
+impl OptimOps for Host {
+    fn sgd_step(
+        &self,
+        param: &Tensor,
+        grad: &Tensor,
+        buf: Option<Tensor>,
+        s: &SgdScalars,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        const OP: &str = "sgd_step";
+        let SgdScalars { lr, wd, m, damp, nesterov } = *s;
+        let mut p = param.f32_data(OP)?.into_owned();
+        let g = grad.f32_data(OP)?;
+        let d: Vec<f32> =
+            if wd != 0.0 { p.iter().zip(g.iter()).map(|(&p, &g)| g + wd * p).collect() } else { g.to_vec() };
+        let (d, new_buf) = if m != 0.0 {
+            let b: Vec<f32> = match buf {
+                None => d.clone(),
+                Some(b) => {
+                    let mut b = b.into_f32_vec(OP)?;
+                    b.iter_mut().zip(&d).for_each(|(b, &d)| *b = *b * m + damp * d);
+                    b
+                }
+            };
+            let dir = if nesterov { d.iter().zip(&b).map(|(&d, &b)| d + m * b).collect() } else { b.clone() };
+            (dir, Some(Tensor::from_vec_unchecked(b, param.shape())))
+        } else {
+            (d, None)
         };
-        let scalars = [b1f, b2f, one_b1, one_b2, eps, l2, shrink, step_size, bc2f];
-        let (p, a, b) =
-            crate::gpu::adam_step(param.gpu_f32(OP)?, grad.gpu_f32(OP)?, m1.gpu_f32(OP)?, m2.gpu_f32(OP)?, scalars)?;
-        return Ok((Tensor::from_gpu(p), Tensor::from_gpu(a), Tensor::from_gpu(b)));
+        p.iter_mut().zip(&d).for_each(|(p, &d)| *p -= lr * d);
+        Ok((Tensor::from_vec_unchecked(p, param.shape()), new_buf))
     }
-    let n = param.numel();
-    let mut p = param.f32_data(OP)?.into_owned();
-    let g = grad.f32_data(OP)?;
-    let mut m = match m1 {
-        Some(t) => t.into_f32_vec(OP)?,
-        None => vec![0.0; n],
-    };
-    let mut v = match m2 {
-        Some(t) => t.into_f32_vec(OP)?,
-        None => vec![0.0; n],
-    };
-    if shrink != 1.0 {
-        p.iter_mut().for_each(|p| *p *= shrink);
+    fn adam_step(
+        &self,
+        param: &Tensor,
+        grad: &Tensor,
+        (m1, m2): (Option<Tensor>, Option<Tensor>),
+        s: &AdamScalars,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        const OP: &str = "adam_step";
+        let AdamScalars { b1: b1f, b2: b2f, one_b1, one_b2, eps, l2, shrink, step_size, bc2: bc2f } = *s;
+        let n = param.numel();
+        let mut p = param.f32_data(OP)?.into_owned();
+        let g = grad.f32_data(OP)?;
+        let mut m = match m1 {
+            Some(t) => t.into_f32_vec(OP)?,
+            None => vec![0.0; n],
+        };
+        let mut v = match m2 {
+            Some(t) => t.into_f32_vec(OP)?,
+            None => vec![0.0; n],
+        };
+        if shrink != 1.0 {
+            p.iter_mut().for_each(|p| *p *= shrink);
+        }
+        for i in 0..n {
+            let grad = if l2 != 0.0 { g[i] + l2 * p[i] } else { g[i] };
+            // The operation order of torch's single-tensor Adam: mul_ then add_, addcdiv_.
+            m[i] = m[i] * b1f + one_b1 * grad;
+            v[i] = v[i] * b2f + one_b2 * (grad * grad);
+            let denom = v[i].sqrt() / bc2f + eps;
+            p[i] += -step_size * (m[i] / denom);
+        }
+        let shape = param.shape();
+        Ok((
+            Tensor::from_vec_unchecked(p, shape),
+            Tensor::from_vec_unchecked(m, shape),
+            Tensor::from_vec_unchecked(v, shape),
+        ))
     }
-    for i in 0..n {
-        let grad = if l2 != 0.0 { g[i] + l2 * p[i] } else { g[i] };
-        // The operation order of torch's single-tensor Adam: mul_ then add_, addcdiv_.
-        m[i] = m[i] * b1f + one_b1 * grad;
-        v[i] = v[i] * b2f + one_b2 * (grad * grad);
-        let denom = v[i].sqrt() / bc2f + eps;
-        p[i] += -step_size * (m[i] / denom);
-    }
-    let shape = param.shape();
-    Ok((
-        Tensor::from_vec_unchecked(p, shape),
-        Tensor::from_vec_unchecked(m, shape),
-        Tensor::from_vec_unchecked(v, shape),
-    ))
 }

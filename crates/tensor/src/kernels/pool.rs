@@ -2,6 +2,7 @@
 //! window arithmetic (ceil mode, padding counted or not, adaptive start/end rounding).
 //! Each (image, channel) plane is independent, so planes are the unit of parallel work.
 
+use crate::backend::{backend_for, backend_of, Host, PoolOps};
 use crate::error::{bad_shape, invalid, mismatch, Result};
 use crate::Tensor;
 use rayon::prelude::*;
@@ -60,34 +61,26 @@ fn pooled_size(op: &'static str, size: usize, k: usize, s: usize, pad: usize, ce
     Ok(out as usize)
 }
 
-struct PoolGeom {
-    planes: usize,
-    h: usize,
-    w: usize,
-    oh: usize,
-    ow: usize,
+/// A pooling's checked sizes: the input `[n, c, h, w]` and the output plane `oh x ow`.
+pub(crate) struct PoolGeom {
+    pub(crate) input: [usize; 4],
+    pub(crate) planes: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) oh: usize,
+    pub(crate) ow: usize,
 }
 
-#[cfg(gpu)]
 impl PoolGeom {
-    fn gpu_sizes(&self, p: &Pool2dParams, count_include_pad: bool) -> crate::gpu::PoolSizes {
-        crate::gpu::PoolSizes {
-            h: self.h,
-            w: self.w,
-            oh: self.oh,
-            ow: self.ow,
-            kernel: p.kernel,
-            stride: p.stride,
-            padding: p.padding,
-            count_include_pad,
-        }
+    fn new(input: &[usize], oh: usize, ow: usize) -> PoolGeom {
+        let input = [input[0], input[1], input[2], input[3]];
+        PoolGeom { input, planes: input[0] * input[1], h: input[2], w: input[3], oh, ow }
     }
-}
 
-/// Adaptive pooling's sizes for the GPU kernels (which read only h, w, oh, ow).
-#[cfg(gpu)]
-fn adaptive_sizes(h: usize, w: usize, oh: usize, ow: usize) -> crate::gpu::PoolSizes {
-    crate::gpu::PoolSizes { h, w, oh, ow, kernel: [1, 1], stride: [1, 1], padding: [0, 0], count_include_pad: true }
+    /// `[n, c, oh, ow]`.
+    pub(crate) fn out_shape(&self) -> [usize; 4] {
+        [self.input[0], self.input[1], self.oh, self.ow]
+    }
 }
 
 fn geometry(op: &'static str, shape: &[usize], p: &Pool2dParams) -> Result<PoolGeom> {
@@ -96,7 +89,7 @@ fn geometry(op: &'static str, shape: &[usize], p: &Pool2dParams) -> Result<PoolG
     }
     let oh = pooled_size(op, shape[2], p.kernel[0], p.stride[0], p.padding[0], p.ceil_mode)?;
     let ow = pooled_size(op, shape[3], p.kernel[1], p.stride[1], p.padding[1], p.ceil_mode)?;
-    Ok(PoolGeom { planes: shape[0] * shape[1], h: shape[2], w: shape[3], oh, ow })
+    Ok(PoolGeom::new(shape, oh, ow))
 }
 
 /// `torch.nn.functional.max_pool2d(..., return_indices=True)`: the pooled values and, for each,
@@ -104,53 +97,7 @@ fn geometry(op: &'static str, shape: &[usize], p: &Pool2dParams) -> Result<PoolG
 pub fn max_pool2d(input: &Tensor, p: Pool2dParams) -> Result<(Tensor, Tensor)> {
     const OP: &str = "max_pool2d";
     let g = geometry(OP, input.shape(), &p)?;
-    let shape = [input.shape()[0], input.shape()[1], g.oh, g.ow];
-    #[cfg(gpu)]
-    if input.device().is_gpu() {
-        let (out, idx) = crate::gpu::max_pool2d(input.gpu_f32(OP)?, g.gpu_sizes(&p, true), &shape)?;
-        return Ok((Tensor::from_gpu(out), Tensor::from_gpu(idx)));
-    }
-    let x = input.f32_data(OP)?;
-    let (ohw, ihw) = (g.oh * g.ow, g.h * g.w);
-    let mut out = vec![0f32; g.planes * ohw];
-    let mut idx = vec![0i64; g.planes * ohw];
-    out.par_chunks_mut(ohw.max(1)).zip(idx.par_chunks_mut(ohw.max(1))).enumerate().for_each(|(pl, (o, ix))| {
-        let plane = &x[pl * ihw..(pl + 1) * ihw];
-        for oh in 0..g.oh {
-            let (h0, h1) = window(oh, p.stride[0], p.padding[0], p.kernel[0], g.h);
-            for ow in 0..g.ow {
-                let (w0, w1) = window(ow, p.stride[1], p.padding[1], p.kernel[1], g.w);
-                // Branch-free selects in the common case; a NaN (which PyTorch propagates,
-                // with the index of the first one) is looked for only when there is one.
-                let mut best = f32::NEG_INFINITY;
-                let mut best_i = h0 * g.w + w0;
-                let mut nan = false;
-                for ih in h0..h1 {
-                    let row = &plane[ih * g.w..ih * g.w + w1];
-                    for (iw, &v) in row.iter().enumerate().skip(w0) {
-                        let greater = v > best;
-                        best = if greater { v } else { best };
-                        best_i = if greater { ih * g.w + iw } else { best_i };
-                        nan |= v.is_nan();
-                    }
-                }
-                if nan {
-                    'find: for ih in h0..h1 {
-                        for iw in w0..w1 {
-                            if plane[ih * g.w + iw].is_nan() {
-                                best = f32::NAN;
-                                best_i = ih * g.w + iw;
-                                break 'find;
-                            }
-                        }
-                    }
-                }
-                o[oh * g.ow + ow] = best;
-                ix[oh * g.ow + ow] = best_i as i64;
-            }
-        }
-    });
-    Ok((Tensor::from_vec_unchecked(out, &shape), Tensor::from_i64_vec_unchecked(idx, &shape)))
+    backend_of(OP, input)?.max_pool2d(input, &p, &g)
 }
 
 /// `torch.nn.functional.max_pool2d` without indices, for inference: the pooled values of
@@ -160,46 +107,7 @@ pub fn max_pool2d(input: &Tensor, p: Pool2dParams) -> Result<(Tensor, Tensor)> {
 pub fn max_pool2d_values(input: &Tensor, p: Pool2dParams) -> Result<Tensor> {
     const OP: &str = "max_pool2d_values";
     let g = geometry(OP, input.shape(), &p)?;
-    #[cfg(gpu)]
-    if input.device().is_gpu() {
-        return Ok(max_pool2d(input, p)?.0);
-    }
-    let shape = [input.shape()[0], input.shape()[1], g.oh, g.ow];
-    let x = input.f32_data(OP)?;
-    let (ohw, ihw) = (g.oh * g.ow, g.h * g.w);
-    let mut out = vec![0f32; g.planes * ohw];
-    out.par_chunks_mut(ohw.max(1)).enumerate().for_each_init(Vec::new, |rows_max, (pl, o)| {
-        let plane = &x[pl * ihw..(pl + 1) * ihw];
-        rows_max.resize(g.w, 0.0);
-        for oh in 0..g.oh {
-            let (h0, h1) = window(oh, p.stride[0], p.padding[0], p.kernel[0], g.h);
-            rows_max.copy_from_slice(&plane[h0 * g.w..(h0 + 1) * g.w]);
-            for ih in h0 + 1..h1 {
-                let row = &plane[ih * g.w..(ih + 1) * g.w];
-                rows_max.iter_mut().zip(row).for_each(|(m, &v)| *m = nan_max(*m, v));
-            }
-            let o = &mut o[oh * g.ow..(oh + 1) * g.ow];
-            // Outputs whose windows lie inside the row: one tap at a time across all of them
-            // (strided loads the compiler vectorises); the clipped ones at either end directly.
-            let (s, k, pad) = (p.stride[1], p.kernel[1], p.padding[1]);
-            let first = pad.div_ceil(s).min(g.ow);
-            let last = if g.w + pad >= k { ((g.w + pad - k) / s + 1).clamp(first, g.ow) } else { first };
-            for tap in (0..k).filter(|_| first < last) {
-                let src = &rows_max[first * s + tap - pad..];
-                let dst = &mut o[first..last];
-                if tap == 0 {
-                    dst.iter_mut().zip(src.iter().step_by(s)).for_each(|(d, &v)| *d = v);
-                } else {
-                    dst.iter_mut().zip(src.iter().step_by(s)).for_each(|(d, &v)| *d = nan_max(*d, v));
-                }
-            }
-            for ow in (0..first).chain(last..g.ow) {
-                let (w0, w1) = window(ow, s, pad, k, g.w);
-                o[ow] = rows_max[w0 + 1..w1].iter().fold(rows_max[w0], |m, &v| nan_max(m, v));
-            }
-        }
-    });
-    Ok(Tensor::from_vec_unchecked(out, &shape))
+    backend_of(OP, input)?.max_pool2d_values(input, &p, &g)
 }
 
 /// The input range `[start, end)` of output position `o`'s window along one axis, clipped to
@@ -233,28 +141,7 @@ pub fn max_pool2d_backward(grad_output: &Tensor, indices: &Tensor, input_shape: 
     if gs != indices.shape() || gs.len() != 4 || gs[..2] != input_shape[..2] {
         return Err(mismatch(OP, gs, indices.shape()));
     }
-    #[cfg(gpu)]
-    if crate::tensor::gpu_device(OP, &[Some(grad_output), Some(indices)])?.is_some() {
-        let idx = indices.gpu_of(OP)?;
-        if idx.dtype != crate::DType::I64 {
-            return Err(crate::TensorError::DType { op: OP, expected: crate::DType::I64, got: idx.dtype });
-        }
-        let dx = crate::gpu::max_pool2d_backward(grad_output.gpu_f32(OP)?, idx, input_shape)?;
-        return Ok(Tensor::from_gpu(dx));
-    }
-    let dy = grad_output.f32_data(OP)?;
-    let ix = indices.i64_data(OP)?;
-    let (ihw, ohw) = (input_shape[2] * input_shape[3], gs[2] * gs[3]);
-    if let Some(&bad) = ix.iter().find(|&&i| i < 0 || i as usize >= ihw) {
-        return Err(crate::TensorError::IndexOutOfRange { op: OP, index: bad, size: ihw });
-    }
-    let mut dx = vec![0f32; input_shape.iter().product()];
-    dx.par_chunks_mut(ihw.max(1)).enumerate().for_each(|(pl, d)| {
-        for j in 0..ohw {
-            d[ix[pl * ohw + j] as usize] += dy[pl * ohw + j];
-        }
-    });
-    Ok(Tensor::from_vec_unchecked(dx, input_shape))
+    backend_for(OP, &[Some(grad_output), Some(indices)])?.max_pool2d_backward(grad_output, indices, input_shape)
 }
 
 /// For each output position: the clipped window `[h0, h1) x [w0, w1)` and its divisor, as
@@ -282,27 +169,7 @@ fn avg_windows(g: &PoolGeom, p: &Pool2dParams, count_include_pad: bool) -> Vec<(
 pub fn avg_pool2d(input: &Tensor, p: Pool2dParams, count_include_pad: bool) -> Result<Tensor> {
     const OP: &str = "avg_pool2d";
     let g = geometry(OP, input.shape(), &p)?;
-    #[cfg(gpu)]
-    if input.device().is_gpu() {
-        let shape = [input.shape()[0], input.shape()[1], g.oh, g.ow];
-        let out = crate::gpu::avg_pool2d(input.gpu_f32(OP)?, g.gpu_sizes(&p, count_include_pad), &shape, false, false)?;
-        return Ok(Tensor::from_gpu(out));
-    }
-    let x = input.f32_data(OP)?;
-    let windows = avg_windows(&g, &p, count_include_pad);
-    let (ohw, ihw) = (g.oh * g.ow, g.h * g.w);
-    let mut out = vec![0f32; g.planes * ohw];
-    out.par_chunks_mut(ohw.max(1)).enumerate().for_each(|(pl, o)| {
-        let plane = &x[pl * ihw..(pl + 1) * ihw];
-        for (j, &(h0, h1, w0, w1, div)) in windows.iter().enumerate() {
-            let mut s = 0f32;
-            for ih in h0..h1 {
-                s += plane[ih * g.w + w0..ih * g.w + w1.max(w0)].iter().sum::<f32>();
-            }
-            o[j] = s / div;
-        }
-    });
-    Ok(Tensor::from_vec_unchecked(out, &[input.shape()[0], input.shape()[1], g.oh, g.ow]))
+    backend_of(OP, input)?.avg_pool2d(input, &p, &g, count_include_pad)
 }
 
 /// Gradient of [`avg_pool2d`].
@@ -318,27 +185,7 @@ pub fn avg_pool2d_backward(
     if grad_output.shape() != expect {
         return Err(mismatch(OP, grad_output.shape(), &expect));
     }
-    #[cfg(gpu)]
-    if grad_output.device().is_gpu() {
-        let s = g.gpu_sizes(&p, count_include_pad);
-        let dx = crate::gpu::avg_pool2d(grad_output.gpu_f32(OP)?, s, input_shape, false, true)?;
-        return Ok(Tensor::from_gpu(dx));
-    }
-    let dy = grad_output.f32_data(OP)?;
-    let windows = avg_windows(&g, &p, count_include_pad);
-    let (ohw, ihw) = (g.oh * g.ow, g.h * g.w);
-    let mut dx = vec![0f32; g.planes * ihw];
-    dx.par_chunks_mut(ihw.max(1)).enumerate().for_each(|(pl, d)| {
-        for (j, &(h0, h1, w0, w1, div)) in windows.iter().enumerate() {
-            let v = dy[pl * ohw + j] / div;
-            for ih in h0..h1 {
-                for iw in w0..w1 {
-                    d[ih * g.w + iw] += v;
-                }
-            }
-        }
-    });
-    Ok(Tensor::from_vec_unchecked(dx, input_shape))
+    backend_of(OP, grad_output)?.avg_pool2d_backward(grad_output, &p, &g, count_include_pad)
 }
 
 /// PyTorch's adaptive window for output index `i` of `out` over an input of `size`:
@@ -361,31 +208,8 @@ fn adaptive_check(op: &'static str, shape: &[usize], output: [usize; 2]) -> Resu
 pub fn adaptive_avg_pool2d(input: &Tensor, output: [usize; 2]) -> Result<Tensor> {
     const OP: &str = "adaptive_avg_pool2d";
     adaptive_check(OP, input.shape(), output)?;
-    let s = input.shape();
-    let (h, w, [oh, ow]) = (s[2], s[3], output);
-    #[cfg(gpu)]
-    if input.device().is_gpu() {
-        let sizes = adaptive_sizes(h, w, oh, ow);
-        let out = crate::gpu::avg_pool2d(input.gpu_f32(OP)?, sizes, &[s[0], s[1], oh, ow], true, false)?;
-        return Ok(Tensor::from_gpu(out));
-    }
-    let x = input.f32_data(OP)?;
-    let mut out = vec![0f32; s[0] * s[1] * oh * ow];
-    out.par_chunks_mut(oh * ow).enumerate().for_each(|(pl, o)| {
-        let plane = &x[pl * h * w..(pl + 1) * h * w];
-        for i in 0..oh {
-            let (h0, h1) = adaptive_range(i, oh, h);
-            for j in 0..ow {
-                let (w0, w1) = adaptive_range(j, ow, w);
-                let mut sum = 0f32;
-                for ih in h0..h1 {
-                    sum += plane[ih * w + w0..ih * w + w1].iter().sum::<f32>();
-                }
-                o[i * ow + j] = sum / ((h1 - h0) * (w1 - w0)) as f32;
-            }
-        }
-    });
-    Ok(Tensor::from_vec_unchecked(out, &[s[0], s[1], oh, ow]))
+    let g = PoolGeom::new(input.shape(), output[0], output[1]);
+    backend_of(OP, input)?.adaptive_avg_pool2d(input, &g)
 }
 
 /// Gradient of [`adaptive_avg_pool2d`].
@@ -396,32 +220,201 @@ pub fn adaptive_avg_pool2d_backward(grad_output: &Tensor, input_shape: &[usize])
         return Err(mismatch(OP, gs, input_shape));
     }
     adaptive_check(OP, input_shape, [gs[2], gs[3]])?;
-    let (h, w, oh, ow) = (input_shape[2], input_shape[3], gs[2], gs[3]);
-    #[cfg(gpu)]
-    if grad_output.device().is_gpu() {
-        let dx =
-            crate::gpu::avg_pool2d(grad_output.gpu_f32(OP)?, adaptive_sizes(h, w, oh, ow), input_shape, true, true)?;
-        return Ok(Tensor::from_gpu(dx));
-    }
-    let dy = grad_output.f32_data(OP)?;
-    let mut dx = vec![0f32; input_shape.iter().product()];
-    dx.par_chunks_mut(h * w).enumerate().for_each(|(pl, d)| {
-        for i in 0..oh {
-            let (h0, h1) = adaptive_range(i, oh, h);
-            for j in 0..ow {
-                let (w0, w1) = adaptive_range(j, ow, w);
-                let v = dy[(pl * oh + i) * ow + j] / ((h1 - h0) * (w1 - w0)) as f32;
-                for ih in h0..h1 {
-                    d[ih * w + w0..ih * w + w1].iter_mut().for_each(|x| *x += v);
-                }
-            }
-        }
-    });
-    Ok(Tensor::from_vec_unchecked(dx, input_shape))
+    let g = PoolGeom::new(input_shape, gs[2], gs[3]);
+    backend_of(OP, grad_output)?.adaptive_avg_pool2d_backward(grad_output, &g)
 }
 
 /// Output shape of a pooling window over an input shape (for shape inference).
 pub fn pool2d_output_shape(input_shape: &[usize], p: Pool2dParams) -> Result<[usize; 4]> {
     let g = geometry("pool2d_output_shape", input_shape, &p)?;
     Ok([input_shape[0], input_shape[1], g.oh, g.ow])
+}
+
+impl PoolOps for Host {
+    fn max_pool2d(&self, input: &Tensor, p: &Pool2dParams, g: &PoolGeom) -> Result<(Tensor, Tensor)> {
+        const OP: &str = "max_pool2d";
+        let shape = g.out_shape();
+        let x = input.f32_data(OP)?;
+        let (ohw, ihw) = (g.oh * g.ow, g.h * g.w);
+        let mut out = vec![0f32; g.planes * ohw];
+        let mut idx = vec![0i64; g.planes * ohw];
+        out.par_chunks_mut(ohw.max(1)).zip(idx.par_chunks_mut(ohw.max(1))).enumerate().for_each(|(pl, (o, ix))| {
+            let plane = &x[pl * ihw..(pl + 1) * ihw];
+            for oh in 0..g.oh {
+                let (h0, h1) = window(oh, p.stride[0], p.padding[0], p.kernel[0], g.h);
+                for ow in 0..g.ow {
+                    let (w0, w1) = window(ow, p.stride[1], p.padding[1], p.kernel[1], g.w);
+                    // Branch-free selects in the common case; a NaN (which PyTorch propagates,
+                    // with the index of the first one) is looked for only when there is one.
+                    let mut best = f32::NEG_INFINITY;
+                    let mut best_i = h0 * g.w + w0;
+                    let mut nan = false;
+                    for ih in h0..h1 {
+                        let row = &plane[ih * g.w..ih * g.w + w1];
+                        for (iw, &v) in row.iter().enumerate().skip(w0) {
+                            let greater = v > best;
+                            best = if greater { v } else { best };
+                            best_i = if greater { ih * g.w + iw } else { best_i };
+                            nan |= v.is_nan();
+                        }
+                    }
+                    if nan {
+                        'find: for ih in h0..h1 {
+                            for iw in w0..w1 {
+                                if plane[ih * g.w + iw].is_nan() {
+                                    best = f32::NAN;
+                                    best_i = ih * g.w + iw;
+                                    break 'find;
+                                }
+                            }
+                        }
+                    }
+                    o[oh * g.ow + ow] = best;
+                    ix[oh * g.ow + ow] = best_i as i64;
+                }
+            }
+        });
+        Ok((Tensor::from_vec_unchecked(out, &shape), Tensor::from_i64_vec_unchecked(idx, &shape)))
+    }
+    fn max_pool2d_values(&self, input: &Tensor, p: &Pool2dParams, g: &PoolGeom) -> Result<Tensor> {
+        const OP: &str = "max_pool2d_values";
+        let shape = [input.shape()[0], input.shape()[1], g.oh, g.ow];
+        let x = input.f32_data(OP)?;
+        let (ohw, ihw) = (g.oh * g.ow, g.h * g.w);
+        let mut out = vec![0f32; g.planes * ohw];
+        out.par_chunks_mut(ohw.max(1)).enumerate().for_each_init(Vec::new, |rows_max, (pl, o)| {
+            let plane = &x[pl * ihw..(pl + 1) * ihw];
+            rows_max.resize(g.w, 0.0);
+            for oh in 0..g.oh {
+                let (h0, h1) = window(oh, p.stride[0], p.padding[0], p.kernel[0], g.h);
+                rows_max.copy_from_slice(&plane[h0 * g.w..(h0 + 1) * g.w]);
+                for ih in h0 + 1..h1 {
+                    let row = &plane[ih * g.w..(ih + 1) * g.w];
+                    rows_max.iter_mut().zip(row).for_each(|(m, &v)| *m = nan_max(*m, v));
+                }
+                let o = &mut o[oh * g.ow..(oh + 1) * g.ow];
+                // Outputs whose windows lie inside the row: one tap at a time across all of them
+                // (strided loads the compiler vectorises); the clipped ones at either end directly.
+                let (s, k, pad) = (p.stride[1], p.kernel[1], p.padding[1]);
+                let first = pad.div_ceil(s).min(g.ow);
+                let last = if g.w + pad >= k { ((g.w + pad - k) / s + 1).clamp(first, g.ow) } else { first };
+                for tap in (0..k).filter(|_| first < last) {
+                    let src = &rows_max[first * s + tap - pad..];
+                    let dst = &mut o[first..last];
+                    if tap == 0 {
+                        dst.iter_mut().zip(src.iter().step_by(s)).for_each(|(d, &v)| *d = v);
+                    } else {
+                        dst.iter_mut().zip(src.iter().step_by(s)).for_each(|(d, &v)| *d = nan_max(*d, v));
+                    }
+                }
+                for ow in (0..first).chain(last..g.ow) {
+                    let (w0, w1) = window(ow, s, pad, k, g.w);
+                    o[ow] = rows_max[w0 + 1..w1].iter().fold(rows_max[w0], |m, &v| nan_max(m, v));
+                }
+            }
+        });
+        Ok(Tensor::from_vec_unchecked(out, &shape))
+    }
+    fn max_pool2d_backward(&self, grad_output: &Tensor, indices: &Tensor, input_shape: &[usize]) -> Result<Tensor> {
+        const OP: &str = "max_pool2d_backward";
+        let gs = grad_output.shape();
+        let dy = grad_output.f32_data(OP)?;
+        let ix = indices.i64_data(OP)?;
+        let (ihw, ohw) = (input_shape[2] * input_shape[3], gs[2] * gs[3]);
+        if let Some(&bad) = ix.iter().find(|&&i| i < 0 || i as usize >= ihw) {
+            return Err(crate::TensorError::IndexOutOfRange { op: OP, index: bad, size: ihw });
+        }
+        let mut dx = vec![0f32; input_shape.iter().product()];
+        dx.par_chunks_mut(ihw.max(1)).enumerate().for_each(|(pl, d)| {
+            for j in 0..ohw {
+                d[ix[pl * ohw + j] as usize] += dy[pl * ohw + j];
+            }
+        });
+        Ok(Tensor::from_vec_unchecked(dx, input_shape))
+    }
+    fn avg_pool2d(&self, input: &Tensor, p: &Pool2dParams, g: &PoolGeom, count_include_pad: bool) -> Result<Tensor> {
+        const OP: &str = "avg_pool2d";
+        let x = input.f32_data(OP)?;
+        let windows = avg_windows(g, p, count_include_pad);
+        let (ohw, ihw) = (g.oh * g.ow, g.h * g.w);
+        let mut out = vec![0f32; g.planes * ohw];
+        out.par_chunks_mut(ohw.max(1)).enumerate().for_each(|(pl, o)| {
+            let plane = &x[pl * ihw..(pl + 1) * ihw];
+            for (j, &(h0, h1, w0, w1, div)) in windows.iter().enumerate() {
+                let mut s = 0f32;
+                for ih in h0..h1 {
+                    s += plane[ih * g.w + w0..ih * g.w + w1.max(w0)].iter().sum::<f32>();
+                }
+                o[j] = s / div;
+            }
+        });
+        Ok(Tensor::from_vec_unchecked(out, &[input.shape()[0], input.shape()[1], g.oh, g.ow]))
+    }
+    fn avg_pool2d_backward(
+        &self,
+        grad_output: &Tensor,
+        p: &Pool2dParams,
+        g: &PoolGeom,
+        count_include_pad: bool,
+    ) -> Result<Tensor> {
+        const OP: &str = "avg_pool2d_backward";
+        let input_shape = &g.input[..];
+        let dy = grad_output.f32_data(OP)?;
+        let windows = avg_windows(g, p, count_include_pad);
+        let (ohw, ihw) = (g.oh * g.ow, g.h * g.w);
+        let mut dx = vec![0f32; g.planes * ihw];
+        dx.par_chunks_mut(ihw.max(1)).enumerate().for_each(|(pl, d)| {
+            for (j, &(h0, h1, w0, w1, div)) in windows.iter().enumerate() {
+                let v = dy[pl * ohw + j] / div;
+                for ih in h0..h1 {
+                    for iw in w0..w1 {
+                        d[ih * g.w + iw] += v;
+                    }
+                }
+            }
+        });
+        Ok(Tensor::from_vec_unchecked(dx, input_shape))
+    }
+    fn adaptive_avg_pool2d(&self, input: &Tensor, g: &PoolGeom) -> Result<Tensor> {
+        const OP: &str = "adaptive_avg_pool2d";
+        let s = input.shape();
+        let (h, w, oh, ow) = (g.h, g.w, g.oh, g.ow);
+        let x = input.f32_data(OP)?;
+        let mut out = vec![0f32; s[0] * s[1] * oh * ow];
+        out.par_chunks_mut(oh * ow).enumerate().for_each(|(pl, o)| {
+            let plane = &x[pl * h * w..(pl + 1) * h * w];
+            for i in 0..oh {
+                let (h0, h1) = adaptive_range(i, oh, h);
+                for j in 0..ow {
+                    let (w0, w1) = adaptive_range(j, ow, w);
+                    let mut sum = 0f32;
+                    for ih in h0..h1 {
+                        sum += plane[ih * w + w0..ih * w + w1].iter().sum::<f32>();
+                    }
+                    o[i * ow + j] = sum / ((h1 - h0) * (w1 - w0)) as f32;
+                }
+            }
+        });
+        Ok(Tensor::from_vec_unchecked(out, &[s[0], s[1], oh, ow]))
+    }
+    fn adaptive_avg_pool2d_backward(&self, grad_output: &Tensor, g: &PoolGeom) -> Result<Tensor> {
+        const OP: &str = "adaptive_avg_pool2d_backward";
+        let input_shape = &g.input[..];
+        let (h, w, oh, ow) = (g.h, g.w, g.oh, g.ow);
+        let dy = grad_output.f32_data(OP)?;
+        let mut dx = vec![0f32; input_shape.iter().product()];
+        dx.par_chunks_mut(h * w).enumerate().for_each(|(pl, d)| {
+            for i in 0..oh {
+                let (h0, h1) = adaptive_range(i, oh, h);
+                for j in 0..ow {
+                    let (w0, w1) = adaptive_range(j, ow, w);
+                    let v = dy[(pl * oh + i) * ow + j] / ((h1 - h0) * (w1 - w0)) as f32;
+                    for ih in h0..h1 {
+                        d[ih * w + w0..ih * w + w1].iter_mut().for_each(|x| *x += v);
+                    }
+                }
+            }
+        });
+        Ok(Tensor::from_vec_unchecked(dx, input_shape))
+    }
 }
