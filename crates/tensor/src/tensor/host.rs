@@ -217,7 +217,21 @@ impl ElementwiseOps for Host {
         Ok(Tensor::from_vec_unchecked(v, x.shape()))
     }
     fn unary(&self, x: &Tensor, op: UnaryOp) -> Result<Tensor> {
-        Ok(map_f32(x.f32_array(op.name())?, move |v| op.f32(v)))
+        let a = x.f32_array(op.name())?;
+        // One loop per op, each with its variant spelled out: the rule's `match` then folds
+        // away and the loop vectorises (a `match` per element kept ReLU's loop scalar).
+        Ok(match op {
+            UnaryOp::Neg => map_f32(a, |v| UnaryOp::Neg.f32(v)),
+            UnaryOp::Exp => map_f32(a, |v| UnaryOp::Exp.f32(v)),
+            UnaryOp::Log => map_f32(a, |v| UnaryOp::Log.f32(v)),
+            UnaryOp::Sqrt => map_f32(a, |v| UnaryOp::Sqrt.f32(v)),
+            UnaryOp::Powf(p) => map_f32(a, move |v| UnaryOp::Powf(p).f32(v)),
+            UnaryOp::Relu => map_f32(a, |v| UnaryOp::Relu.f32(v)),
+            UnaryOp::Abs => map_f32(a, |v| UnaryOp::Abs.f32(v)),
+            UnaryOp::Clamp(lo, hi) => map_f32(a, move |v| UnaryOp::Clamp(lo, hi).f32(v)),
+            UnaryOp::AddScalar(c) => map_f32(a, move |v| UnaryOp::AddScalar(c).f32(v)),
+            UnaryOp::MulScalar(c) => map_f32(a, move |v| UnaryOp::MulScalar(c).f32(v)),
+        })
     }
     fn one_hot(&self, targets: &Tensor, classes: usize, shape: &[usize]) -> Result<Tensor> {
         const OP: &str = "one_hot";
