@@ -5,6 +5,14 @@ benches/src/main.rs, and the same output, one JSON line per case:
 
     python3 benches/torch_cases.py [--device cpu|cuda] --list
     python3 benches/torch_cases.py [--device cpu|cuda] [--quick] [--threads N] NAME...
+    python3 benches/torch_cases.py --versions
+    python3 benches/torch_cases.py --predict WEIGHTS IMAGE   # predict-cold-resnet50's Python side
+
+On the CPU, each inference case `infer-X` also has the prepared variants our prepared model is
+compared with: `frozen:infer-X` (torch.jit.freeze + optimize_for_inference) and `ort:infer-X`
+(the model exported to ONNX by torch.onnx, run by ONNX Runtime with the same thread count); the
+load cases read the same format as ours (safetensors through safetensors.torch; .pth through
+torch.load). peak_rss_mb is net of `import torch` (what the process holds before any case).
 
 On cuda, TF32 is off (our kernels compute in plain f32) and every timed run ends with
 torch.cuda.synchronize(), as ours end by reading a result back.
@@ -98,17 +106,44 @@ def sync():
         torch.cuda.synchronize()
 
 
-def infer_case(arch, batch):
+THREADS = 0
+
+
+def infer_case(arch, batch, variant="eager"):
     def prepare():
         import torchvision
         model = getattr(torchvision.models, arch)().eval().to(DEVICE)
         x = torch.randn(batch, 3, 224, 224, device=DEVICE)
+        if variant == "frozen":
+            with torch.no_grad():
+                model = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, x)))
+        elif variant == "ort":
+            return ort_session(model, x), None, batch
 
         def run():
             model(x)
             sync()
         return run, None, batch
     return prepare
+
+
+def ort_session(model, x):
+    """`model` exported to ONNX (opset 17, fixed batch) and run by ONNX Runtime, with every
+    graph optimisation, sequential execution and the case's thread count."""
+    import tempfile
+    import onnxruntime as ort
+    path = os.path.join(tempfile.mkdtemp(), "model.onnx")
+    # The TorchScript exporter (torch 2.x's default one needs onnxscript); 1.13 has only it.
+    kwargs = {"dynamo": False} if int(torch.__version__.split(".")[0]) >= 2 else {}
+    torch.onnx.export(model, x, path, input_names=["input"], output_names=["logits"], opset_version=17, **kwargs)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = THREADS or os.cpu_count()
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    feed = {"input": x.numpy()}
+    return lambda: session.run(None, feed)
 
 
 def train_case(arch, batch, size, classes):
@@ -129,15 +164,44 @@ def train_case(arch, batch, size, classes):
     return prepare
 
 
-def load_case():
+def load_case(fmt):
+    """resnet50's weights read from a file into the model, in the same format as ours."""
     def prepare():
         import tempfile
         import torchvision
         model = torchvision.models.resnet50()
-        path = os.path.join(tempfile.mkdtemp(), "resnet50.pth")
+        folder = tempfile.mkdtemp()
+        if fmt == "safetensors":
+            from safetensors.torch import load_file, save_file
+            path = os.path.join(folder, "resnet50.safetensors")
+            save_file(model.state_dict(), path)
+            return (lambda: model.load_state_dict(load_file(path))), None, None
+        path = os.path.join(folder, "resnet50.pth")
         torch.save(model.state_dict(), path)
         return (lambda: model.load_state_dict(torch.load(path))), None, None
     return prepare
+
+
+def predict(weights, image):
+    """What `resnet predict --weights W IMAGE` does, in Python: build resnet50, load the
+    weights, preprocess one JPEG as torchvision's eval transform, classify it, print the top
+    class. Timed from outside, as a whole process (imports included)."""
+    import torchvision
+    from PIL import Image
+    from torchvision import transforms as T
+    model = torchvision.models.resnet50()
+    if weights.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        model.load_state_dict(load_file(weights))
+    else:
+        model.load_state_dict(torch.load(weights))
+    model.eval()
+    tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
+                    T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    x = tf(Image.open(image).convert("RGB")).unsqueeze(0)
+    with torch.no_grad():
+        p = model(x).softmax(1)
+    print(int(p.argmax()), float(p.max()))
 
 
 def gpu_cases():
@@ -166,13 +230,32 @@ def cases():
                               ("infer-resnet50-b8", "resnet50", 8), ("infer-resnext50-b1", "resnext50_32x4d", 1),
                               ("infer-resnet50-b1-unfused", "resnet50", 1)]:
         c[name] = infer_case(arch, batch)
+        if not name.endswith("-unfused"):
+            # The prepared comparators of our prepared (batch-norm-folded) model.
+            c["frozen:" + name] = infer_case(arch, batch, "frozen")
+            if have("onnxruntime"):
+                c["ort:" + name] = infer_case(arch, batch, "ort")
     c["train-resnet18-b16"] = train_case("resnet18", 16, 224, 1000)
     c["train-resnet50-b8"] = train_case("resnet50", 8, 224, 1000)
     c["train-resnet18-b64-64px"] = train_case("resnet18", 64, 64, 10)
-    # PyTorch's own format on its side: our safetensors and .pth loads against torch.load.
-    c["load-resnet50"] = load_case()
-    c["load-resnet50-pth"] = load_case()
+    # The same format on both sides.
+    if have("safetensors"):
+        c["load-resnet50"] = load_case("safetensors")
+    c["load-resnet50-pth"] = load_case("pth")
     return c
+
+
+def have(module):
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
+
+
+def versions():
+    v = {"torch": torch.__version__}
+    for m in ("torchvision", "onnxruntime"):
+        if have(m):
+            v[m] = __import__(m).__version__
+    return v
 
 
 def measure(run, quick):
@@ -196,10 +279,19 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--versions", action="store_true")
+    ap.add_argument("--predict", nargs=2, metavar=("WEIGHTS", "IMAGE"))
     ap.add_argument("names", nargs="*")
     args = ap.parse_args()
-    global DEVICE
+    if args.versions:
+        print(json.dumps(versions()))
+        return
+    if args.predict:
+        predict(*args.predict)
+        return
+    global DEVICE, THREADS
     DEVICE = args.device
+    THREADS = args.threads
     if DEVICE == "cuda":
         if not torch.cuda.is_available():
             print("torch_cases: CUDA is not available to this PyTorch", file=sys.stderr)
@@ -214,6 +306,9 @@ def main():
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    # What the process holds before any case (import torch, its libraries): peak memory is
+    # reported net of it.
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     for name in args.names:
         if name not in all_cases:
             print(f"torch_cases: unknown case {name}", file=sys.stderr)
@@ -221,7 +316,7 @@ def main():
         with torch.set_grad_enabled(name.startswith("train-")):
             run, flops, images = all_cases[name]()
             samples = measure(run, args.quick)
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0 - baseline
         print(json.dumps({"name": name, "samples": samples, "flops": flops, "images": images,
                           "peak_rss_mb": rss}), flush=True)
 

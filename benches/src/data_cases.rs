@@ -50,6 +50,14 @@ fn loader_case(train: bool) -> Prepared {
     }
 }
 
+/// One picture of the benchmark folder (generated if needed): the photo `predict-cold-resnet50`
+/// classifies.
+pub(crate) fn a_picture() -> PathBuf {
+    let demo = data::write_demo_dataset(bench_data_root(), &bench_config()).expect("writing the benchmark folder");
+    let folder = ImageFolder::new(&demo.train).expect("listing the benchmark folder");
+    folder.samples()[0].0.clone()
+}
+
 pub(crate) fn cases() -> Vec<Case> {
     vec![
         Case { name: "data-train-b32".into(), prepare: Box::new(|| loader_case(true)) },

@@ -6,6 +6,7 @@
 //! ```text
 //! bench-cases [--device D] --list            # the case names this build can run on D
 //! bench-cases [--device D] [--quick] NAME... # run the named cases
+//! bench-cases --write-predict-inputs DIR     # predict-cold-resnet50's weights and photo
 //! ```
 //! On a GPU device (`wgpu`, `cuda`; a build with that feature) only the model cases run, plus
 //! `infer-resnet50-b64` and `train-resnet50-b64`; each timed run ends by reading a result back,
@@ -353,6 +354,14 @@ fn main() {
             }
         }
         args.drain(i..(i + 2).min(args.len()));
+    }
+    if let Some(i) = args.iter().position(|a| a == "--write-predict-inputs") {
+        let Some(dir) = args.get(i + 1) else {
+            eprintln!("bench-cases: --write-predict-inputs needs a folder");
+            std::process::exit(2);
+        };
+        model_cases::write_predict_inputs(std::path::Path::new(dir));
+        return;
     }
     let all = cases();
     if args.iter().any(|a| a == "--list") {

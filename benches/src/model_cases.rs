@@ -76,6 +76,17 @@ fn load(format: &'static str) -> Prepared {
     }
 }
 
+/// The inputs of `predict-cold-resnet50` (which the xtask times as whole processes, ours and
+/// Python's): `resnet50.safetensors` (torchvision's initialisation, torchvision's key names, so
+/// `safetensors.torch` loads it into torchvision's model) and `photo.jpg`, written into `dir`.
+pub(crate) fn write_predict_inputs(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).expect("creating the predict-cold folder");
+    let model = Arch::Resnet50.config(1000).build(Init::Torchvision(0)).expect("zoo model");
+    resnet::write_safetensors(dir.join("resnet50.safetensors"), &model.state_dict(), &Default::default())
+        .expect("writing the weights");
+    std::fs::copy(crate::data_cases::a_picture(), dir.join("photo.jpg")).expect("copying the photo");
+}
+
 pub(crate) fn cases() -> Vec<Case> {
     let mut v: Vec<Case> = Vec::new();
     let mut add = |name: &str, f: Box<dyn Fn() -> Prepared>| v.push(Case { name: name.into(), prepare: f });

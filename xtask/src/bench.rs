@@ -9,6 +9,10 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Timed by the runner as whole processes (`resnet predict` against `torch_cases.py --predict`):
+/// loading the weights, preparing the model and classifying one JPEG, start-up included.
+const PREDICT_COLD: &str = "predict-cold-resnet50";
+
 /// Data-parallel cases: run under `mpirun -np 2`, the threads split between the processes.
 const DDP_PREFIX: &str = "ddp-";
 const DDP_PROCESSES: usize = 2;
@@ -38,6 +42,7 @@ pub fn canonical_cases() -> Vec<String> {
         "data-train-b32",
         "data-eval-b32",
         "load-resnet50",
+        "predict-cold-resnet50",
         "autograd-small-step",
         "kernels-small-step",
     ] {
@@ -58,7 +63,16 @@ options:
   --python PATH      the Python for --vs-torch (default: python3)
   --quick            fewer repetitions (a smoke run)
   --threads N        threads on both sides (default: all cores)
+  --rounds N         run each case (and its PyTorch, frozen-PyTorch and ONNX Runtime
+                     counterparts) N times, interleaved; medians of the rounds' medians, and their
+                     spread (default: 3 with --vs-torch and 1 without)
   --device D         cpu (default), wgpu or cuda: build the cases with that GPU feature
+
+With --vs-torch the inference cases also run PyTorch frozen (jit.freeze + optimize_for_inference)
+and ONNX Runtime (the model exported by torch.onnx; intra_op_num_threads = the thread count): the
+comparators that prepare their model as ours does; `vs prepared` is our time over the best of
+them. predict-cold-resnet50 times `resnet predict` on one JPEG as a whole process against the same
+in Python.
 
 The ddp-* cases run under `mpirun -np 2` (Open MPI: openmpi-bin and libopenmpi-dev), each
 process with half the threads; they are not available without Open MPI.";
@@ -73,6 +87,14 @@ pub struct Options {
     pub python: Option<String>,
     /// `cpu` (default), `wgpu` or `cuda`: the bench cases are built with that feature.
     pub device: String,
+    /// Interleaved rounds per case (`None`: 3 with `--vs-torch`, else 1).
+    pub rounds: Option<usize>,
+}
+
+impl Options {
+    fn rounds(&self) -> usize {
+        self.rounds.unwrap_or(if self.vs_torch { 3 } else { 1 })
+    }
 }
 
 pub fn parse_args(args: &[String]) -> Result<Options, String> {
@@ -85,6 +107,7 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
         threads: default_threads,
         python: None,
         device: "cpu".into(),
+        rounds: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -99,6 +122,11 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
                 o.threads = v.parse().ok().filter(|&n: &usize| n > 0).ok_or_else(|| format!("bad thread count {v}"))?;
             }
             "--python" => o.python = Some(value("--python")?),
+            "--rounds" => {
+                let v = value("--rounds")?;
+                o.rounds =
+                    Some(v.parse().ok().filter(|&n: &usize| n > 0).ok_or_else(|| format!("bad round count {v}"))?);
+            }
             "--device" => {
                 o.device = value("--device")?;
                 if !["cpu", "wgpu", "cuda"].contains(&o.device.as_str()) {
@@ -176,17 +204,36 @@ pub fn parse_raw(line: &str) -> Result<Raw, String> {
     })
 }
 
-/// What the report says of one case.
+/// What the report says of one case. With several rounds each summary is over the rounds'
+/// medians (its min and max are their spread).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CaseResult {
     pub name: String,
     pub ours: Option<(Summary, Raw)>,
     pub torch: Option<Summary>,
+    /// PyTorch frozen (`torch.jit.freeze` + `optimize_for_inference`), for inference cases.
+    pub frozen: Option<Summary>,
+    /// ONNX Runtime on the model torch.onnx exported, for inference cases.
+    pub ort: Option<Summary>,
+    /// PyTorch eager's peak memory, net of `import torch`.
+    pub torch_peak_mb: Option<f64>,
+    pub rounds: usize,
 }
 
 impl CaseResult {
+    /// A case that did not run.
+    pub fn missing(name: String) -> CaseResult {
+        CaseResult { name, ours: None, torch: None, frozen: None, ort: None, torch_peak_mb: None, rounds: 0 }
+    }
+
     fn ratio(&self) -> Option<f64> {
         Some(self.ours.as_ref()?.0.median / self.torch?.median)
+    }
+
+    /// Our time over the best prepared comparator's (frozen PyTorch, ONNX Runtime).
+    fn ratio_vs_prepared(&self) -> Option<f64> {
+        let best = [self.frozen, self.ort].into_iter().flatten().map(|s| s.median).reduce(f64::min)?;
+        Some(self.ours.as_ref()?.0.median / best)
     }
 
     pub fn to_json(&self) -> Value {
@@ -205,7 +252,14 @@ impl CaseResult {
             "gflops": s.and_then(|s| gflops(raw?.flops, s)),
             "peak_rss_mb": raw.and_then(|r| r.peak_rss_mb),
             "torch_median_s": self.torch.map(|t| t.median),
+            "torch_min_s": self.torch.map(|t| t.min),
+            "torch_max_s": self.torch.map(|t| t.max),
+            "torch_peak_rss_mb": self.torch_peak_mb,
             "ratio_vs_torch": self.ratio(),
+            "frozen_median_s": self.frozen.map(|t| t.median),
+            "ort_median_s": self.ort.map(|t| t.median),
+            "ratio_vs_prepared": self.ratio_vs_prepared(),
+            "rounds": self.rounds,
         })
     }
 }
@@ -222,11 +276,25 @@ fn fmt_time(s: f64) -> String {
     }
 }
 
+/// A median, and with several rounds the spread of the rounds' medians.
+fn fmt_spread(s: &Summary, rounds: usize) -> String {
+    if rounds > 1 {
+        let unit = |v: f64| if s.median >= 1.0 { format!("{v:.2}") } else { format!("{:.1}", v * 1e3) };
+        format!("{} ({}-{})", fmt_time(s.median), unit(s.min), unit(s.max))
+    } else {
+        fmt_time(s.median)
+    }
+}
+
 /// The human-readable table. `peak` is the measured f32 peak in GFLOP/s, if known.
 pub fn table(results: &[CaseResult], peak: Option<f64>, with_torch: bool) -> String {
     let mut header = vec!["case", "median", "images/s", "GFLOP/s", "% peak", "peak MB"];
+    let prepared = results.iter().any(|r| r.frozen.is_some() || r.ort.is_some());
     if with_torch {
-        header.extend(["torch median", "ratio"]);
+        header.extend(["torch median", "ratio", "torch MB"]);
+        if prepared {
+            header.extend(["frozen", "ORT", "vs prepared"]);
+        }
     }
     let mut rows = vec![header.iter().map(|s| s.to_string()).collect::<Vec<_>>()];
     for r in results {
@@ -238,15 +306,21 @@ pub fn table(results: &[CaseResult], peak: Option<f64>, with_torch: bool) -> Str
             }
             Some((s, raw)) => {
                 let g = gflops(raw.flops, s);
-                row.push(fmt_time(s.median));
+                row.push(fmt_spread(s, r.rounds));
                 row.push(fmt_opt(images_per_s(raw.images, s), |v| format!("{v:.1}")));
                 row.push(fmt_opt(g, |v| format!("{v:.1}")));
                 let pct = if r.name == "peak" { None } else { g.zip(peak).map(|(g, p)| 100.0 * g / p) };
                 row.push(fmt_opt(pct, |v| format!("{v:.0}%")));
                 row.push(fmt_opt(raw.peak_rss_mb, |v| format!("{v:.0}")));
                 if with_torch {
-                    row.push(fmt_opt(r.torch.map(|t| t.median), fmt_time));
+                    row.push(r.torch.map(|t| fmt_spread(&t, r.rounds)).unwrap_or_else(|| "-".into()));
                     row.push(fmt_opt(r.ratio(), |v| format!("{v:.2}x")));
+                    row.push(fmt_opt(r.torch_peak_mb, |v| format!("{v:.0}")));
+                    if prepared {
+                        row.push(r.frozen.map(|t| fmt_spread(&t, r.rounds)).unwrap_or_else(|| "-".into()));
+                        row.push(r.ort.map(|t| fmt_spread(&t, r.rounds)).unwrap_or_else(|| "-".into()));
+                        row.push(fmt_opt(r.ratio_vs_prepared(), |v| format!("{v:.2}x")));
+                    }
                 }
             }
         }
@@ -291,6 +365,40 @@ fn run_lines(cmd: &mut Command) -> Result<Vec<String>, String> {
     Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).filter(|l| !l.trim().is_empty()).collect())
 }
 
+/// Builds the `resnet` binary in release (for `predict-cold-resnet50`) and returns its path.
+fn build_resnet_binary() -> Result<PathBuf, String> {
+    let root = workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--quiet", "--bin", "resnet"])
+        .current_dir(&root)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err("building the resnet binary failed".into());
+    }
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    Ok(target.join("release").join("resnet"))
+}
+
+/// Wall times of `runs` runs of `cmd` (after one untimed run that warms the file cache).
+fn time_processes(mut cmd: impl FnMut() -> Command, runs: usize) -> Result<Vec<f64>, String> {
+    let mut samples = Vec::new();
+    for i in 0..=runs {
+        let mut c = cmd();
+        let t = std::time::Instant::now();
+        let out = c.output().map_err(|e| format!("cannot run {c:?}: {e}"))?;
+        let elapsed = t.elapsed().as_secs_f64();
+        if !out.status.success() {
+            return Err(format!("{c:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        if i > 0 {
+            samples.push(elapsed);
+        }
+    }
+    Ok(samples)
+}
+
 fn build_cases(device: &str, with_mpi: bool) -> Result<PathBuf, String> {
     let root = workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -322,17 +430,39 @@ fn find_torch_python(explicit: Option<&str>) -> Option<String> {
     })
 }
 
-fn machine_info(peak: Option<f64>) -> Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
+/// The widest SIMD extension the CPU reports (the `flags` of Linux's /proc/cpuinfo).
+fn widest_vector_extension() -> Option<&'static str> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let flags = info.lines().find(|l| l.starts_with("flags"))?;
+    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+    Some(if has("avx512f") {
+        "AVX-512"
+    } else if has("avx2") {
+        "AVX2"
+    } else if has("avx") {
+        "AVX"
+    } else {
+        "SSE"
+    })
+}
+
+fn cpu_model() -> Option<String> {
+    std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
         s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string())
-    });
+    })
+}
+
+fn machine_info(peak: Option<f64>, versions: &Value) -> Value {
+    let cpu = cpu_model();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     json!({
         "cpu": cpu,
         "logical_cores": std::thread::available_parallelism().map(|n| n.get()).ok(),
         "os": std::env::consts::OS,
         "arch": std::env::consts::ARCH,
+        "vector_extension": widest_vector_extension(),
         "peak_gflops": peak,
+        "python_side": versions,
         "date": civil_date(now / 86_400),
     })
 }
@@ -368,7 +498,32 @@ pub fn run(o: &Options) -> Result<(), String> {
     let threads_per_process = (o.threads / DDP_PROCESSES).max(1).to_string();
     // PyTorch's side runs on CUDA against either of our GPU devices.
     let torch_device = if o.device == "cpu" { "cpu" } else { "cuda" };
+    let rounds = o.rounds();
+    let process_runs = if o.quick { 2 } else { 5 };
+    let predict_dir = std::env::temp_dir().join("resnet-rs-predict-cold");
+    let (weights, photo) = (predict_dir.join("resnet50.safetensors"), predict_dir.join("photo.jpg"));
+    let want_predict = o.device == "cpu" && matches(o.filter.as_deref(), PREDICT_COLD);
+    let resnet_bin = if want_predict {
+        let b = build_resnet_binary()?;
+        run_lines(Command::new(&bin).arg("--write-predict-inputs").arg(&predict_dir))?;
+        Some(b)
+    } else {
+        None
+    };
     let ours = |name: &str| -> Result<Raw, String> {
+        if name == PREDICT_COLD {
+            let resnet = resnet_bin.as_ref().ok_or("the resnet binary was not built")?;
+            let samples = time_processes(
+                || {
+                    let mut c = Command::new(resnet);
+                    c.env("RAYON_NUM_THREADS", &threads).args(["predict", "--arch", "resnet50", "--weights"]);
+                    c.arg(&weights).arg(&photo);
+                    c
+                },
+                process_runs,
+            )?;
+            return Ok(Raw { name: name.into(), samples, flops: None, images: Some(1), peak_rss_mb: None });
+        }
         let mut cmd = if name.starts_with(DDP_PREFIX) {
             let mut cmd = Command::new("mpirun");
             cmd.args(["--allow-run-as-root", "--oversubscribe", "-np", &DDP_PROCESSES.to_string()]);
@@ -386,7 +541,10 @@ pub fn run(o: &Options) -> Result<(), String> {
         let lines = run_lines(&mut cmd)?;
         parse_raw(lines.last().ok_or_else(|| format!("case {name} printed nothing"))?)
     };
-    let available = run_lines(Command::new(&bin).args(["--device", &o.device, "--list"]))?;
+    let mut available = run_lines(Command::new(&bin).args(["--device", &o.device, "--list"]))?;
+    if o.device == "cpu" {
+        available.push(PREDICT_COLD.to_string());
+    }
     let selected = if o.device == "cpu" {
         select(&available, o.filter.as_deref())
     } else {
@@ -402,8 +560,10 @@ pub fn run(o: &Options) -> Result<(), String> {
         match find_torch_python(o.python.as_deref()) {
             Some(py) => {
                 let names = run_lines(Command::new(&py).arg(&script).args(["--device", torch_device, "--list"]))?;
-                eprintln!("PyTorch side: {py} {}", script.display());
-                Some((py, names))
+                let versions = run_lines(Command::new(&py).arg(&script).arg("--versions"))?;
+                let versions: Value = versions.last().and_then(|l| serde_json::from_str(l).ok()).unwrap_or(Value::Null);
+                eprintln!("PyTorch side: {py} {} ({versions})", script.display());
+                Some((py, names, versions))
             }
             None => {
                 eprintln!(
@@ -415,8 +575,20 @@ pub fn run(o: &Options) -> Result<(), String> {
     } else {
         None
     };
-    let torch_case = |name: &str| -> Result<Option<Summary>, String> {
-        let Some((py, names)) = &torch else { return Ok(None) };
+    let torch_case = |name: &str| -> Result<Option<(Summary, Option<f64>)>, String> {
+        let Some((py, names, _)) = &torch else { return Ok(None) };
+        if name == PREDICT_COLD {
+            let samples = time_processes(
+                || {
+                    let mut c = Command::new(py);
+                    c.arg(&script).arg("--predict").arg(&weights).arg(&photo);
+                    c.env("OMP_NUM_THREADS", &threads).env("MKL_NUM_THREADS", &threads);
+                    c
+                },
+                process_runs,
+            )?;
+            return Ok(summarize(&samples).map(|s| (s, None)));
+        }
         if !names.iter().any(|n| n == name) {
             return Ok(None);
         }
@@ -428,7 +600,7 @@ pub fn run(o: &Options) -> Result<(), String> {
         }
         let lines = run_lines(&mut cmd)?;
         let raw = parse_raw(lines.last().ok_or_else(|| format!("torch case {name} printed nothing"))?)?;
-        Ok(summarize(&raw.samples))
+        Ok(summarize(&raw.samples).map(|s| (s, raw.peak_rss_mb)))
     };
 
     // The peak is measured first: every GFLOP/s figure is also shown as a share of it.
@@ -436,22 +608,60 @@ pub fn run(o: &Options) -> Result<(), String> {
     let peak = summarize(&peak_raw.samples).and_then(|s| gflops(peak_raw.flops, &s));
     eprintln!("threads: {threads}; measured f32 peak: {}", fmt_opt(peak, |p| format!("{p:.1} GFLOP/s")));
 
+    let versions = torch.as_ref().map(|t| t.2.clone()).unwrap_or(Value::Null);
     let mut results = Vec::new();
     for (name, is_available) in selected {
         let result = if !is_available {
-            CaseResult { name, ours: None, torch: None }
+            CaseResult::missing(name)
         } else {
-            let raw = if name == "peak" { peak_raw.clone() } else { ours(&name)? };
-            let summary = summarize(&raw.samples).ok_or_else(|| format!("case {name} returned no samples"))?;
-            let torch = torch_case(&name)?;
-            CaseResult { name, ours: Some((summary, raw)), torch }
+            // Ours, PyTorch eager, frozen and ONNX Runtime one after the other, round after
+            // round, so that all see the same machine load.
+            let case_rounds = if name == "peak" { 1 } else { rounds };
+            let (mut mine, mut last_raw) = (Vec::new(), None);
+            let mut theirs: [Vec<f64>; 3] = Default::default();
+            let mut torch_peak_mb: Option<f64> = None;
+            for _ in 0..case_rounds {
+                let raw = if name == "peak" { peak_raw.clone() } else { ours(&name)? };
+                mine.push(summarize(&raw.samples).ok_or_else(|| format!("case {name} returned no samples"))?);
+                last_raw = Some(raw);
+                for (side, prefix) in theirs.iter_mut().zip(["", "frozen:", "ort:"]) {
+                    if let Some((s, peak)) = torch_case(&format!("{prefix}{name}"))? {
+                        side.push(s.median);
+                        if prefix.is_empty() {
+                            torch_peak_mb = [peak, torch_peak_mb].into_iter().flatten().reduce(f64::max);
+                        }
+                    }
+                }
+            }
+            let raw = last_raw.ok_or_else(|| format!("case {name} did not run"))?;
+            let summary = if case_rounds == 1 {
+                mine[0]
+            } else {
+                summarize(&mine.iter().map(|s| s.median).collect::<Vec<_>>()).expect("rounds ran")
+            };
+            let [torch_s, frozen, ort] = theirs.map(|v| summarize(&v));
+            CaseResult {
+                name,
+                ours: Some((summary, raw)),
+                torch: torch_s,
+                frozen,
+                ort,
+                torch_peak_mb,
+                rounds: case_rounds,
+            }
         };
         eprintln!("{}", table(std::slice::from_ref(&result), peak, torch.is_some()).lines().nth(2).unwrap_or_default());
         results.push(result);
     }
+    println!(
+        "CPU: {} (widest vector extension: {}); {threads} threads; {rounds} round(s){}",
+        cpu_model().unwrap_or_else(|| "unknown".into()),
+        widest_vector_extension().unwrap_or("unknown"),
+        if versions.is_null() { String::new() } else { format!("; Python side: {versions}") }
+    );
     println!("{}", table(&results, peak, torch.is_some()));
     if let Some(path) = &o.json {
-        let report = report_json(machine_info(peak), o.threads, &results);
+        let report = report_json(machine_info(peak, &versions), o.threads, &results);
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
         std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
         eprintln!("wrote {}", path.display());
@@ -489,7 +699,7 @@ mod tests {
         assert!(flags.len() >= 7, "{flags:?}");
         for flag in flags {
             let value = match flag {
-                "--threads" => "2",
+                "--threads" | "--rounds" => "2",
                 "--device" => "cpu",
                 _ => "x",
             };
@@ -540,7 +750,15 @@ mod tests {
             peak_rss_mb: Some(12.5),
         };
         let sum = summarize(&raw.samples).unwrap();
-        CaseResult { name: name.into(), ours: Some((sum, raw)), torch: torch.map(|t| summarize(&[t]).unwrap()) }
+        CaseResult {
+            name: name.into(),
+            ours: Some((sum, raw)),
+            torch: torch.map(|t| summarize(&[t]).unwrap()),
+            frozen: None,
+            ort: None,
+            torch_peak_mb: Some(100.0),
+            rounds: 1,
+        }
     }
 
     #[test]
@@ -552,7 +770,7 @@ mod tests {
         assert_eq!(j["images_per_s"], 16.0);
         assert_eq!(j["ratio_vs_torch"], 0.5);
         assert_eq!(j["torch_median_s"], 1.0);
-        let missing = CaseResult { name: "infer-resnet50-b1".into(), ours: None, torch: None }.to_json();
+        let missing = CaseResult::missing("infer-resnet50-b1".into()).to_json();
         for k in [
             "median_s",
             "min_s",
@@ -563,6 +781,9 @@ mod tests {
             "peak_rss_mb",
             "torch_median_s",
             "ratio_vs_torch",
+            "frozen_median_s",
+            "ort_median_s",
+            "ratio_vs_prepared",
         ] {
             assert!(missing[k].is_null(), "{k}");
         }
@@ -574,15 +795,28 @@ mod tests {
 
     #[test]
     fn table_shows_ratio_and_percent_of_peak() {
-        let t = table(
-            &[result("conv-x", 0.5, Some(1.0)), CaseResult { name: "infer-y".into(), ours: None, torch: None }],
-            Some(8.0),
-            true,
-        );
+        let t = table(&[result("conv-x", 0.5, Some(1.0)), CaseResult::missing("infer-y".into())], Some(8.0), true);
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("case") && lines[0].contains("ratio"));
         assert!(lines[2].contains("500.00 ms") && lines[2].contains("50%") && lines[2].contains("0.50x"), "{t}");
         assert!(lines[3].contains("not available"));
+    }
+
+    #[test]
+    fn prepared_comparators_and_round_spreads() {
+        let mut r = result("infer-resnet50-b1", 0.05, Some(0.06));
+        r.rounds = 3;
+        r.ours = r.ours.map(|(_, raw)| (summarize(&[0.05, 0.048, 0.055]).unwrap(), raw));
+        r.frozen = summarize(&[0.045]);
+        r.ort = summarize(&[0.04]);
+        let t = table(&[r.clone()], None, true);
+        assert!(t.lines().next().unwrap().contains("vs prepared"), "{t}");
+        let row = t.lines().nth(2).unwrap();
+        assert!(row.contains("50.00 ms (48.0-55.0)") && row.contains("1.25x"), "{t}");
+        assert_eq!(r.to_json()["ratio_vs_prepared"], 1.25);
+        let o = parse_args(&s(&["--rounds", "4"])).unwrap();
+        assert_eq!((o.rounds(), parse_args(&s(&["--vs-torch"])).unwrap().rounds()), (4, 3));
+        assert!(parse_args(&s(&["--rounds", "0"])).is_err());
     }
 
     #[test]
