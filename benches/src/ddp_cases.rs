@@ -19,7 +19,10 @@ fn train(arch: Arch, global_batch: usize, size: usize, classes: usize) -> Prepar
     let mpi: Rc<dyn Collective> = Rc::new(Mpi::init().expect("MPI (run this case under mpirun)"));
     let (rank, world) = (mpi.rank(), mpi.world_size());
     crate::set_reporting_rank(rank);
-    assert!(global_batch % world == 0, "a global batch of {global_batch} does not split over {world} processes");
+    assert!(
+        global_batch.is_multiple_of(world),
+        "a global batch of {global_batch} does not split over {world} processes"
+    );
     let batch = global_batch / world;
     let model = arch.build(classes, 0).expect("zoo model");
     model.train();

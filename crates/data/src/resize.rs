@@ -178,25 +178,18 @@ fn resample_rows(rows: &[&[u8]], c: &Coeffs, out: &mut [u8]) {
     }
 }
 
-/// `acc[i] += row[i] * w`, with AVX2's 8-lane 32-bit multiply where the CPU has it (the
-/// baseline x86-64 target has no packed 32-bit multiply).
+/// `acc[i] += row[i] * w`, compiled for the CPU's vector extension (`tensor::simd`): the
+/// baseline x86-64 target has no packed 32-bit multiply; AVX2 multiplies 8 lanes, AVX-512 16.
 fn accumulate(acc: &mut [i32], row: &[u8], w: i32) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2(acc: &mut [i32], row: &[u8], w: i32) {
-            accumulate_plain(acc, row, w)
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { avx2(acc, row, w) };
-        }
+    tensor::multiversion! {
+        unsafe fn dispatched(acc: &mut [i32], row: &[u8], w: i32) = accumulate_plain;
     }
-    accumulate_plain(acc, row, w)
+    // SAFETY: slices only; no contract beyond the types.
+    unsafe { dispatched(acc, row, w) }
 }
 
 #[inline(always)]
-fn accumulate_plain(acc: &mut [i32], row: &[u8], w: i32) {
+fn accumulate_plain<const FMA: bool>(acc: &mut [i32], row: &[u8], w: i32) {
     for (a, &p) in acc.iter_mut().zip(row) {
         *a += i32::from(p) * w;
     }
@@ -229,12 +222,17 @@ mod tests {
     #[test]
     fn dispatched_and_plain_accumulation_agree() {
         let row: Vec<u8> = (0..1000u32).map(|i| (i * 37 % 256) as u8).collect();
-        for w in [0, 1, 1 << 21, (1 << 22) - 1] {
-            let (mut a, mut b) = (vec![5i32; 1000], vec![5i32; 1000]);
-            accumulate(&mut a, &row, w);
-            accumulate_plain(&mut b, &row, w);
-            assert_eq!(a, b);
+        // Every vector extension this machine has: integer arithmetic, so bit for bit.
+        for level in tensor::simd::available_simd_levels() {
+            tensor::simd::set_simd_level(Some(level));
+            for w in [0, 1, 1 << 21, (1 << 22) - 1] {
+                let (mut a, mut b) = (vec![5i32; 1000], vec![5i32; 1000]);
+                accumulate(&mut a, &row, w);
+                accumulate_plain::<false>(&mut b, &row, w);
+                assert_eq!(a, b, "{level}");
+            }
         }
+        tensor::simd::set_simd_level(None);
     }
 
     #[test]

@@ -77,7 +77,11 @@ impl Conv2dConfig {
     /// Builds the layer with PyTorch's default initialisation.
     pub fn init(self, rng: &mut Rng) -> Result<Conv2d> {
         let g = self.params.groups;
-        if g == 0 || self.in_channels % g != 0 || self.out_channels % g != 0 || self.kernel.contains(&0) {
+        if g == 0
+            || !self.in_channels.is_multiple_of(g)
+            || !self.out_channels.is_multiple_of(g)
+            || self.kernel.contains(&0)
+        {
             return Err(NnError::Config(format!(
                 "Conv2d({}, {}, kernel_size={:?}, groups={g}): channels must be divisible by groups and sizes positive",
                 self.in_channels, self.out_channels, self.kernel

@@ -46,6 +46,7 @@ mod op_codes;
 pub mod reference;
 mod rng;
 mod shape;
+pub mod simd;
 mod tensor;
 mod tensor_file;
 

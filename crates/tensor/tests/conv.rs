@@ -318,3 +318,43 @@ fn full_width_winograd_layers_match_reference() {
         assert_close(&what, &got.to_vec_f32().unwrap(), &want, 1e-4);
     }
 }
+
+/// Every hand-written kernel at every vector extension this machine has (`tensor::simd`):
+/// Winograd (forward, input gradient, prepared), the direct grouped convolution (ResNeXt's
+/// 32 groups of 4), and the small products of narrow maps, each against the f64 oracle — so
+/// an AVX-512 machine also tests the AVX2 and portable code.
+#[test]
+fn every_simd_level_matches_the_oracle() {
+    use tensor::simd::{available_simd_levels, set_simd_level, simd_level};
+    let p1 = Conv2dParams::new().padding(1);
+    let shapes: [([usize; 4], [usize; 4], Conv2dParams); 4] = [
+        ([2, 24, 20, 20], [24, 24, 3, 3], p1),             // Winograd, per call
+        ([1, 128, 14, 14], [128, 4, 3, 3], p1.groups(32)), // direct grouped
+        ([2, 8, 5, 5], [6, 8, 3, 3], p1),                  // small products
+        ([1, 16, 9, 9], [8, 16, 1, 1], Conv2dParams::new()),
+    ];
+    for level in available_simd_levels() {
+        set_simd_level(Some(level));
+        assert_eq!(simd_level(), level);
+        for (i, (xs, ws, p)) in shapes.iter().enumerate() {
+            let (x, w, b) = (randn(xs, 40 + i as u64), randn(ws, 50 + i as u64), randn(&[ws[0]], 60 + i as u64));
+            let (want, ys) = reference::conv2d(&f64s(&x), *xs, &f64s(&w), *ws, Some(&f64s(&b)), *p);
+            let got = conv2d(&x, &w, Some(&b), *p).unwrap();
+            assert_close(&format!("{xs:?} * {ws:?} at {level}"), &got.to_vec_f32().unwrap(), &want, 1e-5);
+            // The input gradient against the forward pass's adjoint: <conv(x), dy> = <x, dx>.
+            let dy = randn(&ys, 70 + i as u64);
+            let dx = conv2d_backward_input(&dy, &w, xs, *p).unwrap();
+            let y = conv2d(&x, &w, None, *p).unwrap();
+            let lhs: f64 = f64s(&y).iter().zip(f64s(&dy)).map(|(a, b)| a * b).sum();
+            let rhs: f64 = f64s(&x).iter().zip(f64s(&dx)).map(|(a, b)| a * b).sum();
+            assert!((lhs - rhs).abs() <= 1e-4 * lhs.abs().max(1.0), "{xs:?} adjoint at {level}: {lhs} vs {rhs}");
+        }
+        // A prepared conv with few tiles (batch-1 inference's Winograd path).
+        let (xs, ws) = ([1, 48, 14, 14], [48, 48, 3, 3]);
+        let (x, w) = (randn(&xs, 80), randn(&ws, 81));
+        let (want, _) = reference::conv2d(&f64s(&x), xs, &f64s(&w), ws, None, p1);
+        let y = tensor::PreparedConv::new(w, None, p1).unwrap().forward(&x, None, false).unwrap();
+        assert_close(&format!("prepared at {level}"), &y.to_vec_f32().unwrap(), &want, 1e-4);
+    }
+    set_simd_level(None);
+}

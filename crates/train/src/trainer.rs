@@ -673,7 +673,7 @@ impl Trainer {
                     progress: &p,
                     images_per_s,
                 });
-                save_due |= save_every > 0 && p.next_batch % save_every == 0;
+                save_due |= save_every > 0 && p.next_batch.is_multiple_of(save_every);
                 if save_due && self.pending == 0 && p.next_batch < batches {
                     self.state.scheduler_steps = self.scheduler.steps();
                     let saved = Progress { seconds: seconds_before + started.elapsed().as_secs_f64(), ..p };
@@ -684,7 +684,7 @@ impl Trainer {
                     let path = self.checkpoint_path();
                     self.emit(Event::CheckpointWritten { path: &path, epoch, next_batch: Some(p.next_batch) });
                 }
-                if eval_every > 0 && p.next_batch % eval_every == 0 && p.next_batch < batches {
+                if eval_every > 0 && p.next_batch.is_multiple_of(eval_every) && p.next_batch < batches {
                     let Some(metrics) = self.evaluate_on(d)? else {
                         interrupted = true;
                         break;

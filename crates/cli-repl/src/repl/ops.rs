@@ -542,7 +542,7 @@ fn reshape_target(func: &str, dims: &[i64], numel: usize) -> Result<Vec<usize>> 
     }
     let mut shape: Vec<usize> = dims.iter().map(|&d| d.max(0) as usize).collect();
     if let Some(i) = infer {
-        if known == 0 || numel % known != 0 {
+        if known == 0 || !numel.is_multiple_of(known) {
             return Err(value_err(format!("{func}(): shape {dims:?} is invalid for a tensor of {numel} elements")));
         }
         shape[i] = numel / known;

@@ -177,42 +177,21 @@ unsafe fn group_impl<const NB: usize, const FMA: bool>(
     }
 }
 
-/// [`group_impl`] for AVX2 + FMA when the CPU has them.
-///
-/// # Safety
-/// As for [`group_impl`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn group<const NB: usize>(
-    g: &ConvGeom,
-    ph: &Phases,
-    planes: &[f32],
-    wpk: &[f32],
-    ni: usize,
-    gi: usize,
-    epi: &Epilogue<'_>,
-    out: SyncPtr,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            #[target_feature(enable = "avx2,fma")]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn fast<const NB: usize>(
-                g: &ConvGeom,
-                ph: &Phases,
-                planes: &[f32],
-                wpk: &[f32],
-                ni: usize,
-                gi: usize,
-                epi: &Epilogue<'_>,
-                out: SyncPtr,
-            ) {
-                group_impl::<NB, true>(g, ph, planes, wpk, ni, gi, epi, out)
-            }
-            return fast::<NB>(g, ph, planes, wpk, ni, gi, epi, out);
-        }
-    }
-    group_impl::<NB, false>(g, ph, planes, wpk, ni, gi, epi, out)
+crate::multiversion! {
+    /// [`group_impl`], compiled for the CPU's vector extension ([`crate::simd`]).
+    ///
+    /// # Safety
+    /// As for [`group_impl`].
+    unsafe fn group<const NB: usize>(
+        g: &ConvGeom,
+        ph: &Phases,
+        planes: &[f32],
+        wpk: &[f32],
+        ni: usize,
+        gi: usize,
+        epi: &Epilogue<'_>,
+        out: SyncPtr,
+    ) = group_impl, up to Avx2;
 }
 
 /// The forward pass into `out` (`[n, cout, oh, ow]`), parallel over (image, group) pairs.

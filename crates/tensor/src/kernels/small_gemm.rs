@@ -130,33 +130,44 @@ unsafe fn dots_impl<const FMA: bool>(
     }
 }
 
-macro_rules! dispatch {
-    ($name:ident, $impl:ident, ($($arg:ident: $ty:ty),*)) => {
-        /// Runtime-dispatched entry (AVX2 + FMA when the CPU has them).
-        ///
-        /// # Safety
-        /// As for the generic implementation: `c` is valid for the written block and private
-        /// to this call.
-        #[allow(clippy::too_many_arguments)]
-        pub(crate) unsafe fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    #[target_feature(enable = "avx2,fma")]
-                    #[allow(clippy::too_many_arguments)]
-                    unsafe fn fast($($arg: $ty),*) {
-                        $impl::<true>($($arg),*)
-                    }
-                    return fast($($arg),*);
-                }
-            }
-            $impl::<false>($($arg),*)
-        }
-    };
+crate::multiversion! {
+    /// [`rows_impl`], compiled for the CPU's vector extension ([`crate::simd`]).
+    ///
+    /// # Safety
+    /// As for [`rows_impl`]: `c` is valid for the written block and private to this call.
+    pub(crate) unsafe fn rows_gemm(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: *const f32,
+        ars: usize,
+        acs: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) = rows_impl, up to Avx2;
 }
 
-dispatch!(rows_gemm, rows_impl, (m: usize, n: usize, k: usize, a: *const f32, ars: usize, acs: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, accumulate: bool));
-dispatch!(dots_gemm, dots_impl, (m: usize, n: usize, k: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, accumulate: bool));
+crate::multiversion! {
+    /// [`dots_impl`], compiled for the CPU's vector extension ([`crate::simd`]).
+    ///
+    /// # Safety
+    /// As for [`dots_impl`]: `c` is valid for the written block and private to this call.
+    pub(crate) unsafe fn dots_gemm(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) = dots_impl, up to Avx2;
+}
 
 #[cfg(test)]
 mod tests {

@@ -69,7 +69,7 @@ fn kernel_1d(k: [f32; 3]) -> [f32; 6] {
 
 /// The transform of output channel `co`'s kernels into `local` (`[36][cin]`).
 #[inline(always)]
-fn transform_kernels_impl(w: &[f32], co: usize, cin: usize, local: &mut [f32]) {
+fn transform_kernels_impl<const FMA: bool>(w: &[f32], co: usize, cin: usize, local: &mut [f32]) {
     for c0 in (0..cin).step_by(L) {
         let lanes = L.min(cin - c0);
         // g[r][c][lane]: tap (r, c) of input channel c0 + lane.
@@ -100,19 +100,9 @@ fn transform_kernels_impl(w: &[f32], co: usize, cin: usize, local: &mut [f32]) {
     }
 }
 
-fn transform_kernels(w: &[f32], co: usize, cin: usize, local: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") {
-            #[target_feature(enable = "avx2")]
-            unsafe fn fast(w: &[f32], co: usize, cin: usize, local: &mut [f32]) {
-                transform_kernels_impl(w, co, cin, local)
-            }
-            // SAFETY: the CPU has AVX2.
-            return unsafe { fast(w, co, cin, local) };
-        }
-    }
-    transform_kernels_impl(w, co, cin, local)
+crate::multiversion! {
+    /// [`transform_kernels_impl`], compiled for the CPU's vector extension ([`crate::simd`]).
+    unsafe fn transform_kernels(w: &[f32], co: usize, cin: usize, local: &mut [f32]) = transform_kernels_impl, up to Avx2;
 }
 
 /// `U = G g Gᵀ` for every (output, input) channel pair: `[36][cout][cin]`.
@@ -124,7 +114,8 @@ pub(crate) fn transform_weights(w: &[f32], cout: usize, cin: usize) -> Vec<f32> 
     // writes them as 36 contiguous runs (not 36 scattered floats per input channel).
     (0..cout).into_par_iter().for_each_init(Vec::new, |local: &mut Vec<f32>, co| {
         local.resize(T * cin, 0.0);
-        transform_kernels(w, co, cin, local);
+        // SAFETY: a plain slice computation; no contract beyond the types.
+        unsafe { transform_kernels(w, co, cin, local) };
         for xi in 0..T {
             // SAFETY: row `co` of every position's plane is written by this iteration only.
             unsafe {
@@ -248,7 +239,7 @@ fn patch(g: &ConvGeom, tl: &Tiling, t: usize) -> Patch {
 /// channels' entries.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn transform_input_impl(
+unsafe fn transform_input_impl<const FMA: bool>(
     g: &ConvGeom,
     tl: &Tiling,
     x: &[f32],
@@ -329,7 +320,7 @@ unsafe fn transform_input_impl(
 /// `out` must point at the whole output, and no other thread may write these tiles.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn transform_output_impl(
+unsafe fn transform_output_impl<const FMA: bool>(
     g: &ConvGeom,
     tl: &Tiling,
     m: &[f32],
@@ -404,83 +395,38 @@ unsafe fn transform_output_impl(
     }
 }
 
-/// [`transform_input_impl`], with AVX2 when the CPU has it.
-///
-/// # Safety
-/// As for [`transform_input_impl`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn transform_input(
-    g: &ConvGeom,
-    tl: &Tiling,
-    x: &[f32],
-    t0: usize,
-    len: usize,
-    channels: Range<usize>,
-    v: SyncPtr,
-    v_len: usize,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") {
-            #[target_feature(enable = "avx2")]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn fast(
-                g: &ConvGeom,
-                tl: &Tiling,
-                x: &[f32],
-                t0: usize,
-                len: usize,
-                channels: Range<usize>,
-                v: SyncPtr,
-                v_len: usize,
-            ) {
-                transform_input_impl(g, tl, x, t0, len, channels, v, v_len)
-            }
-            // SAFETY: the CPU has AVX2; the rest is the caller's contract.
-            return fast(g, tl, x, t0, len, channels, v, v_len);
-        }
-    }
-    transform_input_impl(g, tl, x, t0, len, channels, v, v_len)
+crate::multiversion! {
+    /// [`transform_input_impl`], compiled for the CPU's vector extension ([`crate::simd`]).
+    ///
+    /// # Safety
+    /// As for [`transform_input_impl`].
+    unsafe fn transform_input(
+        g: &ConvGeom,
+        tl: &Tiling,
+        x: &[f32],
+        t0: usize,
+        len: usize,
+        channels: Range<usize>,
+        v: SyncPtr,
+        v_len: usize,
+    ) = transform_input_impl, up to Avx2;
 }
 
-/// [`transform_output_impl`], with AVX2 when the CPU has it.
-///
-/// # Safety
-/// As for [`transform_output_impl`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn transform_output(
-    g: &ConvGeom,
-    tl: &Tiling,
-    m: &[f32],
-    t0: usize,
-    len: usize,
-    channels: Range<usize>,
-    epi: Epilogue<'_>,
-    out: SyncPtr,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") {
-            #[target_feature(enable = "avx2")]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn fast(
-                g: &ConvGeom,
-                tl: &Tiling,
-                m: &[f32],
-                t0: usize,
-                len: usize,
-                channels: Range<usize>,
-                epi: Epilogue<'_>,
-                out: SyncPtr,
-            ) {
-                transform_output_impl(g, tl, m, t0, len, channels, epi, out)
-            }
-            // SAFETY: the CPU has AVX2; the rest is the caller's contract.
-            return fast(g, tl, m, t0, len, channels, epi, out);
-        }
-    }
-    // SAFETY: the caller's contract.
-    transform_output_impl(g, tl, m, t0, len, channels, epi, out)
+crate::multiversion! {
+    /// [`transform_output_impl`], compiled for the CPU's vector extension ([`crate::simd`]).
+    ///
+    /// # Safety
+    /// As for [`transform_output_impl`].
+    unsafe fn transform_output(
+        g: &ConvGeom,
+        tl: &Tiling,
+        m: &[f32],
+        t0: usize,
+        len: usize,
+        channels: Range<usize>,
+        epi: Epilogue<'_>,
+        out: SyncPtr,
+    ) = transform_output_impl, up to Avx2;
 }
 
 /// `0..channels` cut into about `parts` ranges.
