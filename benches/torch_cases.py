@@ -302,6 +302,9 @@ def main():
     all_cases = cases()
     if args.list:
         print("\n".join(all_cases))
+        if DEVICE == "cpu" and have("safetensors"):
+            # Run by the xtask as whole processes of --predict.
+            print("predict-cold-resnet50")
         return
     if args.threads > 0:
         torch.set_num_threads(args.threads)

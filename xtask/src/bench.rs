@@ -577,6 +577,9 @@ pub fn run(o: &Options) -> Result<(), String> {
     };
     let torch_case = |name: &str| -> Result<Option<(Summary, Option<f64>)>, String> {
         let Some((py, names, _)) = &torch else { return Ok(None) };
+        if !names.iter().any(|n| n == name) {
+            return Ok(None);
+        }
         if name == PREDICT_COLD {
             let samples = time_processes(
                 || {
@@ -588,9 +591,6 @@ pub fn run(o: &Options) -> Result<(), String> {
                 process_runs,
             )?;
             return Ok(summarize(&samples).map(|s| (s, None)));
-        }
-        if !names.iter().any(|n| n == name) {
-            return Ok(None);
         }
         let mut cmd = Command::new(py);
         cmd.arg(&script).args(["--threads", &threads, "--device", torch_device]).arg(name);
