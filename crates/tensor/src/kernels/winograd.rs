@@ -26,10 +26,19 @@ const T: usize = 36;
 /// Most floats one chunk's transformed input (or output) holds (4 MiB).
 const CHUNK_BUDGET: usize = 1 << 20;
 /// Fewer tiles than this in all: the 36 products would be matrix-vector shaped, and streaming
-/// the transformed weights (4x the size of the kernel) would cost more than it saves. (ResNet's
-/// 7x7 maps at batch 1, four tiles, still gain: 512 channels 2.9 -> 2.4 ms on two threads.)
-const MIN_TILES: usize = 4;
-/// [`MIN_TILES`] when the weights' transform is computed on every call.
+/// the transformed weights (4x the size of the kernel) would cost more than it saves. Where the
+/// im2col products run the `gemm` crate's AVX-512 kernels, ResNet's 7x7 maps at batch 1 (four
+/// tiles) lose: `infer-resnet18-b1` took 28.1 ms with them on Winograd and 20.9 ms without, on an
+/// AVX-512 Xeon (its 512-channel layers read 36 MB of transformed weights each, against 9.4 MB).
+/// With AVX2 products they gained (512 channels 2.9 -> 2.4 ms on two threads, AMD EPYC Zen 3).
+fn min_tiles() -> usize {
+    if crate::simd::detected_simd_level() >= crate::simd::SimdLevel::Avx512 {
+        8
+    } else {
+        4
+    }
+}
+/// [`min_tiles`] when the weights' transform is computed on every call.
 const MIN_TILES_PER_CALL: usize = 32;
 /// Fewest tiles per chunk when chunks are made for the threads rather than by the budget.
 const MIN_CHUNK: usize = 64;
@@ -48,7 +57,7 @@ pub(crate) fn suits(g: &ConvGeom, kept: bool) -> bool {
     let plain = g.kh == 3 && g.kw == 3 && g.p.stride == [1, 1] && g.p.dilation == [1, 1] && g.p.groups == 1;
     let tiles = g.n * g.oh.div_ceil(4) * g.ow.div_ceil(4);
     let outputs = g.n * g.oh * g.ow;
-    let min_tiles = if kept { MIN_TILES } else { MIN_TILES_PER_CALL };
+    let min_tiles = if kept { min_tiles() } else { MIN_TILES_PER_CALL };
     plain && tiles >= min_tiles && 36 * tiles * 10 <= 9 * outputs * 6
 }
 
