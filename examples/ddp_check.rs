@@ -47,11 +47,7 @@ fn main() {
     // without all-reduce, DDP's no_sync; the second all-reduces the sum).
     for accumulate in [1, 2] {
         let mut ddp = trainer(rank as u64 + 1, mpi.clone(), accumulate);
-        for (x, y) in &batches {
-            let mine = x.narrow(0, 4 * rank, 4).expect("shard").contiguous();
-            let labels = y.narrow(0, 4 * rank, 4).expect("labels").contiguous();
-            ddp.step(&mine, &labels).expect("step");
-        }
+        train_on_shard(&mut ddp, &batches, rank);
         let got = weights(&ddp);
         let mut rank0 = got.clone();
         mpi.broadcast(&mut rank0, 0).expect("broadcast");
@@ -61,17 +57,13 @@ fn main() {
         }
         if rank == 0 {
             let mut single = trainer(1, Rc::new(SingleProcess), accumulate);
-            for (x, y) in &batches {
-                single.step(x, y).expect("step");
-            }
-            let want = weights(&single);
-            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+            train_on_all(&mut single, &batches);
+            let (err, verdict) = difference(&got, &weights(&single), 1e-5);
             println!(
-                "ddp ok (accumulate {accumulate}): {world} ranks x 4 images vs 1 x {}: max relative difference {err:.1e}",
+                "ddp {verdict} (accumulate {accumulate}): {world} ranks x 4 images vs 1 x {}: max relative difference {err:.1e}",
                 4 * world
             );
-            if err > 1e-5 {
+            if verdict != "ok" {
                 mpi.abort(1);
             }
         }
@@ -81,31 +73,48 @@ fn main() {
     resnet_rs::train::dist::sync_batch_norm(Some(mpi.clone()));
     let mut ddp = trainer(rank as u64 + 1, mpi.clone(), 1);
     ddp.model().train();
-    for (x, y) in &batches {
-        let mine = x.narrow(0, 4 * rank, 4).expect("shard").contiguous();
-        let labels = y.narrow(0, 4 * rank, 4).expect("labels").contiguous();
-        ddp.step(&mine, &labels).expect("step");
-    }
+    train_on_shard(&mut ddp, &batches, rank);
     resnet_rs::train::dist::sync_batch_norm(None);
     let got = state(&ddp);
     if rank == 0 {
         let mut single = trainer(1, Rc::new(SingleProcess), 1);
         single.model().train();
-        for (x, y) in &batches {
-            single.step(x, y).expect("step");
-        }
-        let want = state(&single);
-        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+        train_on_all(&mut single, &batches);
+        let (err, verdict) = difference(&got, &state(&single), 1e-4);
         println!(
-            "sync-bn ok: {world} ranks x 4 images vs 1 x {} in training mode: max relative difference {err:.1e}",
+            "sync-bn {verdict}: {world} ranks x 4 images vs 1 x {} in training mode: max relative difference {err:.1e}",
             4 * world
         );
-        if err > 1e-4 {
+        if verdict != "ok" {
             mpi.abort(1);
         }
     }
     mpi.barrier().expect("barrier");
+}
+
+/// One step per batch on this rank's 4 images of it.
+fn train_on_shard(t: &mut Trainer, batches: &[(Tensor, Tensor)], rank: usize) {
+    for (x, y) in batches {
+        let mine = x.narrow(0, 4 * rank, 4).expect("shard").contiguous();
+        let labels = y.narrow(0, 4 * rank, 4).expect("labels").contiguous();
+        t.step(&mine, &labels).expect("step");
+    }
+}
+
+/// One step per whole batch.
+fn train_on_all(t: &mut Trainer, batches: &[(Tensor, Tensor)]) {
+    for (x, y) in batches {
+        t.step(x, y).expect("step");
+    }
+}
+
+/// The largest difference of `got` from `want` over `want`'s largest magnitude, and "ok" when
+/// it is within `tolerance` (and the lengths agree), "FAILED" otherwise.
+fn difference(got: &[f32], want: &[f32], tolerance: f32) -> (f32, &'static str) {
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+    let ok = got.len() == want.len() && err <= tolerance;
+    (err, if ok { "ok" } else { "FAILED" })
 }
 
 /// Every float of the model's state: weights and batch-norm running statistics.

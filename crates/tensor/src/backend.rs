@@ -215,10 +215,11 @@ pub(crate) struct Host;
 /// The backend that runs `op` on `operands` (absent optional operands skipped): the host when
 /// all are on it, the GPU when all are on the same GPU, an error naming the devices otherwise.
 pub(crate) fn backend_for(op: &'static str, operands: &[Option<&Tensor>]) -> Result<&'static dyn Backend> {
-    let devices: Vec<Device> = operands.iter().flatten().map(|t| t.device()).collect();
-    let first = devices.first().copied().unwrap_or(Device::Cpu);
-    if devices.iter().any(|&d| d != first) {
-        let names: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
+    // Called by every op: no allocation unless the devices differ.
+    let mut devices = operands.iter().flatten().map(|t| t.device());
+    let first = devices.next().unwrap_or(Device::Cpu);
+    if devices.any(|d| d != first) {
+        let names: Vec<String> = operands.iter().flatten().map(|t| t.device().to_string()).collect();
         return Err(TensorError::DeviceMismatch { op, devices: names.join(", ") });
     }
     match first {

@@ -234,7 +234,10 @@ impl GradientBuckets {
             produce(&mut |param| {
                 let Some(&(bucket, offset)) = self.place.get(&param.id()) else { return Ok(()) };
                 if let Some(grad) = param.grad() {
-                    let values = grad.to_vec_f32()?;
+                    // Straight from the gradient's buffer into the bucket (a host gradient is
+                    // not copied first; a GPU one is read back once).
+                    let host = grad.to_device(tensor::Device::Cpu)?;
+                    let values = host.f32_data("gradient all-reduce")?;
                     sink.bucket(bucket)?[offset..offset + values.len()].copy_from_slice(&values);
                 }
                 filled[bucket] += 1;

@@ -164,7 +164,6 @@ impl ViewOps for Host {
 impl ElementwiseOps for Host {
     fn binary(&self, x: &Tensor, rhs: &Tensor, op: BinaryOp, shape: &[usize]) -> Result<Tensor> {
         let name = op.name();
-        let shape = shape.to_vec();
         match (&x.storage, &rhs.storage) {
             (Storage::F32(a), Storage::F32(b)) => {
                 if let (Some(x), Some(y)) = (a.as_slice(), b.as_slice()) {
@@ -174,11 +173,11 @@ impl ElementwiseOps for Host {
                         } else {
                             x.iter().zip(y).map(|(&p, &q)| op.f32(p, q)).collect()
                         };
-                        return Ok(Tensor::from_vec_unchecked(v, &shape));
+                        return Ok(Tensor::from_vec_unchecked(v, shape));
                     }
                 }
-                let av = a.broadcast(IxDyn(&shape)).ok_or_else(|| mismatch(name, a.shape(), &shape))?;
-                let bv = b.broadcast(IxDyn(&shape)).ok_or_else(|| mismatch(name, b.shape(), &shape))?;
+                let av = a.broadcast(IxDyn(shape)).ok_or_else(|| mismatch(name, a.shape(), shape))?;
+                let bv = b.broadcast(IxDyn(shape)).ok_or_else(|| mismatch(name, b.shape(), shape))?;
                 let zip = Zip::from(&av).and(&bv);
                 let out = if av.len() >= PARALLEL_THRESHOLD {
                     zip.par_map_collect(|&p, &q| op.f32(p, q))
@@ -188,8 +187,8 @@ impl ElementwiseOps for Host {
                 Ok(Tensor::from_f32_array(out))
             }
             (Storage::I64(a), Storage::I64(b)) => {
-                let av = a.broadcast(IxDyn(&shape)).ok_or_else(|| mismatch(name, a.shape(), &shape))?;
-                let bv = b.broadcast(IxDyn(&shape)).ok_or_else(|| mismatch(name, b.shape(), &shape))?;
+                let av = a.broadcast(IxDyn(shape)).ok_or_else(|| mismatch(name, a.shape(), shape))?;
+                let bv = b.broadcast(IxDyn(shape)).ok_or_else(|| mismatch(name, b.shape(), shape))?;
                 let mut failed = false;
                 let out = Zip::from(&av).and(&bv).map_collect(|&p, &q| {
                     op.i64(p, q).unwrap_or_else(|| {
