@@ -81,7 +81,6 @@ fn an_older_demo_dataset_in_the_default_folder_is_replaced() {
     assert!(stdout(&o).contains("replacing the demo dataset in runs/demo-data"), "{}", stdout(&o));
     assert!(stdout(&o).contains("generated the demo dataset in runs/demo-data (9000 training"), "{}", stdout(&o));
     assert_eq!(std::fs::read_dir(mine.join("train/circle")).unwrap().count(), 2, "the user's folder is untouched");
-    std::fs::remove_dir_all(&cwd).unwrap();
 }
 
 #[test]

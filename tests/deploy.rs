@@ -67,7 +67,6 @@ fn evaluate_prints_the_report_and_writes_the_confusion_matrix() {
         "{}",
         stderr(&o)
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -100,5 +99,4 @@ fn export_writes_an_onnx_file_and_refuses_bad_options() {
     );
     let o = resnet(&["export", "--weights", w.to_str().unwrap(), dir.join("model.bin").to_str().unwrap()]);
     assert!(!o.status.success() && stderr(&o).contains("must end in .onnx"), "{}", stderr(&o));
-    std::fs::remove_dir_all(&dir).unwrap();
 }

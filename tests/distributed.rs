@@ -57,7 +57,6 @@ fn resnet_train_under_mpirun_validates_the_whole_set_and_rank_0_alone_writes() {
     assert_eq!(report["images"], 18, "the validation set's 6 x 3 images, split over the ranks and summed");
     let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -76,7 +75,6 @@ fn a_rank_that_fails_ends_every_rank_naming_itself() {
     assert!(text(&o).contains("broken.jpg"), "{}", text(&o));
     assert!(started.elapsed() < Duration::from_secs(60), "the other rank was left waiting");
     assert!(!dir.join("run/checkpoint.safetensors").exists(), "nothing half-written");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The processes `mpirun` (`pid`) started.
@@ -135,7 +133,6 @@ fn a_killed_rank_ends_the_run_and_it_resumes() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("resuming"), "{}", text(&o));
     assert_eq!(train::Checkpoint::read(&out).unwrap().state.epoch, 40);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// With `--sync-bn`, 2 processes x batch 16 train as 1 process x batch 32 (the issue's
@@ -191,5 +188,4 @@ fn two_ranks_with_sync_bn_train_as_one_process_with_twice_the_batch() {
         }
     }
     eprintln!("largest relative weight difference: {worst:e}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -64,7 +64,6 @@ fn the_example_trains_a_folder_and_writes_the_commands_metrics() {
     }
     let usage = Command::new(example_binary()).output().unwrap();
     assert!(!usage.status.success() && String::from_utf8_lossy(&usage.stderr).contains("usage: train_folder"));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Two batches accumulated are one SGD step on the mean of their gradients: the same weights,
@@ -147,7 +146,6 @@ fn early_stopping_and_evaluation_every_n_batches() {
     assert_eq!(seen, ["eval 1:4 12", "end 1", "eval 2:4 12", "end 2", "eval 3:4 12", "end 3", "stop 3 2"]);
     let state = Checkpoint::read(&dir.join("run")).unwrap().state;
     assert_eq!((state.epoch, state.stale_epochs, state.rows.len()), (3, 2, 3));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Stopped inside an accumulation window, the run saves the window's start; resumed, it ends
@@ -184,5 +182,4 @@ fn a_run_stopped_inside_an_accumulation_window_resumes_to_the_same_weights() {
         tensor_bits(&dir.join("parts/last.safetensors")),
         "the resumed run's weights differ from the uninterrupted run's"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }

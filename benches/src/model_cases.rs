@@ -57,9 +57,9 @@ fn train(arch: Arch, batch: usize, size: usize, classes: usize) -> Prepared {
 }
 
 fn load(format: &'static str) -> Prepared {
-    let dir = std::env::temp_dir().join(format!("bench-load-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join(format!("resnet50.{format}"));
+    let dir = RemovedOnDrop(std::env::temp_dir().join(format!("bench-load-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).expect("temp dir");
+    let path = dir.0.join(format!("resnet50.{format}"));
     let model = Arch::Resnet50.config(1000).build(Init::Torchvision(0)).expect("zoo model");
     let sd = model.state_dict();
     match format {
@@ -68,11 +68,21 @@ fn load(format: &'static str) -> Prepared {
     }
     Prepared {
         run: Box::new(move || {
+            let _keep = &dir;
             let sd = resnet::read_weights(&path).expect("read");
             resnet::load_strict(&model, &sd).expect("load");
         }),
         flops: None,
         images: None,
+    }
+}
+
+/// A folder removed, with the ~100 MB of weights in it, when the case that owns it is dropped.
+struct RemovedOnDrop(std::path::PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

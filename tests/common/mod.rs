@@ -19,12 +19,41 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// An empty folder of this test process: `<temp>/resnet-<tag>-<pid>`.
-pub fn temp_dir(tag: &str) -> PathBuf {
+/// An empty folder of this test process, `<temp>/resnet-<tag>-<pid>`, removed with everything in
+/// it when the guard is dropped (a training run leaves about 200 MB; CI machines share a disk).
+pub fn temp_dir(tag: &str) -> TempDir {
     let d = std::env::temp_dir().join(format!("resnet-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TempDir(d)
+}
+
+/// See [`temp_dir`]; dereferences to the folder's path.
+pub struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<OsStr> for TempDir {
+    fn as_ref(&self) -> &OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A committed PyTorch fixture of the resnet crate.
@@ -46,7 +75,8 @@ pub fn infer_fixture_without_arch(tag: &str) -> (Vec<f32>, Vec<f32>, f32) {
 }
 
 fn infer_fixture_with(tag: &str, extra: &[&str]) -> (Vec<f32>, Vec<f32>, f32) {
-    let out = temp_dir(tag).join("y.npy");
+    let dir = temp_dir(tag);
+    let out = dir.join("y.npy");
     let (weights, input) = (torch_fixture("resnet18.pth"), torch_fixture("input.npy"));
     let mut args = vec!["infer", "--weights", weights.to_str().unwrap()];
     args.extend(["--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()]);
