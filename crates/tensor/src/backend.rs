@@ -3,9 +3,10 @@
 //! Every public op validates its arguments (shapes, dtypes, hyper-parameters) once, asks
 //! [`backend_for`] for the backend of its operands' device, and makes one call. The backend is
 //! a set of traits, one per kernel family, each implemented by [`Host`] (in the file of that
-//! family's host kernels) and, with a GPU feature, by `gpu::Gpu` (in `gpu/backend.rs`). A
-//! kernel a GPU lacks is a compile error, not a run-time surprise: the GPU implementation must
-//! say what it does for every method, if only that it refuses.
+//! family's host kernels) and, with a GPU feature, by `gpu::Gpu` (in the family's file under
+//! `gpu/`, beside its `#[cube]` kernels). A kernel a GPU lacks is a compile error, not a
+//! run-time surprise: the GPU implementation must say what it does for every method, if only
+//! that it refuses.
 //!
 //! To add an op: declare it in its family's trait here, implement it for [`Host`] and for
 //! `gpu::Gpu`, and write the public function (validate, `backend_for`, call). To add a device:

@@ -42,7 +42,6 @@ mod error;
 mod gpu;
 mod kernels;
 mod npy;
-mod op_codes;
 pub mod reference;
 mod rng;
 mod shape;
