@@ -14,7 +14,8 @@ compared with: `frozen:infer-X` (torch.jit.freeze + optimize_for_inference) and 
 load cases read the same format as ours (safetensors through safetensors.torch; .pth through
 torch.load). peak_rss_mb is net of `import torch` (what the process holds before any case).
 
-On cuda, TF32 is off (our kernels compute in plain f32) and every timed run ends with
+On cuda, TF32 is off (our kernels compute in plain f32; `--tf32 default` keeps PyTorch's
+defaults, where cuDNN's convolutions may use TF32) and every timed run ends with
 torch.cuda.synchronize(), as ours end by reading a result back.
 
 `cargo xtask bench --vs-torch` runs it interleaved with our cases.
@@ -208,11 +209,13 @@ def gpu_cases():
     c = {}
     for name, arch, batch in [("infer-resnet18-b1", "resnet18", 1), ("infer-resnet50-b1", "resnet50", 1),
                               ("infer-resnet50-b8", "resnet50", 8), ("infer-resnext50-b1", "resnext50_32x4d", 1),
-                              ("infer-resnet50-b1-unfused", "resnet50", 1), ("infer-resnet50-b64", "resnet50", 64)]:
+                              ("infer-resnet50-b1-unfused", "resnet50", 1), ("infer-resnet18-b64", "resnet18", 64),
+                              ("infer-resnet50-b64", "resnet50", 64)]:
         c[name] = infer_case(arch, batch)
     c["train-resnet18-b16"] = train_case("resnet18", 16, 224, 1000)
     c["train-resnet50-b8"] = train_case("resnet50", 8, 224, 1000)
     c["train-resnet18-b64-64px"] = train_case("resnet18", 64, 64, 10)
+    c["train-resnet18-b64"] = train_case("resnet18", 64, 224, 1000)
     c["train-resnet50-b64"] = train_case("resnet50", 64, 224, 1000)
     return c
 
@@ -279,6 +282,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--tf32", default="off", choices=["off", "default"],
+                    help="on cuda: TF32 off (plain f32, as our kernels) or PyTorch's defaults")
     ap.add_argument("--versions", action="store_true")
     ap.add_argument("--predict", nargs=2, metavar=("WEIGHTS", "IMAGE"))
     ap.add_argument("names", nargs="*")
@@ -296,8 +301,10 @@ def main():
         if not torch.cuda.is_available():
             print("torch_cases: CUDA is not available to this PyTorch", file=sys.stderr)
             sys.exit(3)
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        if args.tf32 == "off":
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        # else PyTorch's defaults: cuDNN's convolutions may use TF32, matmul does not.
         torch.backends.cudnn.benchmark = True
     all_cases = cases()
     if args.list:

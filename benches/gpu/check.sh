@@ -2,8 +2,9 @@
 # The GPU check, run on the machine with the GPU (after benches/gpu/build.sh here): one script,
 # about ten minutes at most.
 #   (a) the device test suites on CUDA (every op, and training steps, against the host);
-#   (b) train-resnet50-b64 and infer-resnet50-b64 at 224x224, ours on CUDA against PyTorch on
-#       the same GPU (cuDNN; TF32 off on both sides, plain f32), and the ratios.
+#   (b) ResNet-18 and ResNet-50 training and inference, batch 64 at 224x224, ours on CUDA (plain
+#       f32: no TF32 anywhere) against PyTorch on the same GPU twice: TF32 off (like for like)
+#       and PyTorch's defaults (cuDNN's convolutions may use TF32), and the ratios.
 # Results are printed as a markdown table for the book's benchmark chapter.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -30,12 +31,14 @@ for t in tensor-device nn-device; do
     timeout 240 "$bin/$t" --test-threads 1 2>&1 | tail -4 || status=1
 done
 
-echo "== (b) ResNet-50, batch 64, 224x224: ours on cuda vs PyTorch on cuda"
-cases="infer-resnet50-b64 train-resnet50-b64"
+echo "== (b) ResNet-18 and ResNet-50, batch 64, 224x224: ours on cuda vs PyTorch on cuda"
+cases="infer-resnet18-b64 infer-resnet50-b64 train-resnet18-b64 train-resnet50-b64"
 results=$(mktemp)
 for c in $cases; do
-    timeout 150 "$bin/bench-cases" --device cuda --quick "$c" | tail -1 | sed 's/^/ours /' >> "$results" || status=1
-    timeout 150 "$py" benches/torch_cases.py --device cuda --quick "$c" | tail -1 | sed 's/^/torch /' >> "$results" || status=1
+    timeout 120 "$bin/bench-cases" --device cuda --quick "$c" | tail -1 | sed 's/^/ours /' >> "$results" || status=1
+    timeout 90 "$py" benches/torch_cases.py --device cuda --quick "$c" | tail -1 | sed 's/^/torch /' >> "$results" || status=1
+    timeout 90 "$py" benches/torch_cases.py --device cuda --tf32 default --quick "$c" | tail -1 |
+        sed 's/^/torch-tf32 /' >> "$results" || status=1
 done
 "$py" - "$results" <<'PY'
 import json, statistics, sys
@@ -47,13 +50,14 @@ for line in open(sys.argv[1]):
     except ValueError:
         continue
     rows.setdefault(r["name"], {})[side] = statistics.median(r["samples"])
-print("| case | ours (ms) | PyTorch (ms) | ours / PyTorch time | images/s ours | images/s PyTorch |")
-print("|---|---|---|---|---|---|")
+print("| case | ours, f32 (ms) | PyTorch, TF32 off (ms) | PyTorch, defaults (ms) | images/s ours "
+      "| images/s PyTorch off / defaults | ours / PyTorch images/s, off / defaults |")
+print("|---|---|---|---|---|---|---|")
 for name, r in rows.items():
-    o, t = r.get("ours"), r.get("torch")
+    o, t, d = r.get("ours"), r.get("torch"), r.get("torch-tf32")
     fmt = lambda v: f"{v * 1000:.1f}" if v else "-"
-    ratio = f"{o / t:.2f}x" if o and t else "-"
     ips = lambda v: f"{64 / v:.0f}" if v else "-"
-    print(f"| {name} | {fmt(o)} | {fmt(t)} | {ratio} | {ips(o)} | {ips(t)} |")
+    ratio = lambda v: f"{v / o:.2f}x" if o and v else "-"
+    print(f"| {name} | {fmt(o)} | {fmt(t)} | {fmt(d)} | {ips(o)} | {ips(t)} / {ips(d)} | {ratio(t)} / {ratio(d)} |")
 PY
 exit $status

@@ -110,7 +110,9 @@ pub(crate) fn cases() -> Vec<Case> {
     add("train-resnet18-b64-64px", Box::new(|| train(Arch::Resnet18, 64, 64, 10)));
     if crate::device().is_gpu() {
         // The GPU issue's cases: batch 64 at 224, too large to be worth running on two cores.
+        add("infer-resnet18-b64", Box::new(|| infer(Arch::Resnet18, 64, true)));
         add("infer-resnet50-b64", Box::new(|| infer(Arch::Resnet50, 64, true)));
+        add("train-resnet18-b64", Box::new(|| train(Arch::Resnet18, 64, 224, 1000)));
         add("train-resnet50-b64", Box::new(|| train(Arch::Resnet50, 64, 224, 1000)));
     } else {
         add("load-resnet50", Box::new(|| load("safetensors")));
