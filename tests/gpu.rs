@@ -64,6 +64,34 @@ fn infer_on_the_gpu_matches_pytorch() {
     }
 }
 
+/// Full-width ResNet-18 (torchvision's initialisation, a 224x224 input), eval mode: the GPU's
+/// logits are the host's to 1e-4 of their largest magnitude, through the products cubek runs.
+/// Ignored: about half a minute on lavapipe. `cargo test --profile ci --features wgpu --test gpu
+/// -- --ignored`.
+#[test]
+#[ignore]
+fn full_width_resnet18_logits_match_the_host() {
+    if !wgpu_usable() {
+        return;
+    }
+    use nn::{Module, ModuleExt};
+    use tensor::{Device, Rng, Tensor};
+    let model = resnet::Arch::Resnet18.build(1000, 0).unwrap();
+    model.eval();
+    let x = Tensor::randn(&[2, 3, 224, 224], &mut Rng::seed(1));
+    let logits = |device: Device| {
+        model.to_device(device).unwrap();
+        let xv = nn::Var::constant(x.to_device(device).unwrap());
+        let y = nn::with_no_grad(|| model.forward(&xv)).unwrap().value();
+        y.to_device(Device::Cpu).unwrap().to_vec_f32().unwrap()
+    };
+    let (host, gpu) = (logits(Device::Cpu), logits(Device::Wgpu));
+    let scale = host.iter().fold(1f32, |m, v| m.max(v.abs()));
+    for (i, (g, h)) in gpu.iter().zip(&host).enumerate() {
+        assert!((g - h).abs() <= 1e-4 * scale, "logit {i}: gpu {g} vs host {h} (scale {scale})");
+    }
+}
+
 /// `epoch,train_loss,train_acc,val_loss,val_acc,...` rows of a run's metrics.csv.
 fn metrics(out: &Path) -> Vec<Vec<f64>> {
     let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();

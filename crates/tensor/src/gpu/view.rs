@@ -108,7 +108,7 @@ pub(super) fn broadcast_strides(shape: &[usize], out_shape: &[usize]) -> Vec<usi
 }
 
 /// Materialises the view `out[idx] = x[offset + sum idx_d * strides_d]` of shape `out_shape`.
-fn strided_copy(x: &GpuArray, out_shape: &[usize], strides: &[usize], offset: usize) -> Result<GpuArray> {
+pub(super) fn strided_copy(x: &GpuArray, out_shape: &[usize], strides: &[usize], offset: usize) -> Result<GpuArray> {
     const OP: &str = "strided_copy";
     on_runtime!(x.device, R => {
         let client = client::<R>()?;
