@@ -9,6 +9,43 @@ use nn::{
 };
 use tensor::{FanMode, Nonlinearity, Pool2dParams, Rng, Tensor};
 
+/// `conv -> bn (-> + residual) (-> relu)`, as torchvision's blocks compose them. In evaluation
+/// without gradients (`no_grad`, the usual inference), on the host, it is one pass: the
+/// convolution applies the batch norm (its running statistics as a per-channel scale and
+/// shift), the residual and the ReLU to each output tile as it writes it (`conv2d_affine`),
+/// instead of three more passes over the activations. Otherwise, and whenever autograd records,
+/// the modules run one after another. Both give the same values to rounding.
+fn conv_bn(conv: &Conv2d, bn: &BatchNorm2d, x: &Var, residual: Option<&Var>, relu: bool) -> nn::Result<Var> {
+    let input = x.value();
+    if !nn::is_grad_enabled() && input.device() == tensor::Device::Cpu && !bn.is_training() {
+        if let (Some(mean), Some(var)) = (&bn.running_mean, &bn.running_var) {
+            let (gamma, beta) = (bn.weight.as_ref().map(Var::value), bn.bias.as_ref().map(Var::value));
+            let (scale, mut shift) = tensor::batch_norm_eval_scale_shift(
+                gamma.as_ref(),
+                beta.as_ref(),
+                &mean.value(),
+                &var.value(),
+                bn.eps,
+            )?;
+            if let Some(b) = &conv.bias {
+                // (conv + b) * scale + shift
+                shift = b.value().mul(&scale)?.add(&shift)?;
+            }
+            let r = residual.map(Var::value);
+            let y = tensor::conv2d_affine(&input, &conv.weight.value(), &scale, &shift, conv.params, r.as_ref(), relu)?;
+            return Ok(Var::constant(y));
+        }
+    }
+    let mut out = bn.forward(&conv.forward(x)?)?;
+    if let Some(r) = residual {
+        out = out.add(r)?;
+    }
+    if relu {
+        out = out.relu()?;
+    }
+    Ok(out)
+}
+
 /// The residual block type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockKind {
@@ -261,7 +298,7 @@ impl Module for Downsample {
         "Sequential"
     }
     fn forward(&self, x: &Var) -> nn::Result<Var> {
-        self.bn.forward(&self.conv.forward(x)?)
+        conv_bn(&self.conv, &self.bn, x, None, false)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         vec![("0".into(), &self.conv as &dyn Module), ("1".into(), &self.bn)]
@@ -346,18 +383,17 @@ impl Module for Block {
     }
     fn forward(&self, x: &Var) -> nn::Result<Var> {
         let path = self.main_path();
-        let mut out = x.clone();
-        for (i, (conv, bn)) in path.iter().enumerate() {
-            out = bn.forward(&conv.forward(&out)?)?;
-            if i + 1 < path.len() {
-                out = out.relu()?;
-            }
-        }
         let identity = match self.downsample() {
             Some(d) => d.forward(x)?,
             None => x.clone(),
         };
-        out.add(&identity)?.relu()
+        let mut out = x.clone();
+        for (i, (conv, bn)) in path.iter().enumerate() {
+            // The last conv adds the identity before its ReLU.
+            let residual = (i + 1 == path.len()).then_some(&identity);
+            out = conv_bn(conv, bn, &out, residual, true)?;
+        }
+        Ok(out)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         let mut v: Vec<(String, &dyn Module)> = Vec::new();
@@ -439,7 +475,7 @@ impl ResNet {
     /// The last stage's output (`layer4`), `[batch, feature_channels, h, w]`: the feature map
     /// before the global pool (what Grad-CAM explains).
     pub fn feature_map(&self, x: &Var) -> nn::Result<Var> {
-        let h = self.maxpool.forward(&self.bn1.forward(&self.conv1.forward(x)?)?.relu()?)?;
+        let h = self.maxpool.forward(&conv_bn(&self.conv1, &self.bn1, x, None, true)?)?;
         self.stages.iter().try_fold(h, |h, s| s.forward(&h))
     }
 

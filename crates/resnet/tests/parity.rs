@@ -32,6 +32,10 @@ fn every_architecture_matches_torchvision_from_safetensors() {
         assert_close(&format!("{name} fused logits"), &fused, &want, 1e-4);
         // Folding BN into the conv changes only the rounding: fused and plain eval agree to 1e-5.
         assert_close(&format!("{name} fused vs plain"), &fused, &plain, 1e-5);
+        // With gradients on, each module runs by itself (autograd records them); without, each
+        // conv applies its batch norm, residual and ReLU as it writes: the same values.
+        let recorded = model.forward(&Var::constant(x.clone())).unwrap().value();
+        assert_close(&format!("{name} recorded vs no-grad"), &recorded, &plain, 1e-5);
     }
 }
 

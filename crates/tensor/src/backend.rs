@@ -14,7 +14,7 @@
 
 use crate::error::{Result, TensorError};
 use crate::kernels::batch_norm::{BatchNormGrads, BatchNormTrain};
-use crate::kernels::conv::ConvGeom;
+use crate::kernels::conv::{ConvEpilogue, ConvGeom};
 use crate::kernels::optim::{AdamScalars, SgdScalars};
 use crate::kernels::pool::PoolGeom;
 use crate::tensor::{BinaryOp, UnaryOp};
@@ -84,17 +84,14 @@ pub(crate) trait MatmulOps {
 
 /// Convolution, forward and backward.
 pub(crate) trait ConvOps {
-    /// The convolution of `g` (shapes checked), then `+ bias`, `+ residual`, ReLU. A prepared
-    /// convolution passes the cache of its Winograd weights.
-    #[allow(clippy::too_many_arguments)]
+    /// The convolution of `g` (shapes checked), then its epilogue (`* scale + bias`,
+    /// `+ residual`, ReLU). A prepared convolution passes the cache of its Winograd weights.
     fn conv2d(
         &self,
         g: &ConvGeom,
         input: &Tensor,
         weight: &Tensor,
-        bias: Option<&Tensor>,
-        residual: Option<&Tensor>,
-        relu: bool,
+        epilogue: ConvEpilogue<'_>,
         winograd_cache: Option<&OnceLock<Vec<f32>>>,
     ) -> Result<Tensor>;
     /// The input's gradient.

@@ -53,12 +53,12 @@ pub use device::Device;
 pub use dtype::DType;
 pub use error::{Result, TensorError};
 pub use kernels::batch_norm::{
-    batch_norm_eval, batch_norm_eval_backward, batch_norm_train, batch_norm_train_backward, fold_batch_norm,
-    BatchNormGrads, BatchNormTrain,
+    batch_norm_eval, batch_norm_eval_backward, batch_norm_eval_scale_shift, batch_norm_train,
+    batch_norm_train_backward, fold_batch_norm, BatchNormGrads, BatchNormTrain,
 };
 pub use kernels::conv::{
-    conv2d, conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight, conv2d_fused, conv2d_macs,
-    conv2d_output_shape, Conv2dParams, PreparedConv,
+    conv2d, conv2d_affine, conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight, conv2d_fused,
+    conv2d_macs, conv2d_output_shape, Conv2dParams, PreparedConv,
 };
 pub use kernels::optim::{adam_step, sgd_step, AdamStep, SgdStep};
 pub use kernels::pool::{

@@ -181,6 +181,50 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// `conv2d_affine` (an evaluation batch norm as the epilogue: `* scale + shift`, then the
+    /// residual and ReLU) on every forward path — Winograd (stride-1 3x3, large maps), im2col,
+    /// whole-image blocks (small maps), the direct grouped conv — against the f64 oracle.
+    #[test]
+    fn affine_epilogue_matches_reference(
+        n in 1usize..=3, cin_g in 1usize..=12, cout_g in 1usize..=12, groups in 1usize..=4, size in 3usize..=24,
+        k in prop::sample::select(vec![1usize, 3]), stride in 1usize..=2, residual in any::<bool>(), relu in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let (cin, cout) = (cin_g * groups, cout_g * groups);
+        let x = randn(&[n, cin, size, size], seed);
+        let wt = randn(&[cout, cin_g, k, k], seed + 1);
+        let (scale, shift) = (randn(&[cout], seed + 2), randn(&[cout], seed + 3));
+        let p = Conv2dParams::new().padding(k / 2).stride(stride).groups(groups);
+        let (conv, shape) = reference::conv2d(&f64s(&x), [n, cin, size, size], &f64s(&wt), [cout, cin_g, k, k], None, p);
+        let res = randn(&shape, seed + 4);
+        let (sc, sh, r) = (f64s(&scale), f64s(&shift), f64s(&res));
+        let plane = shape[2] * shape[3];
+        let want: Vec<f64> = conv
+            .iter()
+            .enumerate()
+            .map(|(i, &y)| {
+                let c = (i / plane) % cout;
+                let v = y * sc[c] + sh[c] + if residual { r[i] } else { 0.0 };
+                if relu { v.max(0.0) } else { v }
+            })
+            .collect();
+        let got = tensor::conv2d_affine(&x, &wt, &scale, &shift, p, residual.then_some(&res), relu).unwrap();
+        assert_eq!(got.shape(), &shape);
+        assert_close(&format!("{n}x{cin}x{size}x{size} -> {cout}, k {k}, stride {stride}, groups {groups}"), &got.to_vec_f32().unwrap(), &want, 1e-5);
+    }
+}
+
+#[test]
+fn affine_epilogue_refuses_a_scale_of_the_wrong_length() {
+    let (x, w) = (Tensor::zeros(&[1, 4, 5, 5]), Tensor::zeros(&[2, 4, 1, 1]));
+    let err =
+        tensor::conv2d_affine(&x, &w, &Tensor::zeros(&[3]), &Tensor::zeros(&[2]), Conv2dParams::new(), None, false);
+    assert!(err.unwrap_err().to_string().contains("scale"));
+}
+
 /// `dx[n, ci, y, x] = sum over co, ki, kj of dy[n, co, y - ki + pad, x - kj + pad] w[co, ci, ki, kj]`
 /// for a stride-1 3x3 conv, by direct loops in f64.
 fn grad_input_3x3(dy: &[f64], w: &[f64], [n, cin, h, wd]: [usize; 4], cout: usize, pad: usize) -> Vec<f64> {

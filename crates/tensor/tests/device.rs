@@ -171,12 +171,13 @@ proptest! {
         let xs = [n, cin_g * groups, h, w];
         let ws = [cout_g * groups, cin_g, k, k];
         let Ok(out) = conv2d_output_shape(&xs, &ws, p) else { return Ok(()) };
-        let inputs = [randn(&xs, seed), randn(&ws, seed + 1), randn(&[ws[0]], seed + 2), randn(&out, seed + 3), randn(&out, seed + 4)];
+        let inputs = [randn(&xs, seed), randn(&ws, seed + 1), randn(&[ws[0]], seed + 2), randn(&out, seed + 3), randn(&out, seed + 4), randn(&[ws[0]], seed + 5)];
         check_all(&inputs, |t| {
             let b = bias.then_some(&t[2]);
             Ok(vec![
                 conv2d(&t[0], &t[1], b, p)?,
                 conv2d_fused(&t[0], &t[1], b, p, Some(&t[4]), relu)?,
+                conv2d_affine(&t[0], &t[1], &t[5], &t[2], p, bias.then_some(&t[4]), relu)?,
                 conv2d_backward_input(&t[3], &t[1], &xs, p)?,
                 conv2d_backward_weight(&t[0], &t[3], &ws, p)?,
                 conv2d_backward_bias(&t[3])?,

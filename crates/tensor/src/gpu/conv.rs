@@ -11,7 +11,7 @@ use super::view::strided_copy;
 use super::{Gpu, GpuArray};
 use crate::backend::ConvOps;
 use crate::error::Result;
-use crate::kernels::conv::ConvGeom;
+use crate::kernels::conv::{ConvEpilogue, ConvGeom};
 use crate::{DType, Tensor};
 use cubecl::prelude::*;
 use cubecl::server::Handle;
@@ -140,15 +140,17 @@ fn im2col<R: GpuRuntime>(
 }
 
 /// Convolution forward, then the optional per-channel bias, residual and ReLU.
-fn conv2d(
-    x: &GpuArray,
-    w: &GpuArray,
-    bias: Option<&GpuArray>,
-    residual: Option<&GpuArray>,
+/// The per-channel scale and bias, residual and ReLU a convolution applies to its output.
+#[derive(Clone, Copy, Default)]
+struct GpuEpilogue<'a> {
+    scale: Option<&'a GpuArray>,
+    bias: Option<&'a GpuArray>,
+    residual: Option<&'a GpuArray>,
     relu: bool,
-    s: &ConvGeom,
-    images_per_chunk: usize,
-) -> Result<GpuArray> {
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv2d(x: &GpuArray, w: &GpuArray, epi: GpuEpilogue<'_>, s: &ConvGeom, images_per_chunk: usize) -> Result<GpuArray> {
     on_runtime!(x.device, R => {
         let client = client::<R>()?;
         let (kg, og, p) = (s.k(), s.cout_g, s.out_hw());
@@ -198,10 +200,10 @@ fn conv2d(
             }
         }
         let out = new_array::<R>(out, &[s.n, s.cout, s.oh, s.ow], DType::F32);
-        if bias.is_none() && residual.is_none() && !relu {
+        if epi.scale.is_none() && epi.bias.is_none() && epi.residual.is_none() && !epi.relu {
             return Ok(out);
         }
-        channel_affine(&out, None, bias, residual, relu)
+        channel_affine(&out, epi.scale, epi.bias, epi.residual, epi.relu)
     })
 }
 
@@ -336,21 +338,20 @@ impl ConvOps for Gpu {
         g: &ConvGeom,
         input: &Tensor,
         weight: &Tensor,
-        bias: Option<&Tensor>,
-        residual: Option<&Tensor>,
-        relu: bool,
+        epilogue: ConvEpilogue<'_>,
         _winograd_cache: Option<&OnceLock<Vec<f32>>>,
     ) -> Result<Tensor> {
         const OP: &str = "conv2d";
-        let out = conv2d(
-            input.gpu_f32(OP)?,
-            weight.gpu_f32(OP)?,
-            bias.map(|b| b.gpu_f32(OP)).transpose()?,
-            residual.map(|r| r.gpu_f32(OP)).transpose()?,
-            relu,
-            g,
-            g.gpu_chunk(),
-        )?;
+        fn on_gpu(t: Option<&Tensor>) -> Result<Option<&GpuArray>> {
+            t.map(|t| t.gpu_f32(OP)).transpose()
+        }
+        let epi = GpuEpilogue {
+            scale: on_gpu(epilogue.scale)?,
+            bias: on_gpu(epilogue.bias)?,
+            residual: on_gpu(epilogue.residual)?,
+            relu: epilogue.relu,
+        };
+        let out = conv2d(input.gpu_f32(OP)?, weight.gpu_f32(OP)?, epi, g, g.gpu_chunk())?;
         Ok(Tensor::from_gpu(out))
     }
     fn conv2d_backward_input(&self, g: &ConvGeom, grad_output: &Tensor, weight: &Tensor) -> Result<Tensor> {
@@ -406,7 +407,7 @@ mod tests {
             let (gx, gw, gdy) = (gx.gpu_f32("t").unwrap(), gw.gpu_f32("t").unwrap(), gdy.gpu_f32("t").unwrap());
             for images in [1, 2] {
                 let what = format!("{ksize}x{ksize}, {groups} groups, {images} images per chunk");
-                let out = conv2d(gx, gw, None, None, false, &geom, images).unwrap();
+                let out = conv2d(gx, gw, GpuEpilogue::default(), &geom, images).unwrap();
                 close(&Tensor::from_gpu(out), &crate::conv2d(&x, &w, None, p).unwrap(), &format!("forward, {what}"));
                 let dx = conv2d_backward_input(gdy, gw, &geom, images).unwrap();
                 close(

@@ -139,6 +139,33 @@ fn eval_affine(
     Ok((scale, shift))
 }
 
+/// An evaluation-mode batch norm as the per-channel `(scale, shift)` of `y = x * scale + shift`
+/// (`scale = gamma / sqrt(running_var + eps)`, `shift = beta - running_mean * scale`, in f64 as
+/// [`batch_norm_eval`] computes them), for [`crate::conv2d_affine`]. Computed on the host, the
+/// result on the running mean's device.
+pub fn batch_norm_eval_scale_shift(
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "batch_norm_eval_scale_shift";
+    if running_mean.rank() != 1 {
+        return Err(bad_shape(OP, running_mean.shape(), "the running mean must be 1-D [channels]"));
+    }
+    let c = running_mean.shape()[0];
+    let host = |t: &Tensor| t.to_device(crate::Device::Cpu);
+    let (weight, bias) = (weight.map(host).transpose()?, bias.map(host).transpose()?);
+    let (mean, var) = (host(running_mean)?, host(running_var)?);
+    let (scale, shift) = eval_affine(OP, c, weight.as_ref(), bias.as_ref(), &mean, &var, eps)?;
+    let device = running_mean.device();
+    Ok((
+        Tensor::from_vec_unchecked(scale, &[c]).to_device(device)?,
+        Tensor::from_vec_unchecked(shift, &[c]).to_device(device)?,
+    ))
+}
+
 /// Gradients of a batch norm: input, weight (gamma) and bias (beta).
 #[derive(Debug, Clone)]
 pub struct BatchNormGrads {

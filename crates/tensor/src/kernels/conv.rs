@@ -358,9 +358,14 @@ fn gather_planes(src: &[f32], channels: usize, hw: usize, i0: usize, nb: usize, 
     }
 }
 
-/// Bias, residual and ReLU on one output row that starts at `start` in the output (channel `c`).
+/// Scale, bias, residual and ReLU on one output row that starts at `start` in the output
+/// (channel `c`).
 pub(crate) fn apply_epilogue(epi: &Epilogue<'_>, row: &mut [f32], start: usize, c: usize) {
     let (b, len) = (epi.bias.map_or(0.0, |b| b[c]), row.len());
+    if let Some(s) = epi.scale {
+        let s = s[c];
+        row.iter_mut().for_each(|o| *o *= s);
+    }
     match epi.residual {
         Some(r) => row.iter_mut().zip(&r[start..start + len]).for_each(|(o, &r)| *o += b + r),
         None if b != 0.0 => row.iter_mut().for_each(|o| *o += b),
@@ -390,6 +395,8 @@ fn as_uninit(buf: &mut [f32]) -> &mut [MaybeUninit<f32>] {
 /// What the forward pass applies to each output tile after the GEMM.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Epilogue<'a> {
+    /// Per output channel, applied first (a batch norm's `gamma / sqrt(var + eps)`).
+    pub scale: Option<&'a [f32]>,
     pub bias: Option<&'a [f32]>,
     /// Added elementwise; the same shape as the output.
     pub residual: Option<&'a [f32]>,
@@ -448,7 +455,7 @@ fn forward_slices(
             // its own rows of them.
             unsafe { product(dst, ohw as isize, lhs, rhs, false, gemm_par, g.small()) };
         };
-        let has_epilogue = epi.bias.is_some() || epi.residual.is_some() || epi.relu;
+        let has_epilogue = epi.scale.is_some() || epi.bias.is_some() || epi.residual.is_some() || epi.relu;
         let channel_epilogue = |c: usize| {
             let start = out_base + c * ohw + p0;
             // SAFETY: the same disjoint block as the GEMM above, one row per call.
@@ -523,8 +530,12 @@ fn forward_blocks(g: &ConvGeom, x: &[f32], w: &[f32], epi: Epilogue<'_>, out: &m
 }
 
 fn check_bias(op: &'static str, bias: Option<&Tensor>, cout: usize) -> Result<()> {
-    match bias {
-        Some(b) if b.shape() != [cout] => Err(bad_shape(op, b.shape(), format!("the bias must be [{cout}]"))),
+    check_per_channel(op, "bias", bias, cout)
+}
+
+fn check_per_channel(op: &'static str, what: &str, t: Option<&Tensor>, cout: usize) -> Result<()> {
+    match t {
+        Some(t) if t.shape() != [cout] => Err(bad_shape(op, t.shape(), format!("the {what} must be [{cout}]"))),
         _ => Ok(()),
     }
 }
@@ -546,12 +557,30 @@ pub fn conv2d_fused(
     residual: Option<&Tensor>,
     relu: bool,
 ) -> Result<Tensor> {
-    fused(input, weight, bias, p, residual, relu, None)
+    fused(input, weight, None, bias, p, residual, relu, None)
 }
 
+/// Convolution followed, in the same pass over each output tile, by `* scale[c] + shift[c]`
+/// (per output channel), `+ residual` and an optional ReLU: an evaluation-mode batch norm
+/// (`scale = gamma / sqrt(running_var + eps)`, `shift = beta - running_mean * scale`) applied
+/// without folding it into the weights first, for models whose weights may change between calls.
+pub fn conv2d_affine(
+    input: &Tensor,
+    weight: &Tensor,
+    scale: &Tensor,
+    shift: &Tensor,
+    p: Conv2dParams,
+    residual: Option<&Tensor>,
+    relu: bool,
+) -> Result<Tensor> {
+    fused(input, weight, Some(scale), Some(shift), p, residual, relu, None)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn fused(
     input: &Tensor,
     weight: &Tensor,
+    scale: Option<&Tensor>,
     bias: Option<&Tensor>,
     p: Conv2dParams,
     residual: Option<&Tensor>,
@@ -561,20 +590,29 @@ fn fused(
     const OP: &str = "conv2d";
     let g = ConvGeom::new(OP, input.shape(), weight.shape(), p)?;
     check_bias(OP, bias, g.cout)?;
+    check_per_channel(OP, "scale", scale, g.cout)?;
     if let Some(r) = residual {
         if r.shape() != g.out_shape() {
             return Err(mismatch("conv2d residual", r.shape(), &g.out_shape()));
         }
     }
-    backend_for(OP, &[Some(input), Some(weight), bias, residual])?.conv2d(
+    backend_for(OP, &[Some(input), Some(weight), scale, bias, residual])?.conv2d(
         &g,
         input,
         weight,
-        bias,
-        residual,
-        relu,
+        ConvEpilogue { scale, bias, residual, relu },
         winograd_cache,
     )
+}
+
+/// What a convolution applies to its output in the same pass: `* scale[c] + bias[c]`,
+/// `+ residual`, ReLU, each optional (tensors already checked against the output's shape).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct ConvEpilogue<'a> {
+    pub scale: Option<&'a Tensor>,
+    pub bias: Option<&'a Tensor>,
+    pub residual: Option<&'a Tensor>,
+    pub relu: bool,
 }
 
 /// A convolution whose weights are fixed (inference): whatever it derives from them — the
@@ -606,7 +644,7 @@ impl PreparedConv {
 
     /// [`conv2d_fused`] with these weights.
     pub fn forward(&self, input: &Tensor, residual: Option<&Tensor>, relu: bool) -> Result<Tensor> {
-        fused(input, &self.weight, self.bias.as_ref(), self.params, residual, relu, Some(&self.winograd))
+        fused(input, &self.weight, None, self.bias.as_ref(), self.params, residual, relu, Some(&self.winograd))
     }
 }
 
@@ -719,21 +757,21 @@ impl ConvOps for Host {
         g: &ConvGeom,
         input: &Tensor,
         weight: &Tensor,
-        bias: Option<&Tensor>,
-        residual: Option<&Tensor>,
-        relu: bool,
+        epilogue: ConvEpilogue<'_>,
         winograd_cache: Option<&OnceLock<Vec<f32>>>,
     ) -> Result<Tensor> {
         const OP: &str = "conv2d";
+        let ConvEpilogue { scale, bias, residual, relu } = epilogue;
         let x = input.f32_data(OP)?;
         let w = weight.f32_data(OP)?;
+        let sc = scale.map(|s| s.f32_data(OP)).transpose()?;
         let b = bias.map(|b| b.f32_data(OP)).transpose()?;
         let r = residual.map(|r| r.f32_data(OP)).transpose()?;
         let len = g.out_shape().iter().product();
         // Not zero-filled: every forward path writes each output once (at batch 1, zeroing the
         // outputs first was 6% of ResNet-50's inference).
         let mut out = Vec::with_capacity(len);
-        let epi = Epilogue { bias: b.as_deref(), residual: r.as_deref(), relu };
+        let epi = Epilogue { scale: sc.as_deref(), bias: b.as_deref(), residual: r.as_deref(), relu };
         forward_slices(g, &x, &w, epi, &mut out.spare_capacity_mut()[..len], winograd_cache);
         // SAFETY: forward_slices wrote all `len` elements (each path writes every output).
         unsafe { out.set_len(len) };

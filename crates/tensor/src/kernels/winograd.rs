@@ -350,7 +350,7 @@ unsafe fn transform_output_impl<const FMA: bool>(
         // Lanes past `lanes` keep stale values; their results are never written out.
         let mut mm = [[0f32; L]; T];
         for co in channels.clone() {
-            let bias = epi.bias.map_or(0.0, |b| b[co]);
+            let (scale, bias) = (epi.scale.map_or(1.0, |s| s[co]), epi.bias.map_or(0.0, |b| b[co]));
             for (xi, lanes_xi) in mm.iter_mut().enumerate() {
                 let at = xi * stride_xi + co * len + l0;
                 if lanes == L {
@@ -371,7 +371,8 @@ unsafe fn transform_output_impl<const FMA: bool>(
                     lanewise(output_1d, [&rows[0][j], &rows[1][j], &rows[2][j], &rows[3][j], &rows[4][j], &rows[5][j]]);
                 for i in 0..4 {
                     for k in 0..L {
-                        block[i][j][k] = y[i][k] + bias;
+                        // (`* 1.0` without a scale is exact.)
+                        block[i][j][k] = y[i][k] * scale + bias;
                     }
                 }
             }
