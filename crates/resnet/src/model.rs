@@ -10,14 +10,14 @@ use nn::{
 use tensor::{FanMode, Nonlinearity, Pool2dParams, Rng, Tensor};
 
 /// `conv -> bn (-> + residual) (-> relu)`, as torchvision's blocks compose them. In evaluation
-/// without gradients (`no_grad`, the usual inference), on the host, it is one pass: the
-/// convolution applies the batch norm (its running statistics as a per-channel scale and
-/// shift), the residual and the ReLU to each output tile as it writes it (`conv2d_affine`),
-/// instead of three more passes over the activations. Otherwise, and whenever autograd records,
-/// the modules run one after another. Both give the same values to rounding.
+/// without gradients (`no_grad`, the usual inference) it is one pass: the convolution applies
+/// the batch norm (its running statistics as a per-channel scale and shift), the residual and
+/// the ReLU to each output tile as it writes it (`conv2d_affine`), instead of three more passes
+/// over the activations. Whenever autograd records, the modules run one after another. Both
+/// give the same values to rounding.
 fn conv_bn(conv: &Conv2d, bn: &BatchNorm2d, x: &Var, residual: Option<&Var>, relu: bool) -> nn::Result<Var> {
     let input = x.value();
-    if !nn::is_grad_enabled() && input.device() == tensor::Device::Cpu && !bn.is_training() {
+    if !nn::is_grad_enabled() && !bn.is_training() {
         if let (Some(mean), Some(var)) = (&bn.running_mean, &bn.running_var) {
             let (gamma, beta) = (bn.weight.as_ref().map(Var::value), bn.bias.as_ref().map(Var::value));
             let (scale, mut shift) = tensor::batch_norm_eval_scale_shift(

@@ -104,6 +104,17 @@ pub(crate) trait ConvOps {
 
 /// Batch normalisation; `layout` is the input's checked `(batch, channels, values per plane)`.
 pub(crate) trait NormOps {
+    /// Evaluation mode as the per-channel `(scale, shift)` of `x * scale + shift` over `c`
+    /// channels (the statistics' shapes not yet checked).
+    fn batch_norm_eval_scale_shift(
+        &self,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f64,
+        c: usize,
+    ) -> Result<(Tensor, Tensor)>;
     /// Training mode: batch statistics (over `count` values per channel), updated running ones.
     #[allow(clippy::too_many_arguments)]
     fn batch_norm_train(

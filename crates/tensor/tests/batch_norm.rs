@@ -72,4 +72,10 @@ fn folded_conv_bn_relu_equals_the_three_ops() {
     let (fw, fb) = fold_batch_norm(&w, None, Some(&gamma), Some(&beta), &mean, &var, 1e-5).unwrap();
     let got = conv2d_fused(&x, &fw, Some(&fb), p, Some(&residual), true).unwrap();
     assert_tensor_close("fused conv+bn+add+relu", &got, &want, 1e-5);
+    // The same batch norm as the conv's epilogue, unfolded.
+    let (scale, shift) = batch_norm_eval_scale_shift(Some(&gamma), Some(&beta), &mean, &var, 1e-5).unwrap();
+    let got = conv2d_affine(&x, &w, &scale, &shift, p, Some(&residual), true).unwrap();
+    assert_tensor_close("conv with the bn as its epilogue, + add, relu", &got, &want, 1e-5);
+    assert!(batch_norm_eval_scale_shift(None, None, &Tensor::zeros(&[2, 3]), &var, 1e-5).is_err());
+    assert!(batch_norm_eval_scale_shift(None, None, &mean, &Tensor::zeros(&[5]), 1e-5).is_err());
 }

@@ -219,9 +219,10 @@ proptest! {
             let bw = batch_norm_train_backward(&t[5], &t[0], g, &tr.mean, &tr.invstd)?;
             let ev = batch_norm_eval(&t[0], g, b, &t[3], &t[4], 1e-5)?;
             let ebw = batch_norm_eval_backward(&t[5], &t[0], g, &t[3], &t[4], 1e-5)?;
+            let (scale, shift) = batch_norm_eval_scale_shift(g, b, &t[3], &t[4], 1e-5)?;
             let rm = tr.running_mean.clone().expect("running stats given");
             let rv = tr.running_var.clone().expect("running stats given");
-            Ok(vec![tr.output, tr.mean, tr.invstd, rm, rv, bw.input, bw.weight, bw.bias, ev, ebw.input, ebw.weight, ebw.bias])
+            Ok(vec![tr.output, tr.mean, tr.invstd, rm, rv, bw.input, bw.weight, bw.bias, ev, ebw.input, ebw.weight, ebw.bias, scale, shift])
         })?;
     }
 

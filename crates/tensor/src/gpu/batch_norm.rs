@@ -298,6 +298,17 @@ fn bn_backward_input(
 }
 
 impl NormOps for Gpu {
+    fn batch_norm_eval_scale_shift(
+        &self,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f64,
+        c: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        eval_affine("batch_norm_eval_scale_shift", c, weight, bias, running_mean, running_var, eps)
+    }
     fn batch_norm_train(
         &self,
         input: &Tensor,

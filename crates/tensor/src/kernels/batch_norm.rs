@@ -140,9 +140,9 @@ fn eval_affine(
 }
 
 /// An evaluation-mode batch norm as the per-channel `(scale, shift)` of `y = x * scale + shift`
-/// (`scale = gamma / sqrt(running_var + eps)`, `shift = beta - running_mean * scale`, in f64 as
-/// [`batch_norm_eval`] computes them), for [`crate::conv2d_affine`]. Computed on the host, the
-/// result on the running mean's device.
+/// (`scale = gamma / sqrt(running_var + eps)`, `shift = beta - running_mean * scale`; on the
+/// host in f64, as [`batch_norm_eval`] computes them), for [`crate::conv2d_affine`]. The
+/// result lives on the statistics' device.
 pub fn batch_norm_eval_scale_shift(
     weight: Option<&Tensor>,
     bias: Option<&Tensor>,
@@ -155,15 +155,14 @@ pub fn batch_norm_eval_scale_shift(
         return Err(bad_shape(OP, running_mean.shape(), "the running mean must be 1-D [channels]"));
     }
     let c = running_mean.shape()[0];
-    let host = |t: &Tensor| t.to_device(crate::Device::Cpu);
-    let (weight, bias) = (weight.map(host).transpose()?, bias.map(host).transpose()?);
-    let (mean, var) = (host(running_mean)?, host(running_var)?);
-    let (scale, shift) = eval_affine(OP, c, weight.as_ref(), bias.as_ref(), &mean, &var, eps)?;
-    let device = running_mean.device();
-    Ok((
-        Tensor::from_vec_unchecked(scale, &[c]).to_device(device)?,
-        Tensor::from_vec_unchecked(shift, &[c]).to_device(device)?,
-    ))
+    backend_for(OP, &[weight, bias, Some(running_mean), Some(running_var)])?.batch_norm_eval_scale_shift(
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        eps,
+        c,
+    )
 }
 
 /// Gradients of a batch norm: input, weight (gamma) and bias (beta).
@@ -256,6 +255,19 @@ pub fn fold_batch_norm(
 }
 
 impl NormOps for Host {
+    fn batch_norm_eval_scale_shift(
+        &self,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f64,
+        c: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let (scale, shift) =
+            eval_affine("batch_norm_eval_scale_shift", c, weight, bias, running_mean, running_var, eps)?;
+        Ok((Tensor::from_vec_unchecked(scale, &[c]), Tensor::from_vec_unchecked(shift, &[c])))
+    }
     fn batch_norm_train(
         &self,
         input: &Tensor,
