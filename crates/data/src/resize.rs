@@ -93,50 +93,72 @@ pub(crate) struct Rect {
 /// after cropping to `rect`. The caller guarantees a non-empty rect inside the image and a
 /// non-empty output size.
 pub(crate) fn resize_bilinear(src: &RgbImage, rect: Rect, out_w: usize, out_h: usize) -> RgbImage {
-    debug_assert!(rect.w > 0 && rect.h > 0 && out_w > 0 && out_h > 0);
-    debug_assert!(rect.x0 + rect.w <= src.width() && rect.y0 + rect.h <= src.height());
-    let need_h = out_w != rect.w;
-    let need_v = out_h != rect.h;
-    if !need_h && !need_v {
-        return crop(src, rect);
-    }
-    let vert = coeffs(rect.h, out_h);
-    if !need_h {
-        let rows: Vec<&[u8]> =
-            (0..rect.h).map(|y| &src.row(rect.y0 + y)[rect.x0 * 3..(rect.x0 + rect.w) * 3]).collect();
-        let mut out = vec![0u8; out_h * out_w * 3];
-        resample_rows(&rows, &vert, &mut out);
-        return RgbImage::from_raw(out_w, out_h, out).expect("sized above");
-    }
-    // Only the source rows the vertical pass reads are resampled horizontally.
-    let first = vert.bounds[0].0;
-    let last = vert.bounds.last().map_or(rect.h, |&(y, n)| y + n);
-    let tmp = horizontal(src, rect, first..last, &coeffs(rect.w, out_w));
-    if !need_v {
-        return RgbImage::from_raw(out_w, out_h, tmp).expect("sized above");
-    }
-    let row_len = out_w * 3;
-    let rows: Vec<&[u8]> = tmp.chunks_exact(row_len).collect();
-    let shifted = Coeffs {
-        bounds: vert.bounds.iter().map(|&(y, n)| (y - first, n)).collect(),
-        weights: vert.weights,
-        ksize: vert.ksize,
-    };
-    let mut out = vec![0u8; out_h * row_len];
-    resample_rows(&rows, &shifted, &mut out);
-    RgbImage::from_raw(out_w, out_h, out).expect("sized above")
+    resize_bilinear_window(src, rect, out_w, out_h, Rect { x0: 0, y0: 0, w: out_w, h: out_h })
 }
 
-/// The horizontal pass over rows `rows` of `rect`, returning those rows resampled to
+/// The `window` (in output pixels, inside `out_w` x `out_h`) of [`resize_bilinear`]'s result,
+/// computing only that window: each output pixel depends on its own filter taps only, so the
+/// pixels are those of the whole resize, cropped (`Resize` then `CenterCrop`, without the
+/// pixels the crop throws away). Only the source columns and rows the window's taps read are
+/// touched.
+pub(crate) fn resize_bilinear_window(src: &RgbImage, rect: Rect, out_w: usize, out_h: usize, window: Rect) -> RgbImage {
+    debug_assert!(rect.w > 0 && rect.h > 0 && out_w > 0 && out_h > 0 && window.w > 0 && window.h > 0);
+    debug_assert!(rect.x0 + rect.w <= src.width() && rect.y0 + rect.h <= src.height());
+    debug_assert!(window.x0 + window.w <= out_w && window.y0 + window.h <= out_h);
+    let xs = window.x0..window.x0 + window.w;
+    let ys = window.y0..window.y0 + window.h;
+    // Per axis: the window's filter shifted to the span of source pixels it reads, or no filter
+    // (the axis keeps its size, and the span is the window itself).
+    let (horiz, xspan) = if out_w != rect.w { coeffs(rect.w, out_w).window(xs) } else { (None, xs) };
+    let (vert, yspan) = if out_h != rect.h { coeffs(rect.h, out_h).window(ys) } else { (None, ys) };
+    let sub = Rect { x0: rect.x0 + xspan.start, y0: rect.y0 + yspan.start, w: xspan.len(), h: yspan.len() };
+    let (w, h) = (window.w, window.h);
+    let out = match (horiz, vert) {
+        (None, None) => return crop(src, sub),
+        (None, Some(v)) => {
+            let rows: Vec<&[u8]> = (0..sub.h).map(|y| &src.row(sub.y0 + y)[sub.x0 * 3..(sub.x0 + sub.w) * 3]).collect();
+            let mut out = vec![0u8; h * w * 3];
+            resample_rows(&rows, &v, &mut out);
+            out
+        }
+        (Some(hc), None) => horizontal(src, sub, &hc),
+        (Some(hc), Some(v)) => {
+            let tmp = horizontal(src, sub, &hc);
+            let rows: Vec<&[u8]> = tmp.chunks_exact(w * 3).collect();
+            let mut out = vec![0u8; h * w * 3];
+            resample_rows(&rows, &v, &mut out);
+            out
+        }
+    };
+    RgbImage::from_raw(w, h, out).expect("sized above")
+}
+
+impl Coeffs {
+    /// The output positions `range` only, their taps shifted to start at the first source pixel
+    /// any of them reads; with that span of source pixels.
+    fn window(self, range: std::ops::Range<usize>) -> (Option<Coeffs>, std::ops::Range<usize>) {
+        let bounds = &self.bounds[range.clone()];
+        let first = bounds.iter().map(|&(x, _)| x).min().unwrap_or(0);
+        let last = bounds.iter().map(|&(x, n)| x + n).max().unwrap_or(first);
+        let window = Coeffs {
+            bounds: bounds.iter().map(|&(x, n)| (x - first, n)).collect(),
+            weights: self.weights[range.start * self.ksize..range.end * self.ksize].to_vec(),
+            ksize: self.ksize,
+        };
+        (Some(window), first..last)
+    }
+}
+
+/// The horizontal pass over every row of `rect`, returning them resampled to
 /// `c.bounds.len()` pixels. The pass is done as a vertical one on the transposed block (each
 /// source column becomes a row), where the sums run along contiguous memory and vectorise;
 /// the integer sums are the same, so is the result.
-fn horizontal(src: &RgbImage, rect: Rect, rows: std::ops::Range<usize>, c: &Coeffs) -> Vec<u8> {
-    let n = rows.len();
+fn horizontal(src: &RgbImage, rect: Rect, c: &Coeffs) -> Vec<u8> {
+    let n = rect.h;
     let out_w = c.bounds.len();
     let mut columns = vec![0u8; rect.w * n * 3];
-    for (r, y) in rows.enumerate() {
-        let src_row = &src.row(rect.y0 + y)[rect.x0 * 3..(rect.x0 + rect.w) * 3];
+    for r in 0..n {
+        let src_row = &src.row(rect.y0 + r)[rect.x0 * 3..(rect.x0 + rect.w) * 3];
         for (x, p) in src_row.chunks_exact(3).enumerate() {
             let o = (x * n + r) * 3;
             columns[o..o + 3].copy_from_slice(p);

@@ -62,17 +62,29 @@ impl Sample {
 pub trait Transform: Send + Sync + std::fmt::Debug {
     /// Applies the transform.
     fn apply(&self, input: Sample, rng: &mut Rng) -> Result<Sample>;
+
+    /// The concrete transform, for [`Compose`] to recognise steps it can run as one (`Resize`
+    /// then `CenterCrop`); `None` (the default) keeps a step to itself.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
 impl<T: Transform + ?Sized> Transform for Box<T> {
     fn apply(&self, input: Sample, rng: &mut Rng) -> Result<Sample> {
         (**self).apply(input, rng)
     }
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        (**self).as_any()
+    }
 }
 
 impl<T: Transform + ?Sized> Transform for std::sync::Arc<T> {
     fn apply(&self, input: Sample, rng: &mut Rng) -> Result<Sample> {
         (**self).apply(input, rng)
+    }
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        (**self).as_any()
     }
 }
 
@@ -135,6 +147,31 @@ pub mod functional {
         check_output("resize", width, height)?;
         let rect = Rect { x0: 0, y0: 0, w: img.width(), h: img.height() };
         Ok(resize::resize_bilinear(img, rect, width, height))
+    }
+
+    /// `center_crop(resize(img, width, height), crop_width, crop_height)` with the same pixels,
+    /// computing only the kept window of the resize when the crop fits inside it (the eval
+    /// pipeline's `Resize(256)` + `CenterCrop(224)` throws away 40% of the resized pixels).
+    pub fn resize_center_crop(
+        img: &RgbImage,
+        width: usize,
+        height: usize,
+        crop_width: usize,
+        crop_height: usize,
+    ) -> Result<RgbImage> {
+        check_output("resize", width, height)?;
+        check_output("center_crop", crop_width, crop_height)?;
+        if crop_width > width || crop_height > height {
+            return center_crop(&resize(img, width, height)?, crop_width, crop_height);
+        }
+        let rect = Rect { x0: 0, y0: 0, w: img.width(), h: img.height() };
+        let window = Rect {
+            x0: round_half_even_half(width - crop_width),
+            y0: round_half_even_half(height - crop_height),
+            w: crop_width,
+            h: crop_height,
+        };
+        Ok(resize::resize_bilinear_window(img, rect, width, height, window))
     }
 
     /// Crops rows `top..top + height` and columns `left..left + width` (which must lie inside the
@@ -306,8 +343,20 @@ impl Compose {
 
 impl Transform for Compose {
     fn apply(&self, mut x: Sample, rng: &mut Rng) -> Result<Sample> {
-        for t in &self.steps {
-            x = t.apply(x, rng)?;
+        let mut i = 0;
+        while i < self.steps.len() {
+            // `Resize` then `CenterCrop` on an image: one pass that resamples only the kept
+            // window (the same pixels; neither step draws from `rng`).
+            let step = |j: usize| self.steps.get(j).and_then(|t| t.as_any());
+            let resize = step(i).and_then(|a| a.downcast_ref::<Resize>());
+            let crop = step(i + 1).and_then(|a| a.downcast_ref::<CenterCrop>());
+            if let (Some(resize), Some(crop), Sample::Image(img)) = (resize, crop, &x) {
+                x = Sample::Image(resize.resize_center_crop(img, crop)?);
+                i += 2;
+                continue;
+            }
+            x = self.steps[i].apply(x, rng)?;
+            i += 1;
         }
         Ok(x)
     }
@@ -357,6 +406,21 @@ impl Resize {
 
     /// Resizes one image.
     pub fn resize(&self, img: &RgbImage) -> Result<RgbImage> {
+        let (w, h) = self.output_size(img)?;
+        if (w, h) == (img.width(), img.height()) {
+            return Ok(img.clone());
+        }
+        F::resize(img, w, h)
+    }
+
+    /// `crop` applied to this resize of `img`, resampling only the pixels the crop keeps.
+    pub fn resize_center_crop(&self, img: &RgbImage, crop: &CenterCrop) -> Result<RgbImage> {
+        let (w, h) = self.output_size(img)?;
+        F::resize_center_crop(img, w, h, crop.width, crop.height)
+    }
+
+    /// The output size for `img`, refused when empty or over the pixel limit.
+    fn output_size(&self, img: &RgbImage) -> Result<(usize, usize)> {
         let (w, h) = match self.size {
             Size::Shorter(s) => F::resized_size(img.width(), img.height(), s),
             Size::Exact { height, width } => (width, height),
@@ -371,10 +435,7 @@ impl Resize {
                 ),
             });
         }
-        if (w, h) == (img.width(), img.height()) {
-            return Ok(img.clone());
-        }
-        F::resize(img, w, h)
+        Ok((w, h))
     }
 }
 
@@ -382,6 +443,9 @@ impl Transform for Resize {
     fn apply(&self, x: Sample, _: &mut Rng) -> Result<Sample> {
         let img = x.into_image("Resize")?;
         Ok(Sample::Image(self.resize(&img)?))
+    }
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 }
 
@@ -411,6 +475,9 @@ impl Transform for CenterCrop {
     fn apply(&self, x: Sample, _: &mut Rng) -> Result<Sample> {
         let img = x.into_image("CenterCrop")?;
         Ok(Sample::Image(F::center_crop(&img, self.width, self.height)?))
+    }
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 }
 

@@ -296,6 +296,19 @@ proptest! {
     }
 
     #[test]
+    fn resize_then_center_crop_in_one_pass_equals_the_two_steps(w in 1usize..40, h in 1usize..40, ow in 1usize..50, oh in 1usize..50, cw in 1usize..55, ch in 1usize..55, seed in 0u64..1000) {
+        let img = noise_image(w, h, seed);
+        let two_steps = F::center_crop(&F::resize(&img, ow, oh).unwrap(), cw, ch).unwrap();
+        prop_assert_eq!(&F::resize_center_crop(&img, ow, oh, cw, ch).unwrap(), &two_steps);
+        // Compose takes the one-pass route for the pair, including `Resize(int)`.
+        let short = 1 + (seed as usize % 45);
+        let pipeline = Compose::default().push(Resize::new(short).unwrap()).push(CenterCrop::rect(ch, cw).unwrap());
+        let stepwise = F::center_crop(&Resize::new(short).unwrap().resize(&img).unwrap(), cw, ch).unwrap();
+        let out = pipeline.apply(Sample::Image(img), &mut Rng::seed(0)).unwrap().into_image("test").unwrap();
+        prop_assert_eq!(out, stepwise);
+    }
+
+    #[test]
     fn center_crop_has_the_right_size_and_content(w in 1usize..20, h in 1usize..20, cw in 1usize..25, ch in 1usize..25) {
         let img = noise_image(w, h, 7);
         let c = F::center_crop(&img, cw, ch).unwrap();
