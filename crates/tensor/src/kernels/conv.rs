@@ -225,11 +225,12 @@ fn im2col(
             for kj in 0..g.kw {
                 let dst = &mut col[row * ld..row * ld + len];
                 let (lo, hi, base) = g.valid_cols(kj);
+                // Output rows one after another: one division per tap row, not one per run (on
+                // the 4x4 and 2x2 maps of small pictures a run is a few values long).
+                let (mut oh, mut ow0) = (p0 / g.ow, p0 % g.ow);
                 let mut j = 0;
-                let mut p = p0;
-                while p < p1 {
-                    let (oh, ow0) = (p / g.ow, p % g.ow);
-                    let run = (g.ow - ow0).min(p1 - p);
+                while j < len {
+                    let run = (g.ow - ow0).min(len - j);
                     let out = &mut dst[j..j + run];
                     match g.in_row(oh, ki) {
                         None => out.fill(0.0),
@@ -254,7 +255,8 @@ fn im2col(
                         }
                     }
                     j += run;
-                    p += run;
+                    oh += 1;
+                    ow0 = 0;
                 }
                 row += 1;
             }
@@ -298,11 +300,10 @@ fn col2im(
             for kj in 0..g.kw {
                 let src = &col[row * ld..row * ld + len];
                 let (lo, hi, base) = g.valid_cols(kj);
+                let (mut oh, mut ow0) = (p0 / g.ow, p0 % g.ow);
                 let mut j = 0;
-                let mut p = p0;
-                while p < p1 {
-                    let (oh, ow0) = (p / g.ow, p % g.ow);
-                    let run = (g.ow - ow0).min(p1 - p);
+                while j < len {
+                    let run = (g.ow - ow0).min(len - j);
                     if let Some(ih) = g.in_row(oh, ki) {
                         let dst = &mut plane[ih * g.w..(ih + 1) * g.w];
                         let a = lo.clamp(ow0, ow0 + run);
@@ -319,7 +320,8 @@ fn col2im(
                         }
                     }
                     j += run;
-                    p += run;
+                    oh += 1;
+                    ow0 = 0;
                 }
                 row += 1;
             }
