@@ -99,19 +99,48 @@ enum Origin {
 
 struct Node {
     id: u64,
-    value: RwLock<Tensor>,
+    /// `None` once an op's result is released (see [`Owner`]).
+    value: RwLock<Option<Tensor>>,
+    /// The shape of a released value (backward rules that only need the shape still have it).
+    released_shape: Mutex<Vec<usize>>,
     grad: Mutex<Option<Tensor>>,
     requires_grad: AtomicBool,
     origin: Mutex<Origin>,
 }
 
+/// Owns the value of an op's result for as long as a handle to it exists — the user's, or an op
+/// whose backward rule reads it. The graph's other links to the node are edges without an
+/// owner (PyTorch's autograd graph likewise holds no reference to its tensors' data, only what
+/// each node saved): when the last owning handle goes, the value is released, so a batch
+/// norm's output (read by no backward rule) does not live until the backward pass as the
+/// following ReLU's input. Leaves (parameters, inputs, constants) are never released.
+struct Owner(Arc<Node>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let node = &self.0;
+        if matches!(*lock(&node.origin), Origin::Leaf) {
+            return;
+        }
+        let mut value = node.value.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = value.take() {
+            *lock(&node.released_shape) = v.shape().to_vec();
+        }
+    }
+}
+
 /// A tensor in the autograd graph. Cloning shares the node (like a Python reference).
 #[derive(Clone)]
-pub struct Var(Arc<Node>);
+pub struct Var {
+    node: Arc<Node>,
+    /// Held, never read: `None` for the graph's edges to an input whose value its op does not read.
+    _owner: Option<Arc<Owner>>,
+}
 
 impl std::fmt::Debug for Var {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Var(#{}, {:?}, requires_grad={})", self.0.id, self.value(), self.requires_grad())
+        let value = self.node.value.read().unwrap_or_else(|p| p.into_inner()).clone();
+        write!(f, "Var(#{}, {:?}, requires_grad={})", self.node.id, value, self.requires_grad())
     }
 }
 
@@ -121,13 +150,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Var {
     fn make(value: Tensor, requires_grad: bool, origin: Origin) -> Var {
-        Var(Arc::new(Node {
+        let node = Arc::new(Node {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            value: RwLock::new(value),
+            value: RwLock::new(Some(value)),
+            released_shape: Mutex::new(Vec::new()),
             grad: Mutex::new(None),
             requires_grad: AtomicBool::new(requires_grad),
             origin: Mutex::new(origin),
-        }))
+        });
+        Var { _owner: Some(Arc::new(Owner(node.clone()))), node }
+    }
+
+    /// A link to this node that does not keep its value alive: for ops whose backward rule
+    /// needs at most the input's shape.
+    pub(crate) fn edge(&self) -> Var {
+        Var { node: self.node.clone(), _owner: None }
     }
 
     /// A constant (an input): no gradient is computed for it.
@@ -142,32 +179,42 @@ impl Var {
 
     /// The node's identity (creation order).
     pub fn id(&self) -> u64 {
-        self.0.id
+        self.node.id
     }
 
     /// The current value (a cheap handle).
     pub fn value(&self) -> Tensor {
-        self.0.value.read().unwrap_or_else(|p| p.into_inner()).clone()
+        // Only the graph's edges can point at a released value, and no backward rule reads the
+        // value of an input it holds by an edge.
+        self.node
+            .value
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .expect("the value of an op's result read after its last handle was dropped")
     }
 
     /// Replaces the value in place (optimizer steps, loading weights).
     pub fn set_value(&self, value: Tensor) {
-        *self.0.value.write().unwrap_or_else(|p| p.into_inner()) = value;
+        *self.node.value.write().unwrap_or_else(|p| p.into_inner()) = Some(value);
     }
 
     /// The shape of the value.
     pub fn shape(&self) -> Vec<usize> {
-        self.value().shape().to_vec()
+        match &*self.node.value.read().unwrap_or_else(|p| p.into_inner()) {
+            Some(v) => v.shape().to_vec(),
+            None => lock(&self.node.released_shape).clone(),
+        }
     }
 
     /// The accumulated gradient of a leaf, if any.
     pub fn grad(&self) -> Option<Tensor> {
-        lock(&self.0.grad).clone()
+        lock(&self.node.grad).clone()
     }
 
     /// Sets or clears the gradient.
     pub fn set_grad(&self, grad: Option<Tensor>) {
-        *lock(&self.0.grad) = grad;
+        *lock(&self.node.grad) = grad;
     }
 
     /// Clears the gradient (`zero_grad(set_to_none=True)`, PyTorch's default).
@@ -177,17 +224,17 @@ impl Var {
 
     /// Whether gradients flow to this value.
     pub fn requires_grad(&self) -> bool {
-        self.0.requires_grad.load(Ordering::Relaxed)
+        self.node.requires_grad.load(Ordering::Relaxed)
     }
 
     /// Freezes (`false`) or unfreezes (`true`) a leaf.
     pub fn set_requires_grad(&self, on: bool) {
-        self.0.requires_grad.store(on, Ordering::Relaxed);
+        self.node.requires_grad.store(on, Ordering::Relaxed);
     }
 
     /// Whether this was created by the user rather than by an op.
     pub fn is_leaf(&self) -> bool {
-        matches!(*lock(&self.0.origin), Origin::Leaf)
+        matches!(*lock(&self.node.origin), Origin::Leaf)
     }
 
     /// The same value, cut from the graph.
@@ -244,7 +291,7 @@ impl Var {
             if !seen.insert(v.id()) {
                 continue;
             }
-            match &*lock(&v.0.origin) {
+            match &*lock(&v.node.origin) {
                 Origin::Op(op) => {
                     for input in distinct_grad_inputs(op) {
                         *consumers.entry(input.id()).or_insert(0) += 1;
@@ -265,10 +312,10 @@ impl Var {
         grads.insert(self.id(), Tensor::ones(value.shape()).to_device(value.device())?);
         for v in nodes {
             let Some(g) = grads.remove(&v.id()) else { continue };
-            let origin = std::mem::replace(&mut *lock(&v.0.origin), Origin::Released);
+            let origin = std::mem::replace(&mut *lock(&v.node.origin), Origin::Released);
             match origin {
                 Origin::Leaf => {
-                    *lock(&v.0.origin) = Origin::Leaf;
+                    *lock(&v.node.origin) = Origin::Leaf;
                     v.accumulate_grad(g)?;
                     on_leaf_ready(&v)?;
                 }
@@ -305,7 +352,7 @@ impl Var {
 
     /// Adds `g` to this leaf's gradient.
     fn accumulate_grad(&self, g: Tensor) -> Result<()> {
-        let mut slot = lock(&self.0.grad);
+        let mut slot = lock(&self.node.grad);
         *slot = Some(match slot.take() {
             Some(old) => old.add(&g)?,
             None => g,
@@ -635,12 +682,12 @@ impl Var {
     /// `self + rhs` with broadcasting.
     pub fn add(&self, rhs: &Var) -> Result<Var> {
         let v = self.value().add(&rhs.value())?;
-        Ok(Var::record(v, &[self, rhs], || Op::Add(self.clone(), rhs.clone())))
+        Ok(Var::record(v, &[self, rhs], || Op::Add(self.edge(), rhs.edge())))
     }
     /// `self - rhs` with broadcasting.
     pub fn sub(&self, rhs: &Var) -> Result<Var> {
         let v = self.value().sub(&rhs.value())?;
-        Ok(Var::record(v, &[self, rhs], || Op::Sub(self.clone(), rhs.clone())))
+        Ok(Var::record(v, &[self, rhs], || Op::Sub(self.edge(), rhs.edge())))
     }
     /// `self * rhs` with broadcasting.
     pub fn mul(&self, rhs: &Var) -> Result<Var> {
@@ -655,32 +702,32 @@ impl Var {
     /// The sum of this value over the processes of the SyncBatchNorm group (differentiable).
     pub(crate) fn all_reduce_sum(&self, group: &dyn ProcessGroup) -> Result<Var> {
         let v = all_reduce(group, &self.value())?;
-        Ok(Var::record(v, &[self], || Op::AllReduceSum(self.clone())))
+        Ok(Var::record(v, &[self], || Op::AllReduceSum(self.edge())))
     }
     /// `self + s`
     pub fn add_scalar(&self, s: f32) -> Result<Var> {
         let v = self.value().add_scalar(s)?;
-        Ok(Var::record(v, &[self], || Op::AddScalar(self.clone())))
+        Ok(Var::record(v, &[self], || Op::AddScalar(self.edge())))
     }
     /// `self * s`
     pub fn mul_scalar(&self, s: f32) -> Result<Var> {
         let v = self.value().mul_scalar(s)?;
-        Ok(Var::record(v, &[self], || Op::MulScalar(self.clone(), s)))
+        Ok(Var::record(v, &[self], || Op::MulScalar(self.edge(), s)))
     }
     /// `-self`
     pub fn neg(&self) -> Result<Var> {
         let v = self.value().neg()?;
-        Ok(Var::record(v, &[self], || Op::Neg(self.clone())))
+        Ok(Var::record(v, &[self], || Op::Neg(self.edge())))
     }
     /// `max(self, 0)`
     pub fn relu(&self) -> Result<Var> {
         let v = self.value().relu()?;
-        Ok(Var::record(v.clone(), &[self], || Op::Relu { input: self.clone(), output: v }))
+        Ok(Var::record(v.clone(), &[self], || Op::Relu { input: self.edge(), output: v }))
     }
     /// `e^self`
     pub fn exp(&self) -> Result<Var> {
         let v = self.value().exp()?;
-        Ok(Var::record(v.clone(), &[self], || Op::Exp { input: self.clone(), output: v }))
+        Ok(Var::record(v.clone(), &[self], || Op::Exp { input: self.edge(), output: v }))
     }
     /// Natural logarithm.
     pub fn log(&self) -> Result<Var> {
@@ -701,19 +748,19 @@ impl Var {
     pub fn reshape(&self, shape: &[usize]) -> Result<Var> {
         let old = self.shape();
         let v = self.value().reshape(shape)?;
-        Ok(Var::record(v, &[self], || Op::Reshape { input: self.clone(), shape: old }))
+        Ok(Var::record(v, &[self], || Op::Reshape { input: self.edge(), shape: old }))
     }
     /// Collapses dimensions `start..` into one, like `torch.flatten(x, start)`.
     pub fn flatten_from(&self, start: usize) -> Result<Var> {
         let old = self.shape();
         let end = old.len().saturating_sub(1).max(start);
         let v = self.value().flatten(start, end)?;
-        Ok(Var::record(v, &[self], || Op::Reshape { input: self.clone(), shape: old }))
+        Ok(Var::record(v, &[self], || Op::Reshape { input: self.edge(), shape: old }))
     }
     /// Swaps two dimensions.
     pub fn transpose(&self, d0: usize, d1: usize) -> Result<Var> {
         let v = self.value().transpose(d0, d1)?;
-        Ok(Var::record(v, &[self], || Op::Transpose(self.clone(), d0, d1)))
+        Ok(Var::record(v, &[self], || Op::Transpose(self.edge(), d0, d1)))
     }
     fn reduce(&self, dims: &[usize], keepdim: bool, mean: bool) -> Result<Var> {
         let value = self.value();
@@ -723,7 +770,7 @@ impl Var {
         let v = if mean { value.mean(&dims, keepdim)? } else { value.sum(&dims, keepdim)? };
         let count: usize = dims.iter().map(|&d| value.shape()[d]).product();
         let scale = if mean { 1.0 / count.max(1) as f32 } else { 1.0 };
-        Ok(Var::record(v, &[self], || Op::Sum { input: self.clone(), dims, keepdim, scale }))
+        Ok(Var::record(v, &[self], || Op::Sum { input: self.edge(), dims, keepdim, scale }))
     }
     /// Sum over `dims`.
     pub fn sum(&self, dims: &[usize], keepdim: bool) -> Result<Var> {
@@ -746,12 +793,12 @@ impl Var {
     /// Softmax along `dim`.
     pub fn softmax(&self, dim: usize) -> Result<Var> {
         let v = self.value().softmax(dim)?;
-        Ok(Var::record(v.clone(), &[self], || Op::Softmax { input: self.clone(), output: v, dim }))
+        Ok(Var::record(v.clone(), &[self], || Op::Softmax { input: self.edge(), output: v, dim }))
     }
     /// Log-softmax along `dim`.
     pub fn log_softmax(&self, dim: usize) -> Result<Var> {
         let v = self.value().log_softmax(dim)?;
-        Ok(Var::record(v.clone(), &[self], || Op::LogSoftmax { input: self.clone(), output: v, dim }))
+        Ok(Var::record(v.clone(), &[self], || Op::LogSoftmax { input: self.edge(), output: v, dim }))
     }
 }
 
@@ -774,4 +821,39 @@ pub(crate) fn class_targets(op: &'static str, targets: &Tensor, batch: usize, cl
                 .ok_or_else(|| NnError::Shape(format!("{op}: target {t} is not a class index below {classes}")))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_held(v: &Var) -> bool {
+        v.node.value.read().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    /// A result no backward rule reads (here a ReLU's input) is freed with its last handle, as
+    /// in PyTorch, while one that a rule reads (a product's operand) lives until the backward
+    /// pass; the gradients are those of the whole expression either way.
+    #[test]
+    fn values_live_while_a_handle_or_a_backward_rule_needs_them() -> Result<()> {
+        let a = Var::parameter(Tensor::from_vec(vec![-1.0, 2.0, 3.0], &[3])?);
+        let doubled = a.mul_scalar(2.0)?;
+        let doubled_link = doubled.edge();
+        let relu = doubled.relu()?;
+        let shifted = a.add_scalar(1.0)?;
+        let shifted_link = shifted.edge();
+        let product = relu.mul(&shifted)?;
+        drop((doubled, shifted));
+        assert!(!is_held(&doubled_link), "the ReLU's input is released");
+        assert_eq!(doubled_link.shape(), vec![3], "its shape stays known");
+        assert!(is_held(&shifted_link), "the product's operand is kept for its backward rule");
+        assert!(is_held(&a), "leaves are never released");
+        product.sum_all()?.backward()?;
+        // d/da sum(relu(2a) * (a + 1)) = 2 [a > 0] (a + 1) + relu(2a)
+        let grad = a.grad().expect("a gradient").to_vec_f32()?;
+        assert_eq!(grad, vec![0.0, 2.0 * 3.0 + 4.0, 2.0 * 4.0 + 6.0]);
+        drop(product);
+        assert!(!is_held(&shifted_link), "released once the graph lets go");
+        Ok(())
+    }
 }

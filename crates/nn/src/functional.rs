@@ -46,19 +46,19 @@ pub fn max_pool2d(input: &Var, params: Pool2dParams) -> Result<Var> {
         return Ok(Var::constant(tensor::max_pool2d_values(&input.value(), params)?));
     }
     let (y, indices) = tensor::max_pool2d(&input.value(), params)?;
-    Ok(Var::record(y, &[input], || Op::MaxPool2d { input: input.clone(), indices }))
+    Ok(Var::record(y, &[input], || Op::MaxPool2d { input: input.edge(), indices }))
 }
 
 /// Average pooling.
 pub fn avg_pool2d(input: &Var, params: Pool2dParams, count_include_pad: bool) -> Result<Var> {
     let y = tensor::avg_pool2d(&input.value(), params, count_include_pad)?;
-    Ok(Var::record(y, &[input], || Op::AvgPool2d { input: input.clone(), params, count_include_pad }))
+    Ok(Var::record(y, &[input], || Op::AvgPool2d { input: input.edge(), params, count_include_pad }))
 }
 
 /// Adaptive average pooling to `[oh, ow]`.
 pub fn adaptive_avg_pool2d(input: &Var, output: [usize; 2]) -> Result<Var> {
     let y = tensor::adaptive_avg_pool2d(&input.value(), output)?;
-    Ok(Var::record(y, &[input], || Op::AdaptiveAvgPool2d(input.clone())))
+    Ok(Var::record(y, &[input], || Op::AdaptiveAvgPool2d(input.edge())))
 }
 
 /// SyncBatchNorm's training mode: as [`batch_norm_train`], with the mean and variance of every
@@ -173,7 +173,7 @@ pub fn dropout(input: &Var, p: f64, rng: &mut Rng) -> Result<Var> {
     let mask: Vec<f32> = (0..n).map(|_| if (rng.uniform() as f64) < p { 0.0 } else { keep }).collect();
     let mask = Tensor::from_vec(mask, &shape)?.to_device(input.value().device())?;
     let y = input.value().mul(&mask)?;
-    Ok(Var::record(y, &[input], || Op::Dropout { input: input.clone(), mask }))
+    Ok(Var::record(y, &[input], || Op::Dropout { input: input.edge(), mask }))
 }
 
 /// Cross-entropy of logits `[batch, classes]` against i64 class indices `[batch]`, with optional
@@ -200,7 +200,7 @@ pub fn cross_entropy(logits: &Var, targets: &Tensor, reduction: Reduction, label
     let logp = x.log_softmax(1)?;
     let loss = logp.mul(&target)?.sum(&[0, 1], false)?.mul_scalar(-scale)?;
     let probs = logp.exp()?;
-    Ok(Var::record(loss, &[logits], || Op::CrossEntropy { logits: logits.clone(), probs, target, scale }))
+    Ok(Var::record(loss, &[logits], || Op::CrossEntropy { logits: logits.edge(), probs, target, scale }))
 }
 
 /// Negative log-likelihood of log-probabilities `[batch, classes]`.
@@ -217,5 +217,5 @@ pub fn nll_loss(log_probs: &Var, targets: &Tensor, reduction: Reduction) -> Resu
     };
     let target = Tensor::one_hot(&targets.to_device(x.device())?, classes)?;
     let loss = x.mul(&target)?.sum(&[0, 1], false)?.mul_scalar(-scale)?;
-    Ok(Var::record(loss, &[log_probs], || Op::NllLoss { input: log_probs.clone(), target, scale }))
+    Ok(Var::record(loss, &[log_probs], || Op::NllLoss { input: log_probs.edge(), target, scale }))
 }

@@ -342,6 +342,8 @@ pub struct Bottleneck {
 }
 
 /// One residual block of either kind.
+// A model holds a few dozen blocks, built once: the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Block {
     /// A BasicBlock.
     Basic(BasicBlock),
