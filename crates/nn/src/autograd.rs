@@ -139,8 +139,13 @@ pub struct Var {
 
 impl std::fmt::Debug for Var {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let value = self.node.value.read().unwrap_or_else(|p| p.into_inner()).clone();
-        write!(f, "Var(#{}, {:?}, requires_grad={})", self.node.id, value, self.requires_grad())
+        let (id, grad) = (self.node.id, self.requires_grad());
+        match &*self.node.value.read().unwrap_or_else(|p| p.into_inner()) {
+            Some(value) => write!(f, "Var(#{id}, {value:?}, requires_grad={grad})"),
+            None => {
+                write!(f, "Var(#{id}, released, shape {:?}, requires_grad={grad})", lock(&self.node.released_shape))
+            }
+        }
     }
 }
 
