@@ -113,23 +113,19 @@ pub(crate) fn resize_bilinear_window(src: &RgbImage, rect: Rect, out_w: usize, o
     let (vert, yspan) = if out_h != rect.h { coeffs(rect.h, out_h).window(ys) } else { (None, ys) };
     let sub = Rect { x0: rect.x0 + xspan.start, y0: rect.y0 + yspan.start, w: xspan.len(), h: yspan.len() };
     let (w, h) = (window.w, window.h);
-    let out = match (horiz, vert) {
-        (None, None) => return crop(src, sub),
-        (None, Some(v)) => {
-            let rows: Vec<&[u8]> = (0..sub.h).map(|y| &src.row(sub.y0 + y)[sub.x0 * 3..(sub.x0 + sub.w) * 3]).collect();
-            let mut out = vec![0u8; h * w * 3];
-            resample_rows(&rows, &v, &mut out);
-            out
-        }
-        (Some(hc), None) => horizontal(src, sub, &hc),
-        (Some(hc), Some(v)) => {
-            let tmp = horizontal(src, sub, &hc);
-            let rows: Vec<&[u8]> = tmp.chunks_exact(w * 3).collect();
-            let mut out = vec![0u8; h * w * 3];
-            resample_rows(&rows, &v, &mut out);
-            out
-        }
+    let resampled = horiz.map(|c| horizontal(src, sub, &c));
+    let Some(vert) = vert else {
+        return match resampled {
+            Some(pixels) => RgbImage::from_raw(w, h, pixels).expect("sized above"),
+            None => crop(src, sub),
+        };
     };
+    let rows: Vec<&[u8]> = match &resampled {
+        Some(pixels) => pixels.chunks_exact(w * 3).collect(),
+        None => (0..sub.h).map(|y| &src.row(sub.y0 + y)[sub.x0 * 3..(sub.x0 + sub.w) * 3]).collect(),
+    };
+    let mut out = vec![0u8; h * w * 3];
+    resample_rows(&rows, &vert, &mut out);
     RgbImage::from_raw(w, h, out).expect("sized above")
 }
 

@@ -99,13 +99,17 @@ enum Origin {
 
 struct Node {
     id: u64,
-    /// `None` once an op's result is released (see [`Owner`]).
-    value: RwLock<Option<Tensor>>,
-    /// The shape of a released value (backward rules that only need the shape still have it).
-    released_shape: Mutex<Vec<usize>>,
+    value: RwLock<Slot>,
     grad: Mutex<Option<Tensor>>,
     requires_grad: AtomicBool,
     origin: Mutex<Origin>,
+}
+
+/// A node's value, or once an op's result is released (see [`Owner`]) its shape, which backward
+/// rules that read no value may still need.
+enum Slot {
+    Held(Tensor),
+    Released(Vec<usize>),
 }
 
 /// Owns the value of an op's result for as long as a handle to it exists — the user's, or an op
@@ -113,18 +117,15 @@ struct Node {
 /// owner (PyTorch's autograd graph likewise holds no reference to its tensors' data, only what
 /// each node saved): when the last owning handle goes, the value is released, so a batch
 /// norm's output (read by no backward rule) does not live until the backward pass as the
-/// following ReLU's input. Leaves (parameters, inputs, constants) are never released.
+/// following ReLU's input. Leaves (parameters, inputs, constants) have no owner: they are never
+/// released.
 struct Owner(Arc<Node>);
 
 impl Drop for Owner {
     fn drop(&mut self) {
-        let node = &self.0;
-        if matches!(*lock(&node.origin), Origin::Leaf) {
-            return;
-        }
-        let mut value = node.value.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(v) = value.take() {
-            *lock(&node.released_shape) = v.shape().to_vec();
+        let mut slot = self.0.value.write().unwrap_or_else(|p| p.into_inner());
+        if let Slot::Held(v) = &*slot {
+            *slot = Slot::Released(v.shape().to_vec());
         }
     }
 }
@@ -133,18 +134,17 @@ impl Drop for Owner {
 #[derive(Clone)]
 pub struct Var {
     node: Arc<Node>,
-    /// Held, never read: `None` for the graph's edges to an input whose value its op does not read.
+    /// Held, never read: `None` for leaves, and for the graph's edges to an input whose value its
+    /// op does not read.
     _owner: Option<Arc<Owner>>,
 }
 
 impl std::fmt::Debug for Var {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (id, grad) = (self.node.id, self.requires_grad());
-        match &*self.node.value.read().unwrap_or_else(|p| p.into_inner()) {
-            Some(value) => write!(f, "Var(#{id}, {value:?}, requires_grad={grad})"),
-            None => {
-                write!(f, "Var(#{id}, released, shape {:?}, requires_grad={grad})", lock(&self.node.released_shape))
-            }
+        match &*self.node.slot() {
+            Slot::Held(value) => write!(f, "Var(#{id}, {value:?}, requires_grad={grad})"),
+            Slot::Released(shape) => write!(f, "Var(#{id}, released, shape {shape:?}, requires_grad={grad})"),
         }
     }
 }
@@ -153,17 +153,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+impl Node {
+    fn slot(&self) -> std::sync::RwLockReadGuard<'_, Slot> {
+        self.value.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 impl Var {
     fn make(value: Tensor, requires_grad: bool, origin: Origin) -> Var {
+        let is_op = matches!(origin, Origin::Op(_));
         let node = Arc::new(Node {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            value: RwLock::new(Some(value)),
-            released_shape: Mutex::new(Vec::new()),
+            value: RwLock::new(Slot::Held(value)),
             grad: Mutex::new(None),
             requires_grad: AtomicBool::new(requires_grad),
             origin: Mutex::new(origin),
         });
-        Var { _owner: Some(Arc::new(Owner(node.clone()))), node }
+        Var { _owner: is_op.then(|| Arc::new(Owner(node.clone()))), node }
     }
 
     /// A link to this node that does not keep its value alive: for ops whose backward rule
@@ -191,24 +197,22 @@ impl Var {
     pub fn value(&self) -> Tensor {
         // Only the graph's edges can point at a released value, and no backward rule reads the
         // value of an input it holds by an edge.
-        self.node
-            .value
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .expect("the value of an op's result read after its last handle was dropped")
+        match &*self.node.slot() {
+            Slot::Held(v) => v.clone(),
+            Slot::Released(_) => panic!("the value of an op's result read after its last handle was dropped"),
+        }
     }
 
     /// Replaces the value in place (optimizer steps, loading weights).
     pub fn set_value(&self, value: Tensor) {
-        *self.node.value.write().unwrap_or_else(|p| p.into_inner()) = Some(value);
+        *self.node.value.write().unwrap_or_else(|p| p.into_inner()) = Slot::Held(value);
     }
 
     /// The shape of the value.
     pub fn shape(&self) -> Vec<usize> {
-        match &*self.node.value.read().unwrap_or_else(|p| p.into_inner()) {
-            Some(v) => v.shape().to_vec(),
-            None => lock(&self.node.released_shape).clone(),
+        match &*self.node.slot() {
+            Slot::Held(v) => v.shape().to_vec(),
+            Slot::Released(shape) => shape.clone(),
         }
     }
 
@@ -833,7 +837,7 @@ mod tests {
     use super::*;
 
     fn is_held(v: &Var) -> bool {
-        v.node.value.read().unwrap_or_else(|p| p.into_inner()).is_some()
+        matches!(*v.node.slot(), Slot::Held(_))
     }
 
     /// A result no backward rule reads (here a ReLU's input) is freed with its last handle, as
