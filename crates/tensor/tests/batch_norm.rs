@@ -79,3 +79,52 @@ fn folded_conv_bn_relu_equals_the_three_ops() {
     assert!(batch_norm_eval_scale_shift(None, None, &Tensor::zeros(&[2, 3]), &var, 1e-5).is_err());
     assert!(batch_norm_eval_scale_shift(None, None, &mean, &Tensor::zeros(&[5]), 1e-5).is_err());
 }
+
+/// Batch norm's gradients in f64, from the closed form: with `x̂` the normalised input,
+/// `dx = gamma invstd (dy - mean(dy) - x̂ mean(dy x̂))`, `dgamma = Σ dy x̂`, `dbeta = Σ dy`.
+fn batch_norm_grads_f64(x: &[f64], dy: &[f64], shape: &[usize], gamma: &[f64], eps: f64) -> [Vec<f64>; 3] {
+    let (n, c, s) = (shape[0], shape[1], shape[2..].iter().product::<usize>());
+    let (mut dx, mut dg, mut db) = (vec![0.0; x.len()], vec![0.0; c], vec![0.0; c]);
+    for ci in 0..c {
+        let idx: Vec<usize> = (0..n).flat_map(|ni| (0..s).map(move |k| (ni * c + ci) * s + k)).collect();
+        let m = idx.iter().map(|&i| x[i]).sum::<f64>() / idx.len() as f64;
+        let var = idx.iter().map(|&i| (x[i] - m).powi(2)).sum::<f64>() / idx.len() as f64;
+        let invstd = 1.0 / (var + eps).sqrt();
+        let xhat = |i: usize| (x[i] - m) * invstd;
+        db[ci] = idx.iter().map(|&i| dy[i]).sum();
+        dg[ci] = idx.iter().map(|&i| dy[i] * xhat(i)).sum();
+        let (a, b) = (db[ci] / idx.len() as f64, dg[ci] / idx.len() as f64);
+        for &i in &idx {
+            dx[i] = gamma[ci] * invstd * (dy[i] - a - xhat(i) * b);
+        }
+    }
+    [dx, dg, db]
+}
+
+/// The vectorised per-channel kernels (one-pass statistics, the affine output, the backward
+/// sums and input gradient) at every vector extension this machine has — so an AVX-512
+/// machine also tests the AVX2 and portable code — on planes long enough for their 16-lane
+/// loops and with tails, and on values far from zero (which the one-pass variance must survive).
+#[test]
+fn every_simd_level_matches_the_oracle() {
+    use tensor::simd::{available_simd_levels, set_simd_level};
+    for level in available_simd_levels() {
+        set_simd_level(Some(level));
+        for (i, (shape, offset)) in [([3, 4, 13, 11], 0.0), ([2, 3, 37, 5], 1000.0)].into_iter().enumerate() {
+            let seed = 90 + 10 * i as u64;
+            let x = randn(&shape, seed).add_scalar(offset).unwrap();
+            let (gamma, beta, dy) = (randn(&[shape[1]], seed + 1), randn(&[shape[1]], seed + 2), randn(&shape, seed + 3));
+            let (xf, gf) = (f64s(&x), f64s(&gamma));
+            let what = format!("{shape:?} + {offset} at {level}");
+            let out = batch_norm_train(&x, Some(&gamma), Some(&beta), None, 0.1, 1e-5).unwrap();
+            let want = reference::batch_norm_train(&xf, &shape, &gf, &f64s(&beta), 1e-5);
+            assert_close(&format!("forward, {what}"), &out.output.to_vec_f32().unwrap(), &want, 1e-4);
+            let grads = batch_norm_train_backward(&dy, &x, Some(&gamma), &out.mean, &out.invstd).unwrap();
+            let [dx, dg, db] = batch_norm_grads_f64(&xf, &f64s(&dy), &shape, &gf, 1e-5);
+            assert_close(&format!("grad x, {what}"), &grads.input.to_vec_f32().unwrap(), &dx, 1e-4);
+            assert_close(&format!("grad gamma, {what}"), &grads.weight.to_vec_f32().unwrap(), &dg, 1e-4);
+            assert_close(&format!("grad beta, {what}"), &grads.bias.to_vec_f32().unwrap(), &db, 1e-4);
+        }
+    }
+    set_simd_level(None);
+}

@@ -5,10 +5,12 @@
 //! Statistics are accumulated in f64 per channel; channels are the unit of parallel work.
 
 use super::matmul::SyncPtr;
+use super::written_by;
 use crate::backend::{backend_for, Host, NormOps};
 use crate::error::{bad_shape, invalid, mismatch, Result};
 use crate::Tensor;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// `(batch, channels, elements per channel per sample)` of an `[N, C, ...]` tensor.
 fn layout(op: &'static str, shape: &[usize]) -> Result<(usize, usize, usize)> {
@@ -26,20 +28,98 @@ fn channel_vec(op: &'static str, t: Option<&Tensor>, c: usize, default: f32) -> 
     }
 }
 
-/// The sum of `f(i)` for `i` in `0..len` in f64, with eight independent accumulators: as
-/// accurate as one running sum, without one long chain of dependent additions (so it
-/// vectorises), and in a fixed order (so it is deterministic).
+/// Accumulators per sum: independent chains, so the additions vectorise (two AVX-512 registers
+/// of f64) instead of waiting on one another; a fixed order, so results are deterministic.
+const LANES: usize = 16;
+
+/// Adds `f(i)` for `i` in `0..len` into `acc` lane by lane (the tail into the first lanes).
 #[inline(always)]
-fn sum_f64(len: usize, f: impl Fn(usize) -> f64) -> f64 {
-    let mut acc = [0f64; 8];
-    let full = len / 8 * 8;
-    for i in (0..full).step_by(8) {
+fn accumulate(acc: &mut [f64; LANES], len: usize, f: impl Fn(usize) -> f64) {
+    let full = len / LANES * LANES;
+    for i in (0..full).step_by(LANES) {
         for (l, a) in acc.iter_mut().enumerate() {
             *a += f(i + l);
         }
     }
-    let tail: f64 = (full..len).map(&f).sum();
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    for (a, i) in acc.iter_mut().zip(full..len) {
+        *a += f(i);
+    }
+}
+
+/// The lanes' total, added pairwise.
+#[inline(always)]
+fn total(acc: &[f64; LANES]) -> f64 {
+    let mut v = *acc;
+    let mut width = LANES / 2;
+    while width > 0 {
+        for i in 0..width {
+            v[i] += v[i + width];
+        }
+        width /= 2;
+    }
+    v[0]
+}
+
+/// `(Σ d, Σ d²)` of `d = x - pivot` in f64: a channel's shifted sums, from which its mean and
+/// variance follow in one pass over the data (with the pivot a value of the channel, the
+/// subtraction `Σd²/n - (Σd/n)²` stays well conditioned).
+#[inline(always)]
+fn shifted_sums_impl<const FMA: bool>(x: &[f32], pivot: f32) -> (f64, f64) {
+    let (mut s, mut q) = ([0f64; LANES], [0f64; LANES]);
+    let p = pivot as f64;
+    accumulate(&mut s, x.len(), |i| x[i] as f64 - p);
+    accumulate(&mut q, x.len(), |i| {
+        let d = x[i] as f64 - p;
+        d * d
+    });
+    (total(&s), total(&q))
+}
+
+/// `(Σ dy, Σ dy (x - mean))` in f64: the two sums of batch norm's backward pass.
+#[inline(always)]
+fn grad_sums_impl<const FMA: bool>(dy: &[f32], x: &[f32], mean: f64) -> (f64, f64) {
+    let (mut s, mut q) = ([0f64; LANES], [0f64; LANES]);
+    let x = &x[..dy.len()];
+    accumulate(&mut s, dy.len(), |i| dy[i] as f64);
+    accumulate(&mut q, dy.len(), |i| dy[i] as f64 * (x[i] as f64 - mean));
+    (total(&s), total(&q))
+}
+
+/// `out = x * scale + shift`.
+#[inline(always)]
+fn affine_impl<const FMA: bool>(out: &mut [MaybeUninit<f32>], x: &[f32], scale: f32, shift: f32) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        o.write(v * scale + shift);
+    }
+}
+
+/// `dx = k (dy - a - (x - mean) invstd b)` with `[mean, invstd, k, a, b]`: batch norm's input
+/// gradient in training mode (`a` the mean of `dy`, `b` that of `dy x̂`, `k = gamma invstd`).
+#[inline(always)]
+fn train_grad_impl<const FMA: bool>(dx: &mut [MaybeUninit<f32>], dy: &[f32], x: &[f32], coefficients: [f32; 5]) {
+    let [mean, invstd, k, a, b] = coefficients;
+    let x = &x[..dy.len()];
+    for ((o, &g), &v) in dx.iter_mut().zip(dy).zip(x) {
+        let xhat = (v - mean) * invstd;
+        o.write(k * (g - a - xhat * b));
+    }
+}
+
+crate::multiversion! {
+    /// [`shifted_sums_impl`] for the CPU's vector extension.
+    unsafe fn shifted_sums(x: &[f32], pivot: f32) -> (f64, f64) = shifted_sums_impl;
+}
+crate::multiversion! {
+    /// [`grad_sums_impl`] for the CPU's vector extension.
+    unsafe fn grad_sums(dy: &[f32], x: &[f32], mean: f64) -> (f64, f64) = grad_sums_impl;
+}
+crate::multiversion! {
+    /// [`affine_impl`] for the CPU's vector extension.
+    unsafe fn affine(out: &mut [MaybeUninit<f32>], x: &[f32], scale: f32, shift: f32) = affine_impl;
+}
+crate::multiversion! {
+    /// [`train_grad_impl`] for the CPU's vector extension.
+    unsafe fn train_grad(dx: &mut [MaybeUninit<f32>], dy: &[f32], x: &[f32], coefficients: [f32; 5]) = train_grad_impl;
 }
 
 /// Runs `f(channel, values of that channel in sample n)` for every sample, channels in parallel.
@@ -49,6 +129,15 @@ fn per_channel<T: Send>(
     f: impl Fn(usize, &dyn Fn(usize) -> std::ops::Range<usize>) -> T + Sync,
 ) -> Vec<T> {
     (0..c).into_par_iter().map(|ci| f(ci, &|ni| (ni * c + ci) * s..(ni * c + ci + 1) * s)).collect()
+}
+
+/// Elements `r` of the buffer behind `ptr`, as slots to write.
+///
+/// # Safety
+/// `r` lies inside the buffer, and no other live slice overlaps it.
+unsafe fn uninit_range<'a>(ptr: SyncPtr, r: std::ops::Range<usize>) -> &'a mut [MaybeUninit<f32>] {
+    // SAFETY: the caller's contract.
+    unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r.start).cast(), r.len()) }
 }
 
 /// What a training-mode batch norm returns.
@@ -285,37 +374,34 @@ impl NormOps for Host {
         let beta = channel_vec(OP, bias, c, 0.0)?;
         let x = input.f32_data(OP)?;
         let stats = per_channel(c, s, |_, range| {
-            let sum: f64 = (0..n)
-                .map(|ni| {
-                    let v = &x[range(ni)];
-                    sum_f64(v.len(), |i| v[i] as f64)
-                })
-                .sum();
-            let mean = sum / count as f64;
-            let sq: f64 = (0..n)
-                .map(|ni| {
-                    let v = &x[range(ni)];
-                    sum_f64(v.len(), |i| {
-                        let d = v[i] as f64 - mean;
-                        d * d
-                    })
-                })
-                .sum();
-            (mean, sq / count as f64)
-        });
-        let mut out = vec![0f32; x.len()];
-        let ptr = SyncPtr(out.as_mut_ptr());
-        let invstd: Vec<f64> = stats.iter().map(|&(_, var)| 1.0 / (var + eps).sqrt()).collect();
-        per_channel(c, s, |ci, range| {
-            let scale = (gamma[ci] as f64 * invstd[ci]) as f32;
-            let shift = (beta[ci] as f64 - stats[ci].0 * gamma[ci] as f64 * invstd[ci]) as f32;
+            // One pass: sums of the values shifted by the channel's first value.
+            let pivot = x[range(0)].first().copied().unwrap_or(0.0);
+            let (mut sum, mut sq) = (0f64, 0f64);
             for ni in 0..n {
-                let r = range(ni);
-                // SAFETY: each channel writes only its own ranges.
-                let o = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r.start), r.len()) };
-                o.iter_mut().zip(&x[r]).for_each(|(o, &v)| *o = v * scale + shift);
+                // SAFETY: plain slice arithmetic; the features are the dispatcher's.
+                let (a, b) = unsafe { shifted_sums(&x[range(ni)], pivot) };
+                sum += a;
+                sq += b;
             }
+            let shifted_mean = sum / count as f64;
+            (pivot as f64 + shifted_mean, (sq / count as f64 - shifted_mean * shifted_mean).max(0.0))
         });
+        let invstd: Vec<f64> = stats.iter().map(|&(_, var)| 1.0 / (var + eps).sqrt()).collect();
+        let fill = |out: &mut [MaybeUninit<f32>]| {
+            let ptr = SyncPtr(out.as_mut_ptr().cast());
+            per_channel(c, s, |ci, range| {
+                let scale = (gamma[ci] as f64 * invstd[ci]) as f32;
+                let shift = (beta[ci] as f64 - stats[ci].0 * gamma[ci] as f64 * invstd[ci]) as f32;
+                for ni in 0..n {
+                    let r = range(ni);
+                    // SAFETY: each channel writes only its own ranges; the rest is slice
+                    // arithmetic.
+                    unsafe { affine(uninit_range(ptr, r.clone()), &x[r], scale, shift) };
+                }
+            });
+        };
+        // SAFETY: the channels' ranges cover the output, and every element of each is written.
+        let out = unsafe { written_by(x.len(), fill) };
         let (running_mean, running_var) = match running {
             None => (None, None),
             Some((rm, rv)) => {
@@ -350,12 +436,16 @@ impl NormOps for Host {
         let (_, c, s) = layout;
         let (scale, shift) = eval_affine(OP, c, weight, bias, running_mean, running_var, eps)?;
         let x = input.f32_data(OP)?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(s.max(1)).enumerate().for_each(|(i, o)| {
-            let ci = i % c;
-            let src = &x[i * s..(i + 1) * s];
-            o.iter_mut().zip(src).for_each(|(o, &v)| *o = v * scale[ci] + shift[ci]);
-        });
+        let fill = |out: &mut [MaybeUninit<f32>]| {
+            out.par_chunks_mut(s.max(1)).enumerate().for_each(|(i, o)| {
+                let ci = i % c;
+                let src = &x[i * s..(i + 1) * s];
+                // SAFETY: slice arithmetic; the features are the dispatcher's.
+                unsafe { affine(o, src, scale[ci], shift[ci]) };
+            });
+        };
+        // SAFETY: the chunks cover the output and every element of each is written.
+        let out = unsafe { written_by(x.len(), fill) };
         Ok(Tensor::from_vec_unchecked(out, input.shape()))
     }
     fn batch_norm_train_backward(
@@ -375,30 +465,33 @@ impl NormOps for Host {
         let invstd = channel_vec(OP, Some(invstd), c, 1.0)?;
         let x = input.f32_data(OP)?;
         let dy = grad_output.f32_data(OP)?;
-        let mut dx = vec![0f32; x.len()];
-        let ptr = SyncPtr(dx.as_mut_ptr());
-        let sums = per_channel(c, s, |ci, range| {
-            let (mu, is) = (mean[ci] as f64, invstd[ci] as f64);
-            let (mut sum_dy, mut sum_dy_xhat) = (0f64, 0f64);
-            for ni in 0..n {
-                let (g, v) = (&dy[range(ni)], &x[range(ni)]);
-                sum_dy += sum_f64(g.len(), |i| g[i] as f64);
-                sum_dy_xhat += sum_f64(g.len(), |i| g[i] as f64 * (v[i] as f64 - mu)) * is;
-            }
-            let k = gamma[ci] as f64 * is;
-            let a = (sum_dy / m) as f32;
-            let b = (sum_dy_xhat / m) as f32;
-            for ni in 0..n {
-                let r = range(ni);
-                // SAFETY: each channel writes only its own ranges.
-                let o = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r.start), r.len()) };
-                for ((o, &g), &v) in o.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
-                    let xhat = ((v as f64 - mu) * is) as f32;
-                    *o = (k as f32) * (g - a - xhat * b);
+        let mut sums = Vec::new();
+        let fill = |dx: &mut [MaybeUninit<f32>]| {
+            let ptr = SyncPtr(dx.as_mut_ptr().cast());
+            sums = per_channel(c, s, |ci, range| {
+                let (mu, is) = (mean[ci] as f64, invstd[ci] as f64);
+                let (mut sum_dy, mut sum_dy_xhat) = (0f64, 0f64);
+                for ni in 0..n {
+                    // SAFETY: plain slice arithmetic; the features are the dispatcher's.
+                    let (a, b) = unsafe { grad_sums(&dy[range(ni)], &x[range(ni)], mu) };
+                    sum_dy += a;
+                    sum_dy_xhat += b * is;
                 }
-            }
-            (sum_dy_xhat as f32, sum_dy as f32)
-        });
+                let k = (gamma[ci] as f64 * is) as f32;
+                let a = (sum_dy / m) as f32;
+                let b = (sum_dy_xhat / m) as f32;
+                for ni in 0..n {
+                    let r = range(ni);
+                    let coefficients = [mean[ci], invstd[ci], k, a, b];
+                    // SAFETY: each channel writes only its own ranges; the rest is slice
+                    // arithmetic.
+                    unsafe { train_grad(uninit_range(ptr, r.clone()), &dy[r.clone()], &x[r], coefficients) };
+                }
+                (sum_dy_xhat as f32, sum_dy as f32)
+            });
+        };
+        // SAFETY: the channels' ranges cover the gradient, and every element of each is written.
+        let dx = unsafe { written_by(x.len(), fill) };
         Ok(BatchNormGrads {
             input: Tensor::from_vec_unchecked(dx, input.shape()),
             weight: Tensor::from_vec_unchecked(sums.iter().map(|s| s.0).collect(), &[c]),
@@ -422,24 +515,28 @@ impl NormOps for Host {
         let var = channel_vec(OP, Some(running_var), c, 1.0)?;
         let x = input.f32_data(OP)?;
         let dy = grad_output.f32_data(OP)?;
-        let mut dx = vec![0f32; x.len()];
-        let ptr = SyncPtr(dx.as_mut_ptr());
-        let sums = per_channel(c, s, |ci, range| {
-            let is = 1.0 / (var[ci] as f64 + eps).sqrt();
-            let k = (gamma[ci] as f64 * is) as f32;
-            let (mut sdy, mut sdyx) = (0f64, 0f64);
-            for ni in 0..n {
-                let r = range(ni);
-                // SAFETY: each channel writes only its own ranges.
-                let o = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r.start), r.len()) };
-                for ((o, &g), &v) in o.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
-                    *o = g * k;
-                    sdy += g as f64;
-                    sdyx += g as f64 * (v as f64 - mean[ci] as f64) * is;
+        let mut sums = Vec::new();
+        let fill = |dx: &mut [MaybeUninit<f32>]| {
+            let ptr = SyncPtr(dx.as_mut_ptr().cast());
+            sums = per_channel(c, s, |ci, range| {
+                let is = 1.0 / (var[ci] as f64 + eps).sqrt();
+                let k = (gamma[ci] as f64 * is) as f32;
+                let (mut sdy, mut sdyx) = (0f64, 0f64);
+                for ni in 0..n {
+                    let r = range(ni);
+                    // SAFETY: each channel writes only its own ranges.
+                    let o = unsafe { uninit_range(ptr, r.clone()) };
+                    for ((o, &g), &v) in o.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
+                        o.write(g * k);
+                        sdy += g as f64;
+                        sdyx += g as f64 * (v as f64 - mean[ci] as f64) * is;
+                    }
                 }
-            }
-            (sdyx as f32, sdy as f32)
-        });
+                (sdyx as f32, sdy as f32)
+            });
+        };
+        // SAFETY: the channels' ranges cover the gradient, and every element of each is written.
+        let dx = unsafe { written_by(x.len(), fill) };
         Ok(BatchNormGrads {
             input: Tensor::from_vec_unchecked(dx, input.shape()),
             weight: Tensor::from_vec_unchecked(sums.iter().map(|s| s.0).collect(), &[c]),

@@ -388,12 +388,6 @@ fn init_from<'a>(dst: &'a mut [MaybeUninit<f32>], src: &[f32]) -> &'a mut [f32] 
     }
 }
 
-/// An initialised buffer seen as one that a forward pass may overwrite.
-fn as_uninit(buf: &mut [f32]) -> &mut [MaybeUninit<f32>] {
-    // SAFETY: same layout; only initialised values are ever written through the result.
-    unsafe { &mut *(buf as *mut [f32] as *mut [MaybeUninit<f32>]) }
-}
-
 /// What the forward pass applies to each output tile after the GEMM.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Epilogue<'a> {
@@ -785,7 +779,6 @@ impl ConvOps for Host {
         let dy = grad_output.f32_data(OP)?;
         let w = weight.f32_data(OP)?;
         let (ohw, k, in_hw) = (g.out_hw(), g.k(), g.in_hw());
-        let mut dx = vec![0f32; g.n * g.cin * in_hw];
         let image_len = g.cin * in_hw;
 
         // A stride-1 3x3 conv's input gradient is itself such a conv: of the output gradient with
@@ -802,10 +795,17 @@ impl ConvOps for Host {
                     }
                 }
                 let u = super::winograd::transform_weights(&flipped, t.cout, t.cin);
-                super::winograd::forward(&t, &dy, &u, Epilogue::default(), as_uninit(&mut dx));
+                let len = g.n * image_len;
+                // Not zero-filled: the Winograd forward pass writes every output once.
+                let mut dx = Vec::with_capacity(len);
+                super::winograd::forward(&t, &dy, &u, Epilogue::default(), &mut dx.spare_capacity_mut()[..len]);
+                // SAFETY: it wrote all `len` elements.
+                unsafe { dx.set_len(len) };
                 return Ok(Tensor::from_vec_unchecked(dx, input_shape));
             }
         }
+        // The paths below add into the gradient (col2im), so it starts at zero.
+        let mut dx = vec![0f32; g.n * image_len];
 
         let nb = g.images_per_block();
         if nb > 1 {

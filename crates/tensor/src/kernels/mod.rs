@@ -20,3 +20,17 @@ pub(crate) fn relu(x: f32) -> f32 {
         x
     }
 }
+
+/// A vector of `len` values that `init` writes, without zero-filling it first: for a large
+/// output that zeroing is a whole extra pass over memory (several percent of a training step,
+/// counting the batch norms' outputs and Winograd's transformed kernels).
+///
+/// # Safety
+/// `init` must write every element of the slice it is given.
+pub(crate) unsafe fn written_by<T>(len: usize, init: impl FnOnce(&mut [std::mem::MaybeUninit<T>])) -> Vec<T> {
+    let mut v = Vec::with_capacity(len);
+    init(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: the caller's contract: `init` initialised all `len` elements.
+    unsafe { v.set_len(len) };
+    v
+}

@@ -236,44 +236,53 @@ impl PoolOps for Host {
         let shape = g.out_shape();
         let x = input.f32_data(OP)?;
         let (ohw, ihw) = (g.oh * g.ow, g.h * g.w);
-        let mut out = vec![0f32; g.planes * ohw];
-        let mut idx = vec![0i64; g.planes * ohw];
-        out.par_chunks_mut(ohw.max(1)).zip(idx.par_chunks_mut(ohw.max(1))).enumerate().for_each(|(pl, (o, ix))| {
-            let plane = &x[pl * ihw..(pl + 1) * ihw];
-            for oh in 0..g.oh {
-                let (h0, h1) = window(oh, p.stride[0], p.padding[0], p.kernel[0], g.h);
-                for ow in 0..g.ow {
-                    let (w0, w1) = window(ow, p.stride[1], p.padding[1], p.kernel[1], g.w);
-                    // Branch-free selects in the common case; a NaN (which PyTorch propagates,
-                    // with the index of the first one) is looked for only when there is one.
-                    let mut best = f32::NEG_INFINITY;
-                    let mut best_i = h0 * g.w + w0;
-                    let mut nan = false;
-                    for ih in h0..h1 {
-                        let row = &plane[ih * g.w..ih * g.w + w1];
-                        for (iw, &v) in row.iter().enumerate().skip(w0) {
-                            let greater = v > best;
-                            best = if greater { v } else { best };
-                            best_i = if greater { ih * g.w + iw } else { best_i };
-                            nan |= v.is_nan();
+        let len = g.planes * ohw;
+        // Not zero-filled: every output and index is written once below.
+        let (mut out, mut idx) = (Vec::<f32>::with_capacity(len), Vec::<i64>::with_capacity(len));
+        let slots = (&mut out.spare_capacity_mut()[..len], &mut idx.spare_capacity_mut()[..len]);
+        slots.0.par_chunks_mut(ohw.max(1)).zip(slots.1.par_chunks_mut(ohw.max(1))).enumerate().for_each(
+            |(pl, (o, ix))| {
+                let plane = &x[pl * ihw..(pl + 1) * ihw];
+                for oh in 0..g.oh {
+                    let (h0, h1) = window(oh, p.stride[0], p.padding[0], p.kernel[0], g.h);
+                    for ow in 0..g.ow {
+                        let (w0, w1) = window(ow, p.stride[1], p.padding[1], p.kernel[1], g.w);
+                        // Branch-free selects in the common case; a NaN (which PyTorch propagates,
+                        // with the index of the first one) is looked for only when there is one.
+                        let mut best = f32::NEG_INFINITY;
+                        let mut best_i = h0 * g.w + w0;
+                        let mut nan = false;
+                        for ih in h0..h1 {
+                            let row = &plane[ih * g.w..ih * g.w + w1];
+                            for (iw, &v) in row.iter().enumerate().skip(w0) {
+                                let greater = v > best;
+                                best = if greater { v } else { best };
+                                best_i = if greater { ih * g.w + iw } else { best_i };
+                                nan |= v.is_nan();
+                            }
                         }
-                    }
-                    if nan {
-                        'find: for ih in h0..h1 {
-                            for iw in w0..w1 {
-                                if plane[ih * g.w + iw].is_nan() {
-                                    best = f32::NAN;
-                                    best_i = ih * g.w + iw;
-                                    break 'find;
+                        if nan {
+                            'find: for ih in h0..h1 {
+                                for iw in w0..w1 {
+                                    if plane[ih * g.w + iw].is_nan() {
+                                        best = f32::NAN;
+                                        best_i = ih * g.w + iw;
+                                        break 'find;
+                                    }
                                 }
                             }
                         }
+                        o[oh * g.ow + ow].write(best);
+                        ix[oh * g.ow + ow].write(best_i as i64);
                     }
-                    o[oh * g.ow + ow] = best;
-                    ix[oh * g.ow + ow] = best_i as i64;
                 }
-            }
-        });
+            },
+        );
+        // SAFETY: the planes' chunks cover both buffers, and every (oh, ow) of each was written.
+        unsafe {
+            out.set_len(len);
+            idx.set_len(len);
+        }
         Ok((Tensor::from_vec_unchecked(out, &shape), Tensor::from_i64_vec_unchecked(idx, &shape)))
     }
     fn max_pool2d_values(&self, input: &Tensor, p: &Pool2dParams, g: &PoolGeom) -> Result<Tensor> {
