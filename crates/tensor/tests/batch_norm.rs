@@ -113,7 +113,8 @@ fn every_simd_level_matches_the_oracle() {
         for (i, (shape, offset)) in [([3, 4, 13, 11], 0.0), ([2, 3, 37, 5], 1000.0)].into_iter().enumerate() {
             let seed = 90 + 10 * i as u64;
             let x = randn(&shape, seed).add_scalar(offset).unwrap();
-            let (gamma, beta, dy) = (randn(&[shape[1]], seed + 1), randn(&[shape[1]], seed + 2), randn(&shape, seed + 3));
+            let (gamma, beta, dy) =
+                (randn(&[shape[1]], seed + 1), randn(&[shape[1]], seed + 2), randn(&shape, seed + 3));
             let (xf, gf) = (f64s(&x), f64s(&gamma));
             let what = format!("{shape:?} + {offset} at {level}");
             let out = batch_norm_train(&x, Some(&gamma), Some(&beta), None, 0.1, 1e-5).unwrap();

@@ -97,6 +97,24 @@ fn elementwise_broadcasting() {
     let big = randn(&[300, 257], 3);
     let sum = big.add(&big.narrow(0, 0, 1).unwrap()).unwrap();
     assert_eq!(sum.get(&[299, 256]).unwrap(), big.get(&[299, 256]).unwrap() + big.get(&[0, 256]).unwrap());
+    // Same-shape operands above the threshold run in parallel blocks with a short last block:
+    // every value, in every block, against the rule applied value by value.
+    let other = randn(&[300, 257], 4);
+    let (xs, ys) = (big.to_vec_f32().unwrap(), other.to_vec_f32().unwrap());
+    let check = |what: &str, got: Tensor, rule: &dyn Fn(f32, f32) -> f32| {
+        let got = got.to_vec_f32().unwrap();
+        assert_eq!(got.len(), xs.len(), "{what}");
+        for (i, ((&g, &p), &q)) in got.iter().zip(&xs).zip(&ys).enumerate() {
+            assert_eq!(g.to_bits(), rule(p, q).to_bits(), "{what} at {i}");
+        }
+    };
+    check("add", big.add(&other).unwrap(), &|p, q| p + q);
+    check("sub", big.sub(&other).unwrap(), &|p, q| p - q);
+    check("mul", big.mul(&other).unwrap(), &|p, q| p * q);
+    check("div", big.div(&other).unwrap(), &|p, q| p / q);
+    check("maximum", big.maximum(&other).unwrap(), &|p, q| p.max(q));
+    check("relu", big.relu().unwrap(), &|p, _| if p < 0.0 { 0.0 } else { p });
+    check("relu_backward", other.relu_backward(&big.relu().unwrap()).unwrap(), &|p, q| if p > 0.0 { q } else { 0.0 });
 }
 
 #[test]

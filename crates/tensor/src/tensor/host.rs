@@ -10,14 +10,49 @@ use crate::DType;
 use ndarray::{ArcArray, ArrayD, Axis, IxDyn, Slice, Zip};
 use rayon::prelude::*;
 
+/// Elements per block of an elementwise loop run in parallel: each block is one tight loop over
+/// slices, which the compiler vectorises (a rayon `collect` went through its consumer
+/// machinery value by value: ReLU, its gradient and the residual adds were ~5% of a training
+/// step).
+const ELEMENTWISE_BLOCK: usize = 1 << 14;
+
+/// A new vector of `len` floats, `fill(offset, block)` writing each block (in parallel blocks
+/// above the parallel threshold), without zero-filling it first.
+fn fill_blocks(len: usize, fill: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync + Send) -> Vec<f32> {
+    let body = |out: &mut [std::mem::MaybeUninit<f32>]| {
+        if len >= PARALLEL_THRESHOLD {
+            out.par_chunks_mut(ELEMENTWISE_BLOCK).enumerate().for_each(|(i, o)| fill(i * ELEMENTWISE_BLOCK, o));
+        } else {
+            fill(0, out);
+        }
+    };
+    // SAFETY: the blocks cover the vector, and the callers' `fill` writes every element of its
+    // block (each zips the block with input slices at least as long).
+    unsafe { crate::kernels::written_by(len, body) }
+}
+
+/// `f` of each value of `s`, into a new vector.
+fn map_slice(s: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
+    fill_blocks(s.len(), |at, out| {
+        for (o, &v) in out.iter_mut().zip(&s[at..]) {
+            o.write(f(v));
+        }
+    })
+}
+
+/// `f` of each pair of values of `a` and `b` (the same length), into a new vector.
+fn zip_slices(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
+    debug_assert_eq!(a.len(), b.len());
+    fill_blocks(a.len(), |at, out| {
+        for ((o, &p), &q) in out.iter_mut().zip(&a[at..]).zip(&b[at..]) {
+            o.write(f(p, q));
+        }
+    })
+}
+
 pub(super) fn map_f32(a: &ArcArray<f32, IxDyn>, f: impl Fn(f32) -> f32 + Sync + Send) -> Tensor {
     if let Some(s) = a.as_slice() {
-        let v: Vec<f32> = if s.len() >= PARALLEL_THRESHOLD {
-            s.par_iter().map(|&x| f(x)).collect()
-        } else {
-            s.iter().map(|&x| f(x)).collect()
-        };
-        Tensor::from_vec_unchecked(v, a.shape())
+        Tensor::from_vec_unchecked(map_slice(s, f), a.shape())
     } else {
         Tensor::from_f32_array(a.map(|&x| f(x)))
     }
@@ -167,11 +202,15 @@ impl ElementwiseOps for Host {
         match (&x.storage, &rhs.storage) {
             (Storage::F32(a), Storage::F32(b)) => {
                 if let (Some(x), Some(y)) = (a.as_slice(), b.as_slice()) {
-                    if a.shape() == b.shape() {
-                        let v: Vec<f32> = if x.len() >= PARALLEL_THRESHOLD {
-                            x.par_iter().zip(y.par_iter()).map(|(&p, &q)| op.f32(p, q)).collect()
-                        } else {
-                            x.iter().zip(y).map(|(&p, &q)| op.f32(p, q)).collect()
+                    if a.shape() == b.shape() && x.len() == y.len() {
+                        // One loop per op, its variant spelled out, so the `match` folds away.
+                        let v = match op {
+                            BinaryOp::Add => zip_slices(x, y, |p, q| BinaryOp::Add.f32(p, q)),
+                            BinaryOp::Sub => zip_slices(x, y, |p, q| BinaryOp::Sub.f32(p, q)),
+                            BinaryOp::Mul => zip_slices(x, y, |p, q| BinaryOp::Mul.f32(p, q)),
+                            BinaryOp::Div => zip_slices(x, y, |p, q| BinaryOp::Div.f32(p, q)),
+                            BinaryOp::Maximum => zip_slices(x, y, |p, q| BinaryOp::Maximum.f32(p, q)),
+                            BinaryOp::Minimum => zip_slices(x, y, |p, q| BinaryOp::Minimum.f32(p, q)),
                         };
                         return Ok(Tensor::from_vec_unchecked(v, shape));
                     }
@@ -207,12 +246,10 @@ impl ElementwiseOps for Host {
     fn relu_backward(&self, x: &Tensor, output: &Tensor) -> Result<Tensor> {
         const OP: &str = "relu_backward";
         let (g, y) = (x.f32_data(OP)?, output.f32_data(OP)?);
-        let pick = |(&g, &y): (&f32, &f32)| if y > 0.0 { g } else { 0.0 };
-        let v = if g.len() >= PARALLEL_THRESHOLD {
-            g.par_iter().zip(y.par_iter()).map(pick).collect()
-        } else {
-            g.iter().zip(y.iter()).map(pick).collect()
-        };
+        if g.len() != y.len() {
+            return Err(mismatch(OP, x.shape(), output.shape()));
+        }
+        let v = zip_slices(&g, &y, |g, y| if y > 0.0 { g } else { 0.0 });
         Ok(Tensor::from_vec_unchecked(v, x.shape()))
     }
     fn unary(&self, x: &Tensor, op: UnaryOp) -> Result<Tensor> {
