@@ -40,6 +40,8 @@ LAYER_RULES = [
     ("elementwise (ReLU, add, scale, ...)", ["tensor::tensor::host::"]),
     ("autograd bookkeeping", ["nn::autograd"]),
 ]
+# Helpers shared by several conv passes: a sample in one is filed under the pass above it.
+SHARED_HELPERS = ["kernels::conv::im2col", "kernels::conv::gather_", "kernels::matmul::", "kernels::scratch::"]
 FALLBACK_RULES = [
     ("GEMM, caller not unwound", ["gemm"]),
     ("memcpy (copies, gathers)", ["__memcpy", "__memmove"]),
@@ -82,7 +84,8 @@ def category(frames):
         return leaf
     if frames and "memset" in frames[0] and any(z in f for f in frames[:6] for z in ZEROING):
         return "allocation zeroing"
-    return first(LAYER_RULES, frames) or first(FALLBACK_RULES, frames) or "other"
+    layer_frames = [f for f in frames if not any(h in f for h in SHARED_HELPERS)]
+    return first(LAYER_RULES, layer_frames) or first(FALLBACK_RULES, frames) or "other"
 
 
 def main():

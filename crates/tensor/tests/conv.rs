@@ -402,3 +402,64 @@ fn every_simd_level_matches_the_oracle() {
     }
     set_simd_level(None);
 }
+
+/// The kernel gradient of an ungrouped stride-1 conv from its definition, in f64:
+/// `dW[co, ci, a, b] = Σ_n Σ_(i, j) dy[n, co, i, j] x[n, ci, i + a - pad, j + b - pad]`.
+fn weight_grad_f64(x: &[f64], xs: [usize; 4], dy: &[f64], ws: [usize; 4], pad: usize) -> Vec<f64> {
+    let ([n, cin, h, w], [cout, _, kh, kw]) = (xs, ws);
+    let (oh, ow) = (h + 2 * pad - kh + 1, w + 2 * pad - kw + 1);
+    let mut dw = vec![0.0; cout * cin * kh * kw];
+    for ni in 0..n {
+        for co in 0..cout {
+            for ci in 0..cin {
+                for a in 0..kh {
+                    for b in 0..kw {
+                        let mut s = 0.0;
+                        for i in 0..oh {
+                            for j in 0..ow {
+                                let (r, c) = ((i + a) as isize - pad as isize, (j + b) as isize - pad as isize);
+                                if r >= 0 && c >= 0 && (r as usize) < h && (c as usize) < w {
+                                    s += dy[((ni * cout + co) * oh + i) * ow + j]
+                                        * x[((ni * cin + ci) * h + r as usize) * w + c as usize];
+                                }
+                            }
+                        }
+                        dw[((co * cin + ci) * kh + a) * kw + b] += s;
+                    }
+                }
+            }
+        }
+    }
+    dw
+}
+
+/// The Winograd kernel gradient (stride-1 3x3 convs with at least 128 4x4 output tiles per
+/// thread, as these shapes have under 1 and 2 threads): partial tiles at the maps' edges, no
+/// padding, channel counts that leave lanes of the eight-tile transforms empty, at every vector
+/// extension this machine has, against the definition in f64.
+#[test]
+fn winograd_weight_gradient_matches_the_definition() {
+    use tensor::simd::{available_simd_levels, set_simd_level};
+    let cases =
+        [([8, 6, 27, 26], [5, 6, 3, 3], 1), ([10, 17, 19, 21], [9, 17, 3, 3], 1), ([8, 4, 30, 30], [8, 4, 3, 3], 0)];
+    for level in available_simd_levels() {
+        set_simd_level(Some(level));
+        for (i, (xs, ws, pad)) in cases.into_iter().enumerate() {
+            let p = Conv2dParams::new().padding(pad);
+            let x = randn(&xs, 100 + i as u64);
+            let ys = tensor::conv2d_output_shape(&xs, &ws, p).unwrap();
+            let dy = randn(&ys, 110 + i as u64);
+            let want = weight_grad_f64(&f64s(&x), xs, &f64s(&dy), ws, pad);
+            for threads in [1, 2] {
+                let dw = with_threads(threads, || conv2d_backward_weight(&x, &dy, &ws, p)).unwrap();
+                assert_close(
+                    &format!("{xs:?} {ws:?} pad {pad}, {threads} threads, {level}"),
+                    &dw.to_vec_f32().unwrap(),
+                    &want,
+                    1e-4,
+                );
+            }
+        }
+    }
+    set_simd_level(None);
+}

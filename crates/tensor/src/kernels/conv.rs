@@ -869,6 +869,9 @@ impl ConvOps for Host {
         let weight_shape = &g.weight_shape()[..];
         let x = input.f32_data(OP)?;
         let dy = grad_output.f32_data(OP)?;
+        if super::winograd::suits_weight_gradient(g) {
+            return Ok(Tensor::from_vec_unchecked(super::winograd::backward_weight(g, &x, &dy), weight_shape));
+        }
         let (ohw, k, in_hw) = (g.out_hw(), g.k(), g.in_hw());
         let nb = g.images_per_block();
         // Items: (image, tile) pairs, or blocks of `nb` whole images when outputs are small.

@@ -494,3 +494,200 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], u: &[f32], epi: Epilogue<'_>, out
         (0..items).for_each(|item| run_item(item, &mut bufs));
     }
 }
+
+// The weight gradient, F(3x3, 4x4): the same bilinear algorithm read the other way round.
+// The forward pass's trilinear form is Σ_ξ (A w Aᵀ)_ξ (G g Gᵀ)_ξ (Bᵀ d B)_ξ for a 4x4 block of
+// output weights w; its derivative in the kernel g, with w the output gradient's 4x4 block, is
+// the kernel's gradient from that tile: Gᵀ [(A dy Aᵀ) ⊙ (Bᵀ d B)] G. Summed over tiles (and
+// images) in the transformed domain, that is 36 GEMMs `M[ξ] += dY[ξ] (cout x tiles) ·
+// V[ξ]ᵀ (tiles x cin)` — 36 multiplies per tile and channel pair instead of 144 — and one
+// transform back per channel pair at the end.
+
+/// `A h` for one column of four output-gradient values (and, applied to rows, `(A h) Aᵀ`):
+/// `A` is the transpose of the forward pass's output transform ([`output_1d`]).
+#[inline(always)]
+fn grad_1d(h: [f32; 4]) -> [f32; 6] {
+    let (even, odd) = (h[0] + h[2], h[1] + h[3]);
+    let (even4, odd2) = (h[0] + 4.0 * h[2], 2.0 * h[1] + 8.0 * h[3]);
+    [h[0], even + odd, even - odd, even4 + odd2, even4 - odd2, h[3]]
+}
+
+/// `Gᵀ m` for one column of six transformed values: `G`'s transpose ([`kernel_1d`]).
+#[inline(always)]
+fn kernel_grad_1d(m: [f64; 6]) -> [f64; 3] {
+    let (s12, d12, s34, d34) = (m[1] + m[2], m[2] - m[1], m[3] + m[4], m[3] - m[4]);
+    [m[0] / 4.0 - s12 / 6.0 + s34 / 24.0, d12 / 6.0 + d34 / 12.0, (s34 - s12) / 6.0 + m[5]]
+}
+
+/// Fills channels `channels` of `u` (`[36][cout][len]`, `u_len` floats) with the transformed
+/// 4x4 output-gradient blocks of tiles `t0..t0 + len` (zeros past the map's edge).
+///
+/// # Safety
+/// `u` must be valid for writes of `u_len` floats, and no other thread may write these
+/// channels' entries.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn transform_grad_impl<const FMA: bool>(
+    g: &ConvGeom,
+    tl: &Tiling,
+    dy: &[f32],
+    t0: usize,
+    len: usize,
+    channels: Range<usize>,
+    u: SyncPtr,
+    u_len: usize,
+) {
+    let stride_xi = plane_stride(g.cout, len);
+    let ohw = g.oh * g.ow;
+    for l0 in (0..len).step_by(L) {
+        let lanes = L.min(len - l0);
+        let mut tiles = [(0usize, 0usize, 0usize); L];
+        for (k, t) in tiles.iter_mut().enumerate().take(lanes) {
+            *t = tl.locate(t0 + l0 + k);
+        }
+        let whole = |&(_, ty, tx): &(usize, usize, usize)| ty * 4 + 4 <= g.oh && tx * 4 + 4 <= g.ow;
+        let dense = lanes == L && tiles.iter().all(whole);
+        let mut h = [[[0f32; L]; 4]; 4];
+        for co in channels.clone() {
+            if !dense {
+                h = [[[0f32; L]; 4]; 4];
+            }
+            for (k, &(ni, ty, tx)) in tiles.iter().enumerate().take(lanes) {
+                let plane = &dy[(ni * g.cout + co) * ohw..(ni * g.cout + co + 1) * ohw];
+                for (i, row) in h.iter_mut().enumerate() {
+                    let oy = ty * 4 + i;
+                    if oy >= g.oh {
+                        break;
+                    }
+                    for (j, e) in row.iter_mut().enumerate() {
+                        let ox = tx * 4 + j;
+                        if ox >= g.ow {
+                            break;
+                        }
+                        e[k] = plane[oy * g.ow + ox];
+                    }
+                }
+            }
+            // Columns first (A h), then rows ((A h) Aᵀ).
+            let mut cols = [[[0f32; L]; 4]; 6];
+            for j in 0..4 {
+                let t = lanewise(grad_1d, [&h[0][j], &h[1][j], &h[2][j], &h[3][j]]);
+                for i in 0..6 {
+                    cols[i][j] = t[i];
+                }
+            }
+            let base = co * len + l0;
+            for (i, row) in cols.iter().enumerate() {
+                let t = lanewise(grad_1d, [&row[0], &row[1], &row[2], &row[3]]);
+                for (j, val) in t.iter().enumerate() {
+                    let at = (i * 6 + j) * stride_xi + base;
+                    assert!(at + lanes <= u_len, "transformed gradient past its buffer");
+                    // SAFETY: in bounds (checked); channel co's entries are this call's.
+                    put_lanes(std::slice::from_raw_parts_mut(u.get().add(at), lanes), val, lanes);
+                }
+            }
+        }
+    }
+}
+
+crate::multiversion! {
+    /// [`transform_grad_impl`], compiled for the CPU's vector extension ([`crate::simd`]).
+    ///
+    /// # Safety
+    /// As for [`transform_grad_impl`].
+    unsafe fn transform_grad(
+        g: &ConvGeom,
+        tl: &Tiling,
+        dy: &[f32],
+        t0: usize,
+        len: usize,
+        channels: Range<usize>,
+        u: SyncPtr,
+        u_len: usize,
+    ) = transform_grad_impl, up to Avx2;
+}
+
+/// Whether the weight gradient of this convolution takes [`backward_weight`]: a conv the
+/// forward pass would run by Winograd, with enough tiles per thread that each of the 36
+/// products is deep (it accumulates a `cout x cin` block from `tiles` terms).
+pub(crate) fn suits_weight_gradient(g: &ConvGeom) -> bool {
+    let tiles = g.n * g.oh.div_ceil(4) * g.ow.div_ceil(4);
+    suits(g, false) && tiles >= MIN_WEIGHT_GRAD_TILES * rayon::current_num_threads()
+}
+
+/// Fewest tiles per thread for [`backward_weight`].
+const MIN_WEIGHT_GRAD_TILES: usize = 128;
+
+/// The kernel gradient `[cout, cin, 3, 3]` of a stride-1 3x3 conv of `x` whose output gradient
+/// is `dy`. Each thread sums the products of a fixed, contiguous range of tile chunks in the
+/// transformed domain, and the partial sums are added in range order (deterministic, as the
+/// im2col path).
+pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let tl = Tiling::new(g);
+    let by_budget = (CHUNK_BUDGET / (T * g.cin.max(g.cout))).max(MIN_CHUNK);
+    let threads = rayon::current_num_threads().max(1);
+    let parts = threads.min(tl.total).max(1);
+    let plane = g.cout * g.cin;
+    let partials: Vec<Vec<f32>> = (0..parts)
+        .into_par_iter()
+        .map(|part| {
+            let (first, last) = (part * tl.total / parts, (part + 1) * tl.total / parts);
+            let mut acc = vec![0f32; T * plane];
+            let (mut v, mut u) = (Scratch::take(), Scratch::take());
+            let mut t0 = first;
+            while t0 < last {
+                let len = by_budget.min(last - t0);
+                let (sv, su) = (plane_stride(g.cin, len), plane_stride(g.cout, len));
+                v.at_least(T * sv);
+                u.at_least(T * su);
+                let (v_ptr, v_len) = (SyncPtr(v.as_mut_ptr()), v.len());
+                let (u_ptr, u_len) = (SyncPtr(u.as_mut_ptr()), u.len());
+                // SAFETY: the buffers hold `v_len` and `u_len` floats; this thread owns them.
+                unsafe {
+                    transform_input(g, &tl, x, t0, len, 0..g.cin, v_ptr, v_len);
+                    transform_grad(g, &tl, dy, t0, len, 0..g.cout, u_ptr, u_len);
+                }
+                for xi in 0..T {
+                    let lhs = MatRef::of(&u, xi * su, g.cout, len, len, 1);
+                    let rhs = MatRef::of(&v, xi * sv, len, g.cin, 1, len);
+                    // SAFETY: `acc` holds the 36 `cout x cin` blocks; this thread owns it.
+                    unsafe {
+                        product(
+                            acc.as_mut_ptr().add(xi * plane),
+                            g.cin as isize,
+                            lhs,
+                            rhs,
+                            true,
+                            Parallelism::None,
+                            false,
+                        )
+                    };
+                }
+                t0 += len;
+            }
+            acc
+        })
+        .collect();
+    let mut partials = partials.into_iter();
+    let mut m = partials.next().unwrap_or_else(|| vec![0f32; T * plane]);
+    for p in partials {
+        m.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+    }
+    // Back from the transformed domain, one channel pair at a time: dW = Gᵀ M G (in f64: the
+    // sums are done, and G's sixths and twenty-fourths round less there).
+    let mut dw = vec![0f32; plane * 9];
+    dw.par_chunks_mut(9).enumerate().for_each(|(pair, out)| {
+        let at = |xi: usize| m[xi * plane + pair] as f64;
+        let mut rows = [[0f64; 3]; 6];
+        for (i, row) in rows.iter_mut().enumerate() {
+            *row = kernel_grad_1d(std::array::from_fn(|j| at(i * 6 + j)));
+        }
+        for b in 0..3 {
+            let col = kernel_grad_1d(std::array::from_fn(|i| rows[i][b]));
+            for a in 0..3 {
+                out[a * 3 + b] = col[a] as f32;
+            }
+        }
+    });
+    dw
+}
