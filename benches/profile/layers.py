@@ -7,31 +7,35 @@
     python3 benches/profile/layers.py case.txt [--marker 'Trainer::step'] [--top 15]
 
 Samples before the first one whose stack contains the marker (`Trainer::step` for training
-cases, `forward` for inference) are the untimed setup (building the model, faulting in its
-memory) and are left out. Each remaining sample is filed under the first rule, scanning its
-stack from the leaf up, that one of its frames matches: so a `gemm` micro-kernel sample goes to
-the conv pass that called it, and a page fault to the allocation that took it (a `memset` of a
-fresh buffer counts under "zeroing", not under the op that asked for zeroed memory). A
-development tool: CI does not run it.
+cases, `FusedResNet` for prepared inference), plus `--skip` seconds of warm-up, are the setup
+(building the model, faulting in its memory) and are left out. A sample whose leaf is the
+kernel zeroing fresh pages, or the allocator zeroing a buffer, counts as such; any other is
+filed under the first rule of LAYER_RULES (in order) that a frame of its stack matches, so a
+`gemm` micro-kernel sample goes to the conv pass that called it. Work that rayon runs on its
+threads has only the kernel's own frames on its stack: the Winograd input gradient of a 3x3
+conv is therefore filed with the Winograd forward passes. A development tool: CI does not run
+it (the book's benchmark chapter has its tables).
 """
 import argparse
 import collections
 import sys
 
-# What a sample's leaf says on its own: the kernel zeroing fresh pages, the allocator zeroing a
-# buffer. Otherwise the first frame from the leaf up that matches a layer rule decides; the
-# shared machinery between a layer and its leaf (the `gemm` crate, our GEMM wrappers, rayon's
-# plumbing) matches none. Order matters where one frame could match two rules.
+# A sample's leaf decides first (page faults); then the first layer rule that any frame of
+# the stack matches, rules in order (a backward pass before the forward kernel it runs); the
+# machinery shared between a layer and its leaf (the `gemm` crate, our GEMM wrappers, im2col,
+# rayon's plumbing) matches no layer rule.
 LEAF_RULES = [
     ("page faults (kernel zeroing fresh pages)", ["clear_page", "asm_exc_page_fault", "folio_zero"]),
 ]
 ZEROING = ["_mi_memzero", "mi_theap_malloc_zero", "alloc_zeroed", "from_elem"]
 LAYER_RULES = [
-    ("conv, weight gradient", ["conv2d_backward_weight"]),
-    ("conv, Winograd 3x3 (forward and input gradient)", ["winograd::"]),
+    ("conv, weight gradient", ["conv2d_backward_weight", "winograd::backward_weight"]),
     ("conv, input gradient", ["conv2d_backward_input", "backward_input_blocks", "col2im"]),
-    ("conv, direct grouped", ["kernels::direct::"]),
-    ("conv forward (im2col or 1x1 GEMM)", ["kernels::conv::", "PreparedConv", "conv2d_affine"]),
+    # The input gradient of a stride-1 3x3 conv is a Winograd forward pass; its work items
+    # run on rayon's threads, whose stacks do not reach `conv2d_backward_input`, so they land here.
+    ("conv, Winograd 3x3 (forward and input gradient)", ["winograd::"]),
+    ("conv forward, direct grouped", ["kernels::direct::"]),
+    ("conv forward, im2col or 1x1 GEMM", ["kernels::conv::", "PreparedConv", "conv2d_affine"]),
     ("batch norm", ["batch_norm"]),
     ("pooling", ["kernels::pool::"]),
     ("optimizer", ["kernels::optim::"]),
@@ -74,10 +78,9 @@ def samples(path):
 
 def category(frames):
     def first(rules, frames):
-        for frame in frames:
-            for name, needles in rules:
-                if any(n in frame for n in needles):
-                    return name
+        for name, needles in rules:
+            if any(n in frame for frame in frames for n in needles):
+                return name
         return None
     leaf = first(LEAF_RULES, frames[:1])
     if leaf:
