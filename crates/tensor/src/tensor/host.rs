@@ -18,7 +18,10 @@ const ELEMENTWISE_BLOCK: usize = 1 << 14;
 
 /// A new vector of `len` floats, `fill(offset, block)` writing each block (in parallel blocks
 /// above the parallel threshold), without zero-filling it first.
-fn fill_blocks(len: usize, fill: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync + Send) -> Vec<f32> {
+///
+/// # Safety
+/// `fill` must write every element of the block it is given.
+unsafe fn fill_blocks(len: usize, fill: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync + Send) -> Vec<f32> {
     let body = |out: &mut [std::mem::MaybeUninit<f32>]| {
         if len >= PARALLEL_THRESHOLD {
             out.par_chunks_mut(ELEMENTWISE_BLOCK).enumerate().for_each(|(i, o)| fill(i * ELEMENTWISE_BLOCK, o));
@@ -26,28 +29,33 @@ fn fill_blocks(len: usize, fill: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>
             fill(0, out);
         }
     };
-    // SAFETY: the blocks cover the vector, and the callers' `fill` writes every element of its
-    // block (each zips the block with input slices at least as long).
+    // SAFETY: the blocks cover the vector, and `fill` writes each (the caller's contract).
     unsafe { crate::kernels::written_by(len, body) }
 }
 
 /// `f` of each value of `s`, into a new vector.
 fn map_slice(s: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
-    fill_blocks(s.len(), |at, out| {
-        for (o, &v) in out.iter_mut().zip(&s[at..]) {
+    let fill = |at: usize, out: &mut [std::mem::MaybeUninit<f32>]| {
+        let s = &s[at..at + out.len()];
+        for (o, &v) in out.iter_mut().zip(s) {
             o.write(f(v));
         }
-    })
+    };
+    // SAFETY: a block of `s.len()` values, `at` into them, is zipped with a slice as long.
+    unsafe { fill_blocks(s.len(), fill) }
 }
 
-/// `f` of each pair of values of `a` and `b` (the same length), into a new vector.
+/// `f` of each pair of values of `a` and `b`, into a new vector.
 fn zip_slices(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
-    debug_assert_eq!(a.len(), b.len());
-    fill_blocks(a.len(), |at, out| {
-        for ((o, &p), &q) in out.iter_mut().zip(&a[at..]).zip(&b[at..]) {
+    assert_eq!(a.len(), b.len(), "zip_slices: operands of different lengths");
+    let fill = |at: usize, out: &mut [std::mem::MaybeUninit<f32>]| {
+        let (a, b) = (&a[at..at + out.len()], &b[at..at + out.len()]);
+        for ((o, &p), &q) in out.iter_mut().zip(a).zip(b) {
             o.write(f(p, q));
         }
-    })
+    };
+    // SAFETY: each block is zipped with slices exactly as long (the lengths are checked).
+    unsafe { fill_blocks(a.len(), fill) }
 }
 
 pub(super) fn map_f32(a: &ArcArray<f32, IxDyn>, f: impl Fn(f32) -> f32 + Sync + Send) -> Tensor {
