@@ -244,6 +244,29 @@ fn patch(g: &ConvGeom, tl: &Tiling, t: usize) -> Patch {
     Patch { image, row, col, inside }
 }
 
+/// Calls `f(i, j, position)` for the outputs `(i, j)` of the 4x4 tile at tile row `ty`, column
+/// `tx` that lie inside the map (the last row and column of tiles may overhang it), with
+/// `position` the output's index in its plane.
+#[inline(always)]
+fn tile_outputs(g: &ConvGeom, ty: usize, tx: usize, mut f: impl FnMut(usize, usize, usize)) {
+    let (rows, cols) = (4.min(g.oh - ty * 4), 4.min(g.ow - tx * 4));
+    let first = ty * 4 * g.ow + tx * 4;
+    if rows == 4 && cols == 4 {
+        // Whole tiles (almost all of them): fixed trip counts the compiler unrolls.
+        for i in 0..4 {
+            for j in 0..4 {
+                f(i, j, first + i * g.ow + j);
+            }
+        }
+    } else {
+        for i in 0..rows {
+            for j in 0..cols {
+                f(i, j, first + i * g.ow + j);
+            }
+        }
+    }
+}
+
 /// Fills channels `channels` of `v` (`[36][cin][len]`, `v_len` floats) with the transformed
 /// input patches of tiles `t0..t0 + len`.
 ///
@@ -382,28 +405,18 @@ unsafe fn transform_output_impl<const FMA: bool>(
             }
             for (k, &(ni, ty, tx)) in tiles.iter().enumerate().take(lanes) {
                 let plane = (ni * g.cout + co) * ohw;
-                for (i, brow) in block.iter().enumerate() {
-                    let oy = ty * 4 + i;
-                    if oy >= g.oh {
-                        break;
+                tile_outputs(g, ty, tx, |i, j, pos| {
+                    let at = plane + pos;
+                    let mut o = block[i][j][k];
+                    if let Some(r) = epi.residual {
+                        o += r[at];
                     }
-                    for (j, val) in brow.iter().enumerate() {
-                        let ox = tx * 4 + j;
-                        if ox >= g.ow {
-                            break;
-                        }
-                        let at = plane + oy * g.ow + ox;
-                        let mut o = val[k];
-                        if let Some(r) = epi.residual {
-                            o += r[at];
-                        }
-                        if epi.relu {
-                            o = super::relu(o);
-                        }
-                        // SAFETY: this tile's outputs belong to this call (the caller's contract).
-                        unsafe { *out.get().add(at) = o };
+                    if epi.relu {
+                        o = super::relu(o);
                     }
-                }
+                    // SAFETY: this tile's outputs belong to this call (the caller's contract).
+                    unsafe { *out.get().add(at) = o };
+                });
             }
         }
     }
@@ -554,19 +567,7 @@ unsafe fn transform_grad_impl<const FMA: bool>(
             }
             for (k, &(ni, ty, tx)) in tiles.iter().enumerate().take(lanes) {
                 let plane = &dy[(ni * g.cout + co) * ohw..(ni * g.cout + co + 1) * ohw];
-                for (i, row) in h.iter_mut().enumerate() {
-                    let oy = ty * 4 + i;
-                    if oy >= g.oh {
-                        break;
-                    }
-                    for (j, e) in row.iter_mut().enumerate() {
-                        let ox = tx * 4 + j;
-                        if ox >= g.ow {
-                            break;
-                        }
-                        e[k] = plane[oy * g.ow + ox];
-                    }
-                }
+                tile_outputs(g, ty, tx, |i, j, pos| h[i][j][k] = plane[pos]);
             }
             // Columns first (A h), then rows ((A h) Aᵀ).
             let mut cols = [[[0f32; L]; 4]; 6];
