@@ -11,7 +11,9 @@
 //! tolerances).
 //!
 //! Tiles of all images are cut into chunks; one chunk's transformed input and products stay
-//! within a few MiB, and chunks are shared out across threads.
+//! within a few MiB, and chunks are shared out across threads. The transforms run row by row:
+//! an input (or output) row is read (written) once for a run of tiles side by side, and the
+//! 1-D transforms then run over a block of tiles, one tile per vector lane.
 
 use super::conv::{ConvGeom, Epilogue};
 use super::matmul::{parallelism, product, MatRef, SyncPtr};
@@ -226,49 +228,125 @@ fn put_lanes(dst: &mut [f32], src: &Lanes, lanes: usize) {
     }
 }
 
-/// Where one tile reads its input patch: the image, the patch's top-left corner (negative in
-/// the padding), and whether the whole patch lies inside the image.
-#[derive(Clone, Copy, Default)]
-struct Patch {
-    image: usize,
-    row: isize,
-    col: isize,
-    inside: bool,
-}
+/// Tiles per block of the transforms: each block's intermediate rows stay in L1.
+const TB: usize = 64;
+/// Lanes of [`map_lanes`]' groups: two AVX2 registers.
+const G: usize = 16;
 
-fn patch(g: &ConvGeom, tl: &Tiling, t: usize) -> Patch {
-    let (image, ty, tx) = tl.locate(t);
-    let row = (ty * 4) as isize - g.p.padding[0] as isize;
-    let col = (tx * 4) as isize - g.p.padding[1] as isize;
-    let inside = row >= 0 && col >= 0 && row + 6 <= g.h as isize && col + 6 <= g.w as isize;
-    Patch { image, row, col, inside }
-}
-
-/// Calls `f(i, j, position)` for the outputs `(i, j)` of the 4x4 tile at tile row `ty`, column
-/// `tx` that lie inside the map (the last row and column of tiles may overhang it), with
-/// `position` the output's index in its plane.
+/// `outs[j][t] = f(ins[0][t], ..)[j]` for every `t < outs[0].len()`, in groups of [`G`] lanes
+/// with fixed trip counts (vectorised whole, where a plain loop over a block's few dozen tiles
+/// would leave many of them to the compiler's scalar remainder); the rest one by one.
 #[inline(always)]
-fn tile_outputs(g: &ConvGeom, ty: usize, tx: usize, mut f: impl FnMut(usize, usize, usize)) {
-    let (rows, cols) = (4.min(g.oh - ty * 4), 4.min(g.ow - tx * 4));
-    let first = ty * 4 * g.ow + tx * 4;
-    if rows == 4 && cols == 4 {
-        // Whole tiles (almost all of them): fixed trip counts the compiler unrolls.
-        for i in 0..4 {
-            for j in 0..4 {
-                f(i, j, first + i * g.ow + j);
+fn map_lanes<const I: usize, const O: usize>(
+    ins: [&[f32]; I],
+    mut outs: [&mut [f32]; O],
+    f: impl Fn([f32; I]) -> [f32; O],
+) {
+    let n = outs[0].len();
+    let mut t = 0;
+    while t + G <= n {
+        // Fixed-size views: the loop below has no bounds tests and a fixed trip count.
+        let mut x: [&[f32; G]; I] = [&[0.0; G]; I];
+        for (xi, src) in x.iter_mut().zip(&ins) {
+            *xi = src[t..t + G].try_into().expect("G lanes");
+        }
+        let mut y: [[f32; G]; O] = [[0.0; G]; O];
+        for k in 0..G {
+            let mut v = [0f32; I];
+            for (vi, xi) in v.iter_mut().zip(&x) {
+                *vi = xi[k];
+            }
+            for (yj, o) in y.iter_mut().zip(f(v)) {
+                yj[k] = o;
             }
         }
-    } else {
-        for i in 0..rows {
-            for j in 0..cols {
-                f(i, j, first + i * g.ow + j);
-            }
+        for (dst, yj) in outs.iter_mut().zip(&y) {
+            let dst: &mut [f32; G] = (&mut dst[t..t + G]).try_into().expect("G lanes");
+            *dst = *yj;
         }
+        t += G;
+    }
+    for k in t..n {
+        let mut v = [0f32; I];
+        for (vi, src) in v.iter_mut().zip(&ins) {
+            *vi = src[k];
+        }
+        for (dst, o) in outs.iter_mut().zip(f(v)) {
+            dst[k] = o;
+        }
+    }
+}
+
+/// Tiles `t..t + count` cut at the ends of tile rows: `(offset, image, tile_row, tile_column,
+/// n)` for each run of `n` tiles side by side, `offset` counted from `t`. (An iterator, not a
+/// callback: a closure the compiler does not inline would lose the caller's vector extension.)
+#[inline(always)]
+fn row_runs(tl: &Tiling, t: usize, count: usize) -> impl Iterator<Item = (usize, usize, usize, usize, usize)> + '_ {
+    let mut off = 0;
+    std::iter::from_fn(move || {
+        (off < count).then(|| {
+            let (image, ty, tx) = tl.locate(t + off);
+            let n = (tl.tw - tx).min(count - off);
+            off += n;
+            (off - n, image, ty, tx, n)
+        })
+    })
+}
+
+/// `d[q][u] = row[x0 + 4u + q]` for `q < 4`, `u < d[q].len()`, zero where the column falls
+/// outside `row`: the first four taps of a row of patches side by side, 4 columns apart. Returns
+/// the tiles `lo..hi` whose `taps` columns from `x0 + 4u` all lie inside the row; those take a
+/// loop without bounds tests.
+#[inline(always)]
+fn gather_phases(row: &[f32], x0: isize, taps: usize, d: [&mut [f32]; 4]) -> (usize, usize) {
+    let [d0, d1, d2, d3] = d;
+    let (n, w, taps) = (d0.len(), row.len() as isize, taps as isize);
+    let at = |x: isize| if x >= 0 && x < w { row[x as usize] } else { 0.0 };
+    let lo = if x0 >= 0 { 0 } else { ((-x0 + 3) / 4) as usize }.min(n);
+    let hi = if w - x0 >= taps { ((w - x0 - taps) / 4 + 1) as usize } else { 0 }.clamp(lo, n);
+    for u in (0..lo).chain(hi..n) {
+        let x = x0 + 4 * u as isize;
+        (d0[u], d1[u], d2[u], d3[u]) = (at(x), at(x + 1), at(x + 2), at(x + 3));
+    }
+    if lo < hi {
+        let inner = &row[(x0 + 4 * lo as isize) as usize..][..4 * (hi - lo)];
+        let (d0, d1, d2, d3) = (&mut d0[lo..hi], &mut d1[lo..hi], &mut d2[lo..hi], &mut d3[lo..hi]);
+        for (u, q) in inner.chunks_exact(4).enumerate() {
+            (d0[u], d1[u], d2[u], d3[u]) = (q[0], q[1], q[2], q[3]);
+        }
+    }
+    (lo, hi)
+}
+
+/// One row of the 6x6 input patches of a run of tiles side by side: `d[j][u] = row[x0 + 4u +
+/// j]`, zero outside `row`.
+#[inline(always)]
+fn gather_patch_row(row: &[f32], x0: isize, d: [&mut [f32]; 6]) {
+    let [d0, d1, d2, d3, d4, d5] = d;
+    let (n, w) = (d0.len(), row.len() as isize);
+    let (lo, hi) = gather_phases(row, x0, 6, [&mut *d0, &mut *d1, &mut *d2, &mut *d3]);
+    let at = |x: isize| if x >= 0 && x < w { row[x as usize] } else { 0.0 };
+    for u in (0..lo).chain(hi..n) {
+        let x = x0 + 4 * u as isize;
+        (d4[u], d5[u]) = (at(x + 4), at(x + 5));
+    }
+    if lo < hi {
+        // Taps 4 and 5 of tile u are taps 0 and 1 of tile u + 1; the last inner tile's are
+        // inside the row too (the choice of `hi`).
+        d4[lo..hi - 1].copy_from_slice(&d0[lo + 1..hi]);
+        d5[lo..hi - 1].copy_from_slice(&d1[lo + 1..hi]);
+        let last = (x0 + 4 * (hi - 1) as isize) as usize;
+        (d4[hi - 1], d5[hi - 1]) = (row[last + 4], row[last + 5]);
     }
 }
 
 /// Fills channels `channels` of `v` (`[36][cin][len]`, `v_len` floats) with the transformed
 /// input patches of tiles `t0..t0 + len`.
+///
+/// Row by row rather than patch by patch: each input row is read once per run of tiles side
+/// by side, its taps split into the patches' six columns; then the column transform (`Bᵀ d`)
+/// and the row transform (`(Bᵀ d) B`) run over all tiles of a block at once, one tile per
+/// vector lane, with no patch gathered value by value into lanes.
 ///
 /// # Safety
 /// `v` must be valid for writes of `v_len` floats, and no other thread may write these
@@ -285,72 +363,73 @@ unsafe fn transform_input_impl<const FMA: bool>(
     v: SyncPtr,
     v_len: usize,
 ) {
-    let (h, w) = (g.h as isize, g.w as isize);
     let stride_xi = plane_stride(g.cin, len);
-    for l0 in (0..len).step_by(L) {
-        let lanes = L.min(len - l0);
-        let mut patches = [Patch::default(); L];
-        for (k, p) in patches.iter_mut().enumerate().take(lanes) {
-            *p = patch(g, tl, t0 + l0 + k);
-        }
-        // Eight whole patches inside the image overwrite every entry of `d`; otherwise the
-        // entries in the padding (and of absent lanes) must read as zeros.
-        let dense = lanes == L && patches.iter().all(|p| p.inside);
-        // d[i][j][lane]: the 6x6 patch of each tile.
-        let mut d = [[[0f32; L]; 6]; 6];
-        let first = channels.start;
-        for c in channels.clone() {
-            if !dense && c > first {
-                d = [[[0f32; L]; 6]; 6];
-            }
-            for (k, p) in patches.iter().enumerate().take(lanes) {
-                let plane = &x[(p.image * g.cin + c) * g.in_hw()..(p.image * g.cin + c + 1) * g.in_hw()];
-                if p.inside {
-                    for (i, row) in d.iter_mut().enumerate() {
-                        let s = (p.row as usize + i) * g.w + p.col as usize;
-                        for (j, e) in plane[s..s + 6].iter().enumerate() {
-                            row[j][k] = *e;
-                        }
-                    }
-                } else {
-                    for (i, row) in d.iter_mut().enumerate() {
-                        let r = p.row + i as isize;
-                        if r < 0 || r >= h {
-                            continue;
-                        }
-                        for (j, e) in row.iter_mut().enumerate() {
-                            let col = p.col + j as isize;
-                            if col >= 0 && col < w {
-                                e[k] = plane[r as usize * g.w + col as usize];
-                            }
-                        }
+    assert!((T - 1) * stride_xi + channels.end * len <= v_len, "transformed input past its buffer");
+    let (pad_h, pad_w) = (g.p.padding[0] as isize, g.p.padding[1] as isize);
+    // d[r][j][t]: row r, column j of tile t's 6x6 patch; cols[i][j][t]: (Bᵀ d)[i][j].
+    let mut d = [[[0f32; TB]; 6]; 6];
+    let mut cols = [[[0f32; TB]; 6]; 6];
+    for c in channels {
+        for tb in (0..len).step_by(TB) {
+            let nb = TB.min(len - tb);
+            for (off, image, ty, tx, n) in row_runs(tl, t0 + tb, nb) {
+                let plane = &x[(image * g.cin + c) * g.in_hw()..][..g.in_hw()];
+                for (r, dr) in d.iter_mut().enumerate() {
+                    let ih = (ty * 4 + r) as isize - pad_h;
+                    if ih < 0 || ih >= g.h as isize {
+                        dr.iter_mut().for_each(|dj| dj[off..off + n].fill(0.0));
+                    } else {
+                        let row = &plane[ih as usize * g.w..][..g.w];
+                        gather_patch_row(row, (tx * 4) as isize - pad_w, dr.each_mut().map(|dj| &mut dj[off..off + n]));
                     }
                 }
             }
-            // Columns first (Bᵀ d), then rows ((Bᵀ d) B).
-            let mut cols = [[[0f32; L]; 6]; 6];
             for j in 0..6 {
-                let t = lanewise(input_1d, [&d[0][j], &d[1][j], &d[2][j], &d[3][j], &d[4][j], &d[5][j]]);
-                for i in 0..6 {
-                    cols[i][j] = t[i];
-                }
+                let src = std::array::from_fn(|r| &d[r][j][..nb]);
+                map_lanes(src, cols.each_mut().map(|ci| &mut ci[j][..nb]), input_1d);
             }
-            let base = c * len + l0;
             for (i, row) in cols.iter().enumerate() {
-                let t = lanewise(input_1d, [&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
-                for (j, val) in t.iter().enumerate() {
-                    let at = (i * 6 + j) * stride_xi + base;
-                    assert!(at + lanes <= v_len, "transformed input past its buffer");
-                    // SAFETY: in bounds (checked); channel c's entries are this call's.
-                    put_lanes(std::slice::from_raw_parts_mut(v.get().add(at), lanes), val, lanes);
-                }
+                // SAFETY: positions i*6..i*6+6 of channel c, tiles tb..tb+nb: in bounds (asserted
+                // above), disjoint from each other, and this call's (the caller's contract).
+                let outs = std::array::from_fn(|j| unsafe {
+                    std::slice::from_raw_parts_mut(v.get().add((i * 6 + j) * stride_xi + c * len + tb), nb)
+                });
+                map_lanes(std::array::from_fn(|j| &row[j][..nb]), outs, input_1d);
             }
         }
     }
 }
 
+/// One output row of a run of tiles: `dst[4u + j] = y[j][u]`, plus the residual and ReLU.
+#[inline(always)]
+fn write_row<const RESIDUAL: bool, const RELU: bool>(dst: &mut [f32], residual: &[f32], y: [&[f32]; 4]) {
+    let finish = |o: f32, x: usize| {
+        let o = if RESIDUAL { o + residual[x] } else { o };
+        if RELU {
+            super::relu(o)
+        } else {
+            o
+        }
+    };
+    let whole = dst.len() / 4;
+    let (y0, y1, y2, y3) = (&y[0][..whole], &y[1][..whole], &y[2][..whole], &y[3][..whole]);
+    for (u, out) in dst.chunks_exact_mut(4).enumerate() {
+        out[0] = finish(y0[u], 4 * u);
+        out[1] = finish(y1[u], 4 * u + 1);
+        out[2] = finish(y2[u], 4 * u + 2);
+        out[3] = finish(y3[u], 4 * u + 3);
+    }
+    for x in 4 * whole..dst.len() {
+        dst[x] = finish(y[x % 4][whole], x);
+    }
+}
+
 /// Writes the outputs of tiles `t0..t0 + len` from their products `m` (`[36][cout][len]`),
 /// clipped to the image, with the epilogue applied.
+///
+/// Block by block of tiles, one tile per vector lane: the row transform (`m A`), the column
+/// transform (`Aᵀ (m A)`) with the scale and bias, then each output row written once across a
+/// run of tiles side by side.
 ///
 /// # Safety
 /// `out` must point at the whole output, and no other thread may write these tiles.
@@ -368,62 +447,46 @@ unsafe fn transform_output_impl<const FMA: bool>(
 ) {
     let stride_xi = plane_stride(g.cout, len);
     let ohw = g.oh * g.ow;
-    for l0 in (0..len).step_by(L) {
-        let lanes = L.min(len - l0);
-        let mut tiles = [(0usize, 0usize, 0usize); L];
-        for (k, t) in tiles.iter_mut().enumerate().take(lanes) {
-            *t = tl.locate(t0 + l0 + k);
-        }
-        // Lanes past `lanes` keep stale values; their results are never written out.
-        let mut mm = [[0f32; L]; T];
-        for co in channels.clone() {
-            let (scale, bias) = (epi.scale.map_or(1.0, |s| s[co]), epi.bias.map_or(0.0, |b| b[co]));
-            for (xi, lanes_xi) in mm.iter_mut().enumerate() {
-                let at = xi * stride_xi + co * len + l0;
-                if lanes == L {
-                    lanes_xi.copy_from_slice(&m[at..at + L]);
-                } else {
-                    lanes_xi[..lanes].copy_from_slice(&m[at..at + lanes]);
-                }
-            }
-            // rows[i][j] = (m A)[i][j], then column j of Aᵀ (m A) is column j of the block.
-            let mut rows = [[[0f32; L]; 4]; 6];
+    // rows[i][j][t] = (m A)[i][j]; block[r][j][t] = (Aᵀ m A)[r][j] * scale + bias.
+    let mut rows = [[[0f32; TB]; 4]; 6];
+    let mut block = [[[0f32; TB]; 4]; 4];
+    for co in channels {
+        let (scale, bias) = (epi.scale.map_or(1.0, |s| s[co]), epi.bias.map_or(0.0, |b| b[co]));
+        for tb in (0..len).step_by(TB) {
+            let nb = TB.min(len - tb);
             for (i, row) in rows.iter_mut().enumerate() {
-                let r = &mm[i * 6..i * 6 + 6];
-                *row = lanewise(output_1d, [&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]);
+                let src = std::array::from_fn(|k| &m[(i * 6 + k) * stride_xi + co * len + tb..][..nb]);
+                map_lanes(src, row.each_mut().map(|r| &mut r[..nb]), output_1d);
             }
-            let mut block = [[[0f32; L]; 4]; 4];
             for j in 0..4 {
-                let y =
-                    lanewise(output_1d, [&rows[0][j], &rows[1][j], &rows[2][j], &rows[3][j], &rows[4][j], &rows[5][j]]);
-                for i in 0..4 {
-                    for k in 0..L {
-                        // (`* 1.0` without a scale is exact.)
-                        block[i][j][k] = y[i][k] * scale + bias;
+                let src = std::array::from_fn(|i| &rows[i][j][..nb]);
+                // (`* 1.0` without a scale is exact.)
+                map_lanes(src, block.each_mut().map(|b| &mut b[j][..nb]), |m| output_1d(m).map(|y| y * scale + bias));
+            }
+            for (off, image, ty, tx, n) in row_runs(tl, t0 + tb, nb) {
+                let (height, width) = (4.min(g.oh - ty * 4), (4 * n).min(g.ow - tx * 4));
+                for (r, br) in block.iter().enumerate().take(height) {
+                    let at = (image * g.cout + co) * ohw + (ty * 4 + r) * g.ow + tx * 4;
+                    // SAFETY: this run's outputs in row r belong to this call (the caller's
+                    // contract), inside the output (clipped to the map).
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(at), width) };
+                    let y = br.each_ref().map(|b| &b[off..off + n]);
+                    match (epi.residual, epi.relu) {
+                        (Some(res), true) => write_row::<true, true>(dst, &res[at..at + width], y),
+                        (Some(res), false) => write_row::<true, false>(dst, &res[at..at + width], y),
+                        (None, true) => write_row::<false, true>(dst, &[], y),
+                        (None, false) => write_row::<false, false>(dst, &[], y),
                     }
                 }
-            }
-            for (k, &(ni, ty, tx)) in tiles.iter().enumerate().take(lanes) {
-                let plane = (ni * g.cout + co) * ohw;
-                tile_outputs(g, ty, tx, |i, j, pos| {
-                    let at = plane + pos;
-                    let mut o = block[i][j][k];
-                    if let Some(r) = epi.residual {
-                        o += r[at];
-                    }
-                    if epi.relu {
-                        o = super::relu(o);
-                    }
-                    // SAFETY: this tile's outputs belong to this call (the caller's contract).
-                    unsafe { *out.get().add(at) = o };
-                });
             }
         }
     }
 }
 
 crate::multiversion! {
-    /// [`transform_input_impl`], compiled for the CPU's vector extension ([`crate::simd`]).
+    /// [`transform_input_impl`], compiled for the CPU's vector extension ([`crate::simd`]) up to
+    /// AVX2: the AVX-512 build was slower on the Xeon it was measured on
+    /// (`conv-3x3-64to64-56-fwd` 4.4 ms against 3.9 for the three transforms at AVX2).
     ///
     /// # Safety
     /// As for [`transform_input_impl`].
@@ -535,6 +598,10 @@ fn kernel_grad_1d(m: [f64; 6]) -> [f64; 3] {
 /// Fills channels `channels` of `u` (`[36][cout][len]`, `u_len` floats) with the transformed
 /// 4x4 output-gradient blocks of tiles `t0..t0 + len` (zeros past the map's edge).
 ///
+/// Row by row, as [`transform_input_impl`]: each gradient row split into the blocks' four
+/// columns, then the column transform (`A h`) and the row transform (`(A h) Aᵀ`) over all
+/// tiles of a block at once.
+///
 /// # Safety
 /// `u` must be valid for writes of `u_len` floats, and no other thread may write these
 /// channels' entries.
@@ -551,41 +618,37 @@ unsafe fn transform_grad_impl<const FMA: bool>(
     u_len: usize,
 ) {
     let stride_xi = plane_stride(g.cout, len);
+    assert!((T - 1) * stride_xi + channels.end * len <= u_len, "transformed gradient past its buffer");
     let ohw = g.oh * g.ow;
-    for l0 in (0..len).step_by(L) {
-        let lanes = L.min(len - l0);
-        let mut tiles = [(0usize, 0usize, 0usize); L];
-        for (k, t) in tiles.iter_mut().enumerate().take(lanes) {
-            *t = tl.locate(t0 + l0 + k);
-        }
-        let whole = |&(_, ty, tx): &(usize, usize, usize)| ty * 4 + 4 <= g.oh && tx * 4 + 4 <= g.ow;
-        let dense = lanes == L && tiles.iter().all(whole);
-        let mut h = [[[0f32; L]; 4]; 4];
-        for co in channels.clone() {
-            if !dense {
-                h = [[[0f32; L]; 4]; 4];
+    // h[r][j][t]: row r, column j of tile t's 4x4 gradient block; cols[i][j][t]: (A h)[i][j].
+    let mut h = [[[0f32; TB]; 4]; 4];
+    let mut cols = [[[0f32; TB]; 4]; 6];
+    for co in channels {
+        for tb in (0..len).step_by(TB) {
+            let nb = TB.min(len - tb);
+            for (off, image, ty, tx, n) in row_runs(tl, t0 + tb, nb) {
+                let plane = &dy[(image * g.cout + co) * ohw..][..ohw];
+                for (r, hr) in h.iter_mut().enumerate() {
+                    let row = ty * 4 + r;
+                    let runs = hr.each_mut().map(|hj| &mut hj[off..off + n]);
+                    if row >= g.oh {
+                        runs.into_iter().for_each(|hj| hj.fill(0.0));
+                    } else {
+                        gather_phases(&plane[row * g.ow..][..g.ow], (tx * 4) as isize, 4, runs);
+                    }
+                }
             }
-            for (k, &(ni, ty, tx)) in tiles.iter().enumerate().take(lanes) {
-                let plane = &dy[(ni * g.cout + co) * ohw..(ni * g.cout + co + 1) * ohw];
-                tile_outputs(g, ty, tx, |i, j, pos| h[i][j][k] = plane[pos]);
-            }
-            // Columns first (A h), then rows ((A h) Aᵀ).
-            let mut cols = [[[0f32; L]; 4]; 6];
             for j in 0..4 {
-                let t = lanewise(grad_1d, [&h[0][j], &h[1][j], &h[2][j], &h[3][j]]);
-                for i in 0..6 {
-                    cols[i][j] = t[i];
-                }
+                let src = std::array::from_fn(|r| &h[r][j][..nb]);
+                map_lanes(src, cols.each_mut().map(|ci| &mut ci[j][..nb]), grad_1d);
             }
-            let base = co * len + l0;
             for (i, row) in cols.iter().enumerate() {
-                let t = lanewise(grad_1d, [&row[0], &row[1], &row[2], &row[3]]);
-                for (j, val) in t.iter().enumerate() {
-                    let at = (i * 6 + j) * stride_xi + base;
-                    assert!(at + lanes <= u_len, "transformed gradient past its buffer");
-                    // SAFETY: in bounds (checked); channel co's entries are this call's.
-                    put_lanes(std::slice::from_raw_parts_mut(u.get().add(at), lanes), val, lanes);
-                }
+                // SAFETY: positions i*6..i*6+6 of channel co, tiles tb..tb+nb: in bounds
+                // (asserted above), disjoint, and this call's (the caller's contract).
+                let outs = std::array::from_fn(|j| unsafe {
+                    std::slice::from_raw_parts_mut(u.get().add((i * 6 + j) * stride_xi + co * len + tb), nb)
+                });
+                map_lanes(std::array::from_fn(|j| &row[j][..nb]), outs, grad_1d);
             }
         }
     }
