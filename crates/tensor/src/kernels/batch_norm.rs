@@ -32,17 +32,34 @@ fn channel_vec(op: &'static str, t: Option<&Tensor>, c: usize, default: f32) -> 
 /// of f64) instead of waiting on one another; a fixed order, so results are deterministic.
 const LANES: usize = 16;
 
-/// Adds `f(i)` for `i` in `0..len` into `acc` lane by lane (the tail into the first lanes).
+/// Adds `fs(a[i], b[i])` into `s` and `fq(a[i], b[i])` into `q` for every `i`, lane
+/// `i % LANES` (the tail into the first lanes): both sums in one pass over the data, over
+/// fixed-size chunks, one plain loop per sum (so that the loads and the conversions to f64
+/// vectorise; with both terms from one closure, or indexed through it, they stayed scalar).
 #[inline(always)]
-fn accumulate(acc: &mut [f64; LANES], len: usize, f: impl Fn(usize) -> f64) {
-    let full = len / LANES * LANES;
-    for i in (0..full).step_by(LANES) {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(i + l);
+fn accumulate(
+    (s, q): (&mut [f64; LANES], &mut [f64; LANES]),
+    a: &[f32],
+    b: &[f32],
+    fs: impl Fn(f32, f32) -> f64,
+    fq: impl Fn(f32, f32) -> f64,
+) {
+    let b = &b[..a.len()];
+    let (mut ca, mut cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    // Local accumulators: held in registers through the loop.
+    let (mut ls, mut lq) = (*s, *q);
+    for (xa, xb) in (&mut ca).zip(&mut cb) {
+        for l in 0..LANES {
+            ls[l] += fs(xa[l], xb[l]);
+        }
+        for l in 0..LANES {
+            lq[l] += fq(xa[l], xb[l]);
         }
     }
-    for (a, i) in acc.iter_mut().zip(full..len) {
-        *a += f(i);
+    (*s, *q) = (ls, lq);
+    for (l, (&va, &vb)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
+        s[l] += fs(va, vb);
+        q[l] += fq(va, vb);
     }
 }
 
@@ -60,29 +77,29 @@ fn total(acc: &[f64; LANES]) -> f64 {
     v[0]
 }
 
+/// Two sums, each still split over its [`LANES`] accumulators. The lanes are added up by the
+/// caller, outside the vectorised function: with the final additions in the same function the
+/// compiler vectorised those and left the loop over the data scalar.
+type Lanes2 = ([f64; LANES], [f64; LANES]);
+
 /// `(Σ d, Σ d²)` of `d = x - pivot` in f64: a channel's shifted sums, from which its mean and
 /// variance follow in one pass over the data (with the pivot a value of the channel, the
 /// subtraction `Σd²/n - (Σd/n)²` stays well conditioned).
 #[inline(always)]
-fn shifted_sums_impl<const FMA: bool>(x: &[f32], pivot: f32) -> (f64, f64) {
+fn shifted_sums_impl<const FMA: bool>(x: &[f32], pivot: f32) -> Lanes2 {
     let (mut s, mut q) = ([0f64; LANES], [0f64; LANES]);
     let p = pivot as f64;
-    accumulate(&mut s, x.len(), |i| x[i] as f64 - p);
-    accumulate(&mut q, x.len(), |i| {
-        let d = x[i] as f64 - p;
-        d * d
-    });
-    (total(&s), total(&q))
+    let shifted = |v: f32| v as f64 - p;
+    accumulate((&mut s, &mut q), x, x, |v, _| shifted(v), |v, _| shifted(v) * shifted(v));
+    (s, q)
 }
 
 /// `(Σ dy, Σ dy (x - mean))` in f64: the two sums of batch norm's backward pass.
 #[inline(always)]
-fn grad_sums_impl<const FMA: bool>(dy: &[f32], x: &[f32], mean: f64) -> (f64, f64) {
+fn grad_sums_impl<const FMA: bool>(dy: &[f32], x: &[f32], mean: f64) -> Lanes2 {
     let (mut s, mut q) = ([0f64; LANES], [0f64; LANES]);
-    let x = &x[..dy.len()];
-    accumulate(&mut s, dy.len(), |i| dy[i] as f64);
-    accumulate(&mut q, dy.len(), |i| dy[i] as f64 * (x[i] as f64 - mean));
-    (total(&s), total(&q))
+    accumulate((&mut s, &mut q), dy, x, |g, _| g as f64, |g, v| g as f64 * (v as f64 - mean));
+    (s, q)
 }
 
 /// `out = x * scale + shift`.
@@ -107,11 +124,11 @@ fn train_grad_impl<const FMA: bool>(dx: &mut [MaybeUninit<f32>], dy: &[f32], x: 
 
 crate::multiversion! {
     /// [`shifted_sums_impl`] for the CPU's vector extension.
-    unsafe fn shifted_sums(x: &[f32], pivot: f32) -> (f64, f64) = shifted_sums_impl;
+    unsafe fn shifted_sum_lanes(x: &[f32], pivot: f32) -> Lanes2 = shifted_sums_impl;
 }
 crate::multiversion! {
     /// [`grad_sums_impl`] for the CPU's vector extension.
-    unsafe fn grad_sums(dy: &[f32], x: &[f32], mean: f64) -> (f64, f64) = grad_sums_impl;
+    unsafe fn grad_sum_lanes(dy: &[f32], x: &[f32], mean: f64) -> Lanes2 = grad_sums_impl;
 }
 crate::multiversion! {
     /// [`affine_impl`] for the CPU's vector extension.
@@ -379,7 +396,8 @@ impl NormOps for Host {
             let (mut sum, mut sq) = (0f64, 0f64);
             for ni in 0..n {
                 // SAFETY: plain slice arithmetic; the features are the dispatcher's.
-                let (a, b) = unsafe { shifted_sums(&x[range(ni)], pivot) };
+                let (a, b) = unsafe { shifted_sum_lanes(&x[range(ni)], pivot) };
+                let (a, b) = (total(&a), total(&b));
                 sum += a;
                 sq += b;
             }
@@ -473,7 +491,8 @@ impl NormOps for Host {
                 let (mut sum_dy, mut sum_dy_xhat) = (0f64, 0f64);
                 for ni in 0..n {
                     // SAFETY: plain slice arithmetic; the features are the dispatcher's.
-                    let (a, b) = unsafe { grad_sums(&dy[range(ni)], &x[range(ni)], mu) };
+                    let (a, b) = unsafe { grad_sum_lanes(&dy[range(ni)], &x[range(ni)], mu) };
+                    let (a, b) = (total(&a), total(&b));
                     sum_dy += a;
                     sum_dy_xhat += b * is;
                 }
