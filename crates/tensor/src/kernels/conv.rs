@@ -908,7 +908,9 @@ impl ConvOps for Host {
         let wlen = g.cout * k;
         let rows_all = g.cin * g.kh * g.kw;
         // dW_g += dy[items' columns] * col_g[items' columns]^T, accumulated into `acc`.
-        let run = |item: usize, bufs: &mut (Scratch, Scratch), acc: &mut [f32]| {
+        // `acc` holds `wlen` floats; `first`: whether this is the part's first item, whose
+        // products write the accumulator instead of adding to it (so it is not zero-filled).
+        let run = |item: usize, bufs: &mut (Scratch, Scratch), acc: SyncPtr, first: bool| {
             let (col, dys) = bufs;
             if nb > 1 {
                 let (i0, count) = (item * nb, nb.min(g.n - item * nb));
@@ -918,9 +920,9 @@ impl ConvOps for Host {
                 for gi in 0..g.p.groups {
                     let lhs = MatRef::of(dys, gi * g.cout_g * cols, g.cout_g, cols, cols, 1);
                     let rhs = MatRef::of(col, gi * k * cols, cols, k, 1, cols);
-                    let dst = acc[gi * g.cout_g * k..].as_mut_ptr();
+                    let dst = acc.get().wrapping_add(gi * g.cout_g * k);
                     // SAFETY: dst is group gi's block of this worker's own accumulator.
-                    unsafe { product(dst, k as isize, lhs, rhs, true, par, g.small()) };
+                    unsafe { product(dst, k as isize, lhs, rhs, !first, par, g.small()) };
                 }
                 return;
             }
@@ -939,9 +941,9 @@ impl ConvOps for Host {
                 } else {
                     MatRef::of(col, gi * k * len, len, k, 1, len)
                 };
-                let dst = acc[gi * g.cout_g * k..].as_mut_ptr();
+                let dst = acc.get().wrapping_add(gi * g.cout_g * k);
                 // SAFETY: dst is group gi's block of this worker's own accumulator.
-                unsafe { product(dst, k as isize, lhs, rhs, true, par, g.small()) };
+                unsafe { product(dst, k as isize, lhs, rhs, !first, par, g.small()) };
             }
         };
         // Each thread sums a fixed, contiguous range of items, and the partial sums are added in
@@ -951,11 +953,18 @@ impl ConvOps for Host {
         let partials: Vec<Vec<f32>> = (0..parts)
             .into_par_iter()
             .map(|part| {
-                let mut acc = vec![0f32; wlen];
-                let mut bufs = (Scratch::take(), Scratch::take());
-                for item in part * items / parts..(part + 1) * items / parts {
-                    run(item, &mut bufs, &mut acc);
+                let range = part * items / parts..(part + 1) * items / parts;
+                if range.is_empty() {
+                    return vec![0f32; wlen];
                 }
+                let mut acc = Vec::with_capacity(wlen);
+                let ptr = SyncPtr(acc.as_mut_ptr());
+                let mut bufs = (Scratch::take(), Scratch::take());
+                for item in range.clone() {
+                    run(item, &mut bufs, ptr, item == range.start);
+                }
+                // SAFETY: the first item's products wrote every group's block: all `wlen`.
+                unsafe { acc.set_len(wlen) };
                 acc
             })
             .collect();

@@ -696,7 +696,11 @@ pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         .into_par_iter()
         .map(|part| {
             let (first, last) = (part * tl.total / parts, (part + 1) * tl.total / parts);
-            let mut acc = vec![0f32; T * plane];
+            if first == last {
+                return vec![0f32; T * plane];
+            }
+            // Not zero-filled: the first chunk's products write it, the rest add to it.
+            let mut acc: Vec<f32> = Vec::with_capacity(T * plane);
             let (mut v, mut u) = (Scratch::take(), Scratch::take());
             let mut t0 = first;
             while t0 < last {
@@ -714,14 +718,14 @@ pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 for xi in 0..T {
                     let lhs = MatRef::of(&u, xi * su, g.cout, len, len, 1);
                     let rhs = MatRef::of(&v, xi * sv, len, g.cin, 1, len);
-                    // SAFETY: `acc` holds the 36 `cout x cin` blocks; this thread owns it.
+                    // SAFETY: `acc` has room for the 36 `cout x cin` blocks; this thread owns it.
                     unsafe {
                         product(
                             acc.as_mut_ptr().add(xi * plane),
                             g.cin as isize,
                             lhs,
                             rhs,
-                            true,
+                            t0 > first,
                             Parallelism::None,
                             false,
                         )
@@ -729,6 +733,8 @@ pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 }
                 t0 += len;
             }
+            // SAFETY: the first chunk's 36 products wrote all 36 blocks.
+            unsafe { acc.set_len(T * plane) };
             acc
         })
         .collect();
