@@ -29,11 +29,14 @@ LEAF_RULES = [
 ]
 ZEROING = ["_mi_memzero", "mi_theap_malloc_zero", "alloc_zeroed", "from_elem"]
 LAYER_RULES = [
-    ("conv, weight gradient", ["conv2d_backward_weight", "winograd::backward_weight"]),
+    ("conv, weight gradient", ["conv2d_backward_weight", "winograd::backward_weight", "transform_grad_impl"]),
     ("conv, input gradient", ["conv2d_backward_input", "backward_input_blocks", "col2im"]),
     # The input gradient of a stride-1 3x3 conv is a Winograd forward pass; its work items
     # run on rayon's threads, whose stacks do not reach `conv2d_backward_input`, so they land here.
-    ("conv, Winograd 3x3 (forward and input gradient)", ["winograd::"]),
+    # The transforms keep two 9 KiB blocks on the stack, so a 16 KiB stack copy often ends
+    # inside them: their frames carry only the inlined names, without the module path (an input
+    # transform for the weight gradient is then filed here too).
+    ("conv, Winograd 3x3 (forward and input gradient)", ["winograd::", "transform_input_impl", "transform_output_impl"]),
     ("conv forward, direct grouped", ["kernels::direct::"]),
     ("conv forward, im2col or 1x1 GEMM", ["kernels::conv::", "PreparedConv", "conv2d_affine"]),
     ("batch norm", ["batch_norm"]),
