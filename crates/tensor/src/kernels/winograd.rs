@@ -340,6 +340,19 @@ fn gather_patch_row(row: &[f32], x0: isize, d: [&mut [f32]; 6]) {
     }
 }
 
+/// The runs of `n` floats at `at` in the planes of transformed positions `6i..6i + 6` of a
+/// `[36][channels][len]` buffer whose planes are `stride` apart: where row `i` of a block of
+/// transformed tiles is written.
+///
+/// # Safety
+/// The six runs must lie inside the buffer behind `base`, and no other live slice may overlap
+/// them (they are disjoint from each other: `n <= stride`).
+#[inline(always)]
+unsafe fn position_runs<'a>(base: SyncPtr, i: usize, stride: usize, at: usize, n: usize) -> [&'a mut [f32]; 6] {
+    // SAFETY: the caller's contract.
+    std::array::from_fn(|j| unsafe { std::slice::from_raw_parts_mut(base.get().add((i * 6 + j) * stride + at), n) })
+}
+
 /// Fills channels `channels` of `v` (`[36][cin][len]`, `v_len` floats) with the transformed
 /// input patches of tiles `t0..t0 + len`.
 ///
@@ -389,11 +402,8 @@ unsafe fn transform_input_impl<const FMA: bool>(
                 map_lanes(src, cols.each_mut().map(|ci| &mut ci[j][..nb]), input_1d);
             }
             for (i, row) in cols.iter().enumerate() {
-                // SAFETY: positions i*6..i*6+6 of channel c, tiles tb..tb+nb: in bounds (asserted
-                // above), disjoint from each other, and this call's (the caller's contract).
-                let outs = std::array::from_fn(|j| unsafe {
-                    std::slice::from_raw_parts_mut(v.get().add((i * 6 + j) * stride_xi + c * len + tb), nb)
-                });
+                // SAFETY: in bounds (asserted above); channel c's entries are this call's.
+                let outs = unsafe { position_runs(v, i, stride_xi, c * len + tb, nb) };
                 map_lanes(std::array::from_fn(|j| &row[j][..nb]), outs, input_1d);
             }
         }
@@ -643,11 +653,8 @@ unsafe fn transform_grad_impl<const FMA: bool>(
                 map_lanes(src, cols.each_mut().map(|ci| &mut ci[j][..nb]), grad_1d);
             }
             for (i, row) in cols.iter().enumerate() {
-                // SAFETY: positions i*6..i*6+6 of channel co, tiles tb..tb+nb: in bounds
-                // (asserted above), disjoint, and this call's (the caller's contract).
-                let outs = std::array::from_fn(|j| unsafe {
-                    std::slice::from_raw_parts_mut(u.get().add((i * 6 + j) * stride_xi + co * len + tb), nb)
-                });
+                // SAFETY: in bounds (asserted above); channel co's entries are this call's.
+                let outs = unsafe { position_runs(u, i, stride_xi, co * len + tb, nb) };
                 map_lanes(std::array::from_fn(|j| &row[j][..nb]), outs, grad_1d);
             }
         }
