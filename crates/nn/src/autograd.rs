@@ -453,12 +453,16 @@ pub(crate) enum Op {
         count_include_pad: bool,
     },
     AdaptiveAvgPool2d(Var),
+    /// Training-mode batch norm, then (each optional) `+ residual` and ReLU
+    /// (`relu_output`: the op's own output, which ReLU's backward masks with).
     BatchNormTrain {
         input: Var,
         weight: Option<Var>,
         bias: Option<Var>,
         mean: Tensor,
         invstd: Tensor,
+        residual: Option<Var>,
+        relu_output: Option<Tensor>,
     },
     BatchNormEval {
         input: Var,
@@ -530,7 +534,14 @@ impl Op {
                 v.extend(bias.as_ref());
                 v
             }
-            Op::BatchNormTrain { input, weight, bias, .. } | Op::BatchNormEval { input, weight, bias, .. } => {
+            Op::BatchNormTrain { input, weight, bias, residual, .. } => {
+                let mut v = vec![input];
+                v.extend(weight.as_ref());
+                v.extend(bias.as_ref());
+                v.extend(residual.as_ref());
+                v
+            }
+            Op::BatchNormEval { input, weight, bias, .. } => {
                 let mut v = vec![input];
                 v.extend(weight.as_ref());
                 v.extend(bias.as_ref());
@@ -635,10 +646,27 @@ impl Op {
             Op::AdaptiveAvgPool2d(input) => {
                 vec![(input.clone(), tensor::adaptive_avg_pool2d_backward(g, &input.shape())?)]
             }
-            Op::BatchNormTrain { input, weight, bias, mean, invstd } => {
-                let w = weight.as_ref().map(Var::value);
-                let grads = tensor::batch_norm_train_backward(g, &input.value(), w.as_ref(), mean, invstd)?;
-                affine_grads(input, weight, bias, grads)
+            Op::BatchNormTrain { input, weight, bias, mean, invstd, residual, relu_output } => {
+                let (w, x) = (weight.as_ref().map(Var::value), input.value());
+                // What reaches the sum `bn(x) + residual`: `g` through the ReLU, if any.
+                let (grads, to_sum) = match (relu_output, residual) {
+                    (Some(y), None) => {
+                        (tensor::batch_norm_train_relu_backward(g, &x, w.as_ref(), mean, invstd, y)?, None)
+                    }
+                    (Some(y), Some(_)) => {
+                        let masked = g.relu_backward(y)?;
+                        (tensor::batch_norm_train_backward(&masked, &x, w.as_ref(), mean, invstd)?, Some(masked))
+                    }
+                    (None, r) => (
+                        tensor::batch_norm_train_backward(g, &x, w.as_ref(), mean, invstd)?,
+                        r.as_ref().map(|_| g.clone()),
+                    ),
+                };
+                let mut out = affine_grads(input, weight, bias, grads);
+                if let (Some(r), Some(gr)) = (residual, to_sum) {
+                    out.push((r.clone(), gr));
+                }
+                out
             }
             Op::BatchNormEval { input, weight, bias, running_mean, running_var, eps } => {
                 let w = weight.as_ref().map(Var::value);

@@ -121,19 +121,51 @@ pub fn batch_norm_train(
     momentum: f64,
     eps: f64,
 ) -> Result<(Var, Option<(Tensor, Tensor)>)> {
+    batch_norm_train_finish(input, weight, bias, running, momentum, eps, None, false)
+}
+
+/// [`batch_norm_train`], then `+ residual` and ReLU (each optional): `relu(bn(x) + residual)`
+/// as one op, whose output is the only new tensor (the separate ops made three, and read and
+/// wrote the activations twice more each way). Values and gradients are those of the separate
+/// ops.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_train_finish(
+    input: &Var,
+    weight: Option<&Var>,
+    bias: Option<&Var>,
+    running: Option<(&Tensor, &Tensor)>,
+    momentum: f64,
+    eps: f64,
+    residual: Option<&Var>,
+    relu: bool,
+) -> Result<(Var, Option<(Tensor, Tensor)>)> {
     let (w, b) = (weight.map(Var::value), bias.map(Var::value));
-    let out = tensor::batch_norm_train(&input.value(), w.as_ref(), b.as_ref(), running, momentum, eps)?;
+    let r = residual.map(Var::value);
+    let out = tensor::batch_norm_train_finish(
+        &input.value(),
+        w.as_ref(),
+        b.as_ref(),
+        running,
+        momentum,
+        eps,
+        r.as_ref(),
+        relu,
+    )?;
     let running = out.running_mean.zip(out.running_var);
     let mut inputs = vec![input];
     inputs.extend(weight);
     inputs.extend(bias);
+    inputs.extend(residual);
     let (mean, invstd) = (out.mean, out.invstd);
+    let relu_output = relu.then(|| out.output.clone());
     let y = Var::record(out.output, &inputs, || Op::BatchNormTrain {
         input: input.clone(),
         weight: weight.cloned(),
         bias: bias.cloned(),
         mean,
         invstd,
+        residual: residual.map(Var::edge),
+        relu_output,
     });
     Ok((y, running))
 }

@@ -183,13 +183,11 @@ impl BatchNorm2d {
             training: AtomicBool::new(true),
         }
     }
-}
 
-impl Module for BatchNorm2d {
-    fn type_name(&self) -> &'static str {
-        "BatchNorm2d"
-    }
-    fn forward(&self, input: &Var) -> Result<Var> {
+    /// `relu(self(input) + residual)`, the residual add and the ReLU each optional, as a ResNet
+    /// block ends: in training (with running statistics, not synchronised across processes) one
+    /// op over the activations ([`F::batch_norm_train_finish`]), otherwise the separate ops.
+    pub fn forward_finish(&self, input: &Var, residual: Option<&Var>, relu: bool) -> Result<Var> {
         let shape = input.shape();
         if shape.len() < 2 || shape[1] != self.channels {
             return Err(shape_err(
@@ -201,7 +199,15 @@ impl Module for BatchNorm2d {
         let training = self.training.load(Ordering::Relaxed);
         match (&self.running_mean, &self.running_var) {
             (Some(rm), Some(rv)) if !training => {
-                F::batch_norm_eval(input, self.weight.as_ref(), self.bias.as_ref(), &rm.value(), &rv.value(), self.eps)
+                let y = F::batch_norm_eval(
+                    input,
+                    self.weight.as_ref(),
+                    self.bias.as_ref(),
+                    &rm.value(),
+                    &rv.value(),
+                    self.eps,
+                )?;
+                finish(y, residual, relu)
             }
             (Some(rm), Some(rv)) => {
                 let counter = self.num_batches_tracked.as_ref().expect("tracked together with the running stats");
@@ -211,8 +217,12 @@ impl Module for BatchNorm2d {
                 let (rmv, rvv) = (rm.value(), rv.value());
                 let (w, b, running) = (self.weight.as_ref(), self.bias.as_ref(), Some((&rmv, &rvv)));
                 let (y, running) = match crate::autograd::sync_group() {
-                    Some(group) => F::sync_batch_norm_train(input, w, b, running, momentum, self.eps, group.as_ref())?,
-                    None => F::batch_norm_train(input, w, b, running, momentum, self.eps)?,
+                    Some(group) => {
+                        let (y, running) =
+                            F::sync_batch_norm_train(input, w, b, running, momentum, self.eps, group.as_ref())?;
+                        (finish(y, residual, relu)?, running)
+                    }
+                    None => F::batch_norm_train_finish(input, w, b, running, momentum, self.eps, residual, relu)?,
                 };
                 if let Some((m, v)) = running {
                     rm.set_value(m);
@@ -220,8 +230,33 @@ impl Module for BatchNorm2d {
                 }
                 Ok(y)
             }
-            _ => Ok(F::batch_norm_train(input, self.weight.as_ref(), self.bias.as_ref(), None, 0.0, self.eps)?.0),
+            _ => {
+                let (w, b) = (self.weight.as_ref(), self.bias.as_ref());
+                Ok(F::batch_norm_train_finish(input, w, b, None, 0.0, self.eps, residual, relu)?.0)
+            }
         }
+    }
+}
+
+/// `relu(y + residual)`, each optional, as separate ops.
+fn finish(y: Var, residual: Option<&Var>, relu: bool) -> Result<Var> {
+    let y = match residual {
+        Some(r) => y.add(r)?,
+        None => y,
+    };
+    if relu {
+        y.relu()
+    } else {
+        Ok(y)
+    }
+}
+
+impl Module for BatchNorm2d {
+    fn type_name(&self) -> &'static str {
+        "BatchNorm2d"
+    }
+    fn forward(&self, input: &Var) -> Result<Var> {
+        self.forward_finish(input, None, false)
     }
     fn own_parameters(&self) -> Vec<(&'static str, &Var)> {
         let mut v = Vec::new();

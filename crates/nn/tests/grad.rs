@@ -100,6 +100,10 @@ proptest! {
         check("batch_norm train", &[x.clone(), gamma.clone(), beta.clone()], 1e-2, 5e-2, &|v| {
             F::batch_norm_train(&v[0], Some(&v[1]), Some(&v[2]), None, 0.1, 1e-5).unwrap().0
         });
+        let r = away_from_zero(&[2, ch, hw, hw + 1], seed + 7);
+        check("batch_norm train + residual", &[x.clone(), gamma.clone(), beta.clone(), r], 1e-2, 5e-2, &|v| {
+            F::batch_norm_train_finish(&v[0], Some(&v[1]), Some(&v[2]), None, 0.1, 1e-5, Some(&v[3]), false).unwrap().0
+        });
         let (rm, rv) = (Tensor::full(&[ch], 0.3), Tensor::full(&[ch], 2.0));
         check("batch_norm eval", &[x, gamma, beta], 1e-2, 2e-2, &|v| {
             F::batch_norm_eval(&v[0], Some(&v[1]), Some(&v[2]), &rm, &rv, 1e-5).unwrap()
@@ -112,6 +116,43 @@ proptest! {
         let targets = Tensor::from_vec_i64((0..batch).map(|i| ((i as u64 * 7 + seed) % classes as u64) as i64).collect(), &[batch]).unwrap();
         check("cross_entropy", std::slice::from_ref(&logits), 1e-2, 2e-2, &|v| F::cross_entropy(&v[0], &targets, Reduction::Mean, smoothing).unwrap());
         check("nll_loss of log_softmax", &[logits], 1e-2, 2e-2, &|v| F::nll_loss(&v[0].log_softmax(1).unwrap(), &targets, Reduction::Sum).unwrap());
+    }
+}
+
+/// `relu(bn(x) + residual)` as one op has the values and gradients, bitwise, of the three
+/// separate ops (the ReLU's kink rules out finite differences here).
+#[test]
+fn batch_norm_residual_and_relu_as_one_op_match_the_separate_ops() {
+    let shape = [2, 3, 4, 5];
+    let inputs = [
+        Tensor::randn(&shape, &mut Rng::seed(1)),
+        Tensor::randn(&[3], &mut Rng::seed(2)),
+        Tensor::randn(&[3], &mut Rng::seed(3)),
+        Tensor::randn(&shape, &mut Rng::seed(4)),
+    ];
+    let weight = Var::constant(Tensor::randn(&shape, &mut Rng::seed(5)));
+    for (with_residual, relu) in [(false, true), (true, false), (true, true)] {
+        let run = |fused: bool| -> Vec<Vec<f32>> {
+            let v: Vec<Var> = inputs.iter().map(|t| Var::parameter(t.clone())).collect();
+            let residual = with_residual.then_some(&v[3]);
+            let y = if fused {
+                F::batch_norm_train_finish(&v[0], Some(&v[1]), Some(&v[2]), None, 0.1, 1e-5, residual, relu).unwrap().0
+            } else {
+                let mut y = F::batch_norm_train(&v[0], Some(&v[1]), Some(&v[2]), None, 0.1, 1e-5).unwrap().0;
+                if let Some(r) = residual {
+                    y = y.add(r).unwrap();
+                }
+                if relu {
+                    y = y.relu().unwrap();
+                }
+                y
+            };
+            y.mul(&weight).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut got = vec![y.value().to_vec_f32().unwrap()];
+            got.extend(v.iter().map(|v| v.grad().map(|g| g.to_vec_f32().unwrap()).unwrap_or_default()));
+            got
+        };
+        assert_eq!(run(true), run(false), "residual {with_residual}, relu {relu}");
     }
 }
 

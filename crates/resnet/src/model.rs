@@ -36,14 +36,7 @@ fn conv_bn(conv: &Conv2d, bn: &BatchNorm2d, x: &Var, residual: Option<&Var>, rel
             return Ok(Var::constant(y));
         }
     }
-    let mut out = bn.forward(&conv.forward(x)?)?;
-    if let Some(r) = residual {
-        out = out.add(r)?;
-    }
-    if relu {
-        out = out.relu()?;
-    }
-    Ok(out)
+    bn.forward_finish(&conv.forward(x)?, residual, relu)
 }
 
 /// The residual block type.

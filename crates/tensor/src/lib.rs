@@ -54,7 +54,8 @@ pub use dtype::DType;
 pub use error::{Result, TensorError};
 pub use kernels::batch_norm::{
     batch_norm_eval, batch_norm_eval_backward, batch_norm_eval_scale_shift, batch_norm_train,
-    batch_norm_train_backward, fold_batch_norm, BatchNormGrads, BatchNormTrain,
+    batch_norm_train_backward, batch_norm_train_finish, batch_norm_train_relu_backward, fold_batch_norm,
+    BatchNormGrads, BatchNormTrain,
 };
 pub use kernels::conv::{
     conv2d, conv2d_affine, conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight, conv2d_fused,

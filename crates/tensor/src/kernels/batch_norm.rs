@@ -110,6 +110,36 @@ fn affine_impl<const FMA: bool>(out: &mut [MaybeUninit<f32>], x: &[f32], scale: 
     }
 }
 
+/// `out = relu?(x * scale + shift + residual?)`: a training-mode batch norm's output with what
+/// follows it in a ResNet block (the residual add, the ReLU) in the same pass, in the order and
+/// with the rounding of the separate ops.
+#[inline(always)]
+fn affine_finish_impl<const RESIDUAL: bool, const RELU: bool, const FMA: bool>(
+    out: &mut [MaybeUninit<f32>],
+    x: &[f32],
+    residual: &[f32],
+    scale: f32,
+    shift: f32,
+) {
+    let residual = if RESIDUAL { &residual[..x.len()] } else { residual };
+    for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
+        let mut y = v * scale + shift;
+        if RESIDUAL {
+            y += residual[i];
+        }
+        o.write(if RELU { super::relu(y) } else { y });
+    }
+}
+
+/// `dy` where the forward output `y` is positive, else 0 (ReLU's backward), into `out`.
+#[inline(always)]
+fn relu_mask_impl<const FMA: bool>(out: &mut [f32], dy: &[f32], y: &[f32]) {
+    let y = &y[..dy.len()];
+    for ((o, &g), &v) in out.iter_mut().zip(dy).zip(y) {
+        *o = if v > 0.0 { g } else { 0.0 };
+    }
+}
+
 /// `dx = k (dy - a - (x - mean) invstd b)` with `[mean, invstd, k, a, b]`: batch norm's input
 /// gradient in training mode (`a` the mean of `dy`, `b` that of `dy x̂`, `k = gamma invstd`).
 #[inline(always)]
@@ -135,6 +165,20 @@ crate::multiversion! {
     unsafe fn affine(out: &mut [MaybeUninit<f32>], x: &[f32], scale: f32, shift: f32) = affine_impl;
 }
 crate::multiversion! {
+    /// [`affine_finish_impl`] for the CPU's vector extension.
+    unsafe fn affine_finish<const RESIDUAL: bool, const RELU: bool>(
+        out: &mut [MaybeUninit<f32>],
+        x: &[f32],
+        residual: &[f32],
+        scale: f32,
+        shift: f32,
+    ) = affine_finish_impl;
+}
+crate::multiversion! {
+    /// [`relu_mask_impl`] for the CPU's vector extension.
+    unsafe fn relu_mask(out: &mut [f32], dy: &[f32], y: &[f32]) = relu_mask_impl;
+}
+crate::multiversion! {
     /// [`train_grad_impl`] for the CPU's vector extension.
     unsafe fn train_grad(dx: &mut [MaybeUninit<f32>], dy: &[f32], x: &[f32], coefficients: [f32; 5]) = train_grad_impl;
 }
@@ -155,6 +199,19 @@ fn per_channel<T: Send>(
 unsafe fn uninit_range<'a>(ptr: SyncPtr, r: std::ops::Range<usize>) -> &'a mut [MaybeUninit<f32>] {
     // SAFETY: the caller's contract.
     unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r.start).cast(), r.len()) }
+}
+
+/// `dy`, or with a ReLU's forward output `y`, `dy` masked where `y` is not positive (into `buf`).
+fn through_relu<'a>(dy: &'a [f32], relu_output: Option<&[f32]>, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    match relu_output {
+        None => dy,
+        Some(y) => {
+            buf.resize(dy.len(), 0.0);
+            // SAFETY: plain slice arithmetic; the features are the dispatcher's.
+            unsafe { relu_mask(buf, dy, y) };
+            buf
+        }
+    }
 }
 
 /// What a training-mode batch norm returns.
@@ -197,6 +254,78 @@ pub fn batch_norm_train(
         eps,
         (n, c, s),
     )
+}
+
+/// [`batch_norm_train`] followed by `+ residual` (same shape as the input) and ReLU, each
+/// optional, as a ResNet block applies them: `relu(bn(x) + residual)`. On the host the three
+/// are one pass over the output (the separate ops read and wrote it two more times); the
+/// result is bitwise that of the separate ops. Backward: [`batch_norm_train_relu_backward`].
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_train_finish(
+    input: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    running: Option<(&Tensor, &Tensor)>,
+    momentum: f64,
+    eps: f64,
+    residual: Option<&Tensor>,
+    relu: bool,
+) -> Result<BatchNormTrain> {
+    const OP: &str = "batch_norm_train_finish";
+    if let Some(r) = residual {
+        if r.shape() != input.shape() {
+            return Err(mismatch("batch_norm_train_finish residual", r.shape(), input.shape()));
+        }
+    }
+    let on_host = |t: Option<&Tensor>| t.is_none_or(|t| t.device() == crate::Device::Cpu);
+    let all_host =
+        [Some(input), weight, bias, running.map(|r| r.0), running.map(|r| r.1), residual].into_iter().all(on_host);
+    if !all_host {
+        let mut out = batch_norm_train(input, weight, bias, running, momentum, eps)?;
+        if let Some(r) = residual {
+            out.output = out.output.add(r)?;
+        }
+        if relu {
+            out.output = out.output.relu()?;
+        }
+        return Ok(out);
+    }
+    let (n, c, s) = layout(OP, input.shape())?;
+    if n * s <= 1 {
+        return Err(bad_shape(OP, input.shape(), "training needs more than one value per channel"));
+    }
+    let r = residual.map(|r| r.f32_data(OP)).transpose()?;
+    Host.train_forward(OP, input, weight, bias, running, momentum, eps, (n, c, s), r.as_deref(), relu)
+}
+
+/// The backward of [`batch_norm_train_finish`] with a ReLU and no residual, from the saved
+/// batch `mean` and `invstd` and the forward `output`: ReLU's backward (`grad_output` where
+/// `output > 0`) then [`batch_norm_train_backward`]; on the host in the same two passes over
+/// the data as batch norm's own backward, without the masked gradient as a tensor.
+pub fn batch_norm_train_relu_backward(
+    grad_output: &Tensor,
+    input: &Tensor,
+    weight: Option<&Tensor>,
+    mean: &Tensor,
+    invstd: &Tensor,
+    output: &Tensor,
+) -> Result<BatchNormGrads> {
+    const OP: &str = "batch_norm_train_relu_backward";
+    if grad_output.shape() != input.shape() {
+        return Err(mismatch(OP, grad_output.shape(), input.shape()));
+    }
+    if output.shape() != input.shape() {
+        return Err(mismatch(OP, output.shape(), input.shape()));
+    }
+    let on_host = |t: Option<&Tensor>| t.is_none_or(|t| t.device() == crate::Device::Cpu);
+    let all_host =
+        [Some(grad_output), Some(input), weight, Some(mean), Some(invstd), Some(output)].into_iter().all(on_host);
+    if !all_host {
+        return batch_norm_train_backward(&grad_output.relu_backward(output)?, input, weight, mean, invstd);
+    }
+    let (n, c, s) = layout(OP, input.shape())?;
+    let y = output.f32_data(OP)?;
+    Host.train_backward(OP, grad_output, input, weight, mean, invstd, (n, c, s), Some(&y))
 }
 
 /// `torch.nn.functional.batch_norm(training=False)`: normalises with the running statistics.
@@ -384,61 +513,7 @@ impl NormOps for Host {
         eps: f64,
         layout: (usize, usize, usize),
     ) -> Result<BatchNormTrain> {
-        const OP: &str = "batch_norm_train";
-        let (n, c, s) = layout;
-        let count = n * s;
-        let gamma = channel_vec(OP, weight, c, 1.0)?;
-        let beta = channel_vec(OP, bias, c, 0.0)?;
-        let x = input.f32_data(OP)?;
-        let stats = per_channel(c, s, |_, range| {
-            // One pass: sums of the values shifted by the channel's first value.
-            let pivot = x[range(0)].first().copied().unwrap_or(0.0);
-            let (mut sum, mut sq) = (0f64, 0f64);
-            for ni in 0..n {
-                // SAFETY: plain slice arithmetic; the features are the dispatcher's.
-                let (a, b) = unsafe { shifted_sum_lanes(&x[range(ni)], pivot) };
-                let (a, b) = (total(&a), total(&b));
-                sum += a;
-                sq += b;
-            }
-            let shifted_mean = sum / count as f64;
-            (pivot as f64 + shifted_mean, (sq / count as f64 - shifted_mean * shifted_mean).max(0.0))
-        });
-        let invstd: Vec<f64> = stats.iter().map(|&(_, var)| 1.0 / (var + eps).sqrt()).collect();
-        let fill = |out: &mut [MaybeUninit<f32>]| {
-            let ptr = SyncPtr(out.as_mut_ptr().cast());
-            per_channel(c, s, |ci, range| {
-                let scale = (gamma[ci] as f64 * invstd[ci]) as f32;
-                let shift = (beta[ci] as f64 - stats[ci].0 * gamma[ci] as f64 * invstd[ci]) as f32;
-                for ni in 0..n {
-                    let r = range(ni);
-                    // SAFETY: each channel writes only its own ranges; the rest is slice
-                    // arithmetic.
-                    unsafe { affine(uninit_range(ptr, r.clone()), &x[r], scale, shift) };
-                }
-            });
-        };
-        // SAFETY: the channels' ranges cover the output, and every element of each is written.
-        let out = unsafe { written_by(x.len(), fill) };
-        let (running_mean, running_var) = match running {
-            None => (None, None),
-            Some((rm, rv)) => {
-                let rm_v = channel_vec(OP, Some(rm), c, 0.0)?;
-                let rv_v = channel_vec(OP, Some(rv), c, 1.0)?;
-                let unbias = count as f64 / (count - 1) as f64;
-                let m = momentum;
-                let new_mean = (0..c).map(|i| ((1.0 - m) * rm_v[i] as f64 + m * stats[i].0) as f32).collect();
-                let new_var = (0..c).map(|i| ((1.0 - m) * rv_v[i] as f64 + m * stats[i].1 * unbias) as f32).collect();
-                (Some(Tensor::from_vec_unchecked(new_mean, &[c])), Some(Tensor::from_vec_unchecked(new_var, &[c])))
-            }
-        };
-        Ok(BatchNormTrain {
-            output: Tensor::from_vec_unchecked(out, input.shape()),
-            mean: Tensor::from_vec_unchecked(stats.iter().map(|s| s.0 as f32).collect(), &[c]),
-            invstd: Tensor::from_vec_unchecked(invstd.iter().map(|&v| v as f32).collect(), &[c]),
-            running_mean,
-            running_var,
-        })
+        self.train_forward("batch_norm_train", input, weight, bias, running, momentum, eps, layout, None, false)
     }
     fn batch_norm_eval(
         &self,
@@ -475,47 +550,7 @@ impl NormOps for Host {
         invstd: &Tensor,
         layout: (usize, usize, usize),
     ) -> Result<BatchNormGrads> {
-        const OP: &str = "batch_norm_train_backward";
-        let (n, c, s) = layout;
-        let m = (n * s) as f64;
-        let gamma = channel_vec(OP, weight, c, 1.0)?;
-        let mean = channel_vec(OP, Some(mean), c, 0.0)?;
-        let invstd = channel_vec(OP, Some(invstd), c, 1.0)?;
-        let x = input.f32_data(OP)?;
-        let dy = grad_output.f32_data(OP)?;
-        let mut sums = Vec::new();
-        let fill = |dx: &mut [MaybeUninit<f32>]| {
-            let ptr = SyncPtr(dx.as_mut_ptr().cast());
-            sums = per_channel(c, s, |ci, range| {
-                let (mu, is) = (mean[ci] as f64, invstd[ci] as f64);
-                let (mut sum_dy, mut sum_dy_xhat) = (0f64, 0f64);
-                for ni in 0..n {
-                    // SAFETY: plain slice arithmetic; the features are the dispatcher's.
-                    let (a, b) = unsafe { grad_sum_lanes(&dy[range(ni)], &x[range(ni)], mu) };
-                    let (a, b) = (total(&a), total(&b));
-                    sum_dy += a;
-                    sum_dy_xhat += b * is;
-                }
-                let k = (gamma[ci] as f64 * is) as f32;
-                let a = (sum_dy / m) as f32;
-                let b = (sum_dy_xhat / m) as f32;
-                for ni in 0..n {
-                    let r = range(ni);
-                    let coefficients = [mean[ci], invstd[ci], k, a, b];
-                    // SAFETY: each channel writes only its own ranges; the rest is slice
-                    // arithmetic.
-                    unsafe { train_grad(uninit_range(ptr, r.clone()), &dy[r.clone()], &x[r], coefficients) };
-                }
-                (sum_dy_xhat as f32, sum_dy as f32)
-            });
-        };
-        // SAFETY: the channels' ranges cover the gradient, and every element of each is written.
-        let dx = unsafe { written_by(x.len(), fill) };
-        Ok(BatchNormGrads {
-            input: Tensor::from_vec_unchecked(dx, input.shape()),
-            weight: Tensor::from_vec_unchecked(sums.iter().map(|s| s.0).collect(), &[c]),
-            bias: Tensor::from_vec_unchecked(sums.iter().map(|s| s.1).collect(), &[c]),
-        })
+        self.train_backward("batch_norm_train_backward", grad_output, input, weight, mean, invstd, layout, None)
     }
     fn batch_norm_eval_backward(
         &self,
@@ -552,6 +587,149 @@ impl NormOps for Host {
                     }
                 }
                 (sdyx as f32, sdy as f32)
+            });
+        };
+        // SAFETY: the channels' ranges cover the gradient, and every element of each is written.
+        let dx = unsafe { written_by(x.len(), fill) };
+        Ok(BatchNormGrads {
+            input: Tensor::from_vec_unchecked(dx, input.shape()),
+            weight: Tensor::from_vec_unchecked(sums.iter().map(|s| s.0).collect(), &[c]),
+            bias: Tensor::from_vec_unchecked(sums.iter().map(|s| s.1).collect(), &[c]),
+        })
+    }
+}
+
+impl Host {
+    /// Training-mode batch norm, then (each optional) `+ residual` and ReLU in the same pass.
+    #[allow(clippy::too_many_arguments)]
+    fn train_forward(
+        &self,
+        op: &'static str,
+        input: &Tensor,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        running: Option<(&Tensor, &Tensor)>,
+        momentum: f64,
+        eps: f64,
+        layout: (usize, usize, usize),
+        residual: Option<&[f32]>,
+        relu: bool,
+    ) -> Result<BatchNormTrain> {
+        let (n, c, s) = layout;
+        let count = n * s;
+        let gamma = channel_vec(op, weight, c, 1.0)?;
+        let beta = channel_vec(op, bias, c, 0.0)?;
+        let x = input.f32_data(op)?;
+        let stats = per_channel(c, s, |_, range| {
+            // One pass: sums of the values shifted by the channel's first value.
+            let pivot = x[range(0)].first().copied().unwrap_or(0.0);
+            let (mut sum, mut sq) = (0f64, 0f64);
+            for ni in 0..n {
+                // SAFETY: plain slice arithmetic; the features are the dispatcher's.
+                let (a, b) = unsafe { shifted_sum_lanes(&x[range(ni)], pivot) };
+                let (a, b) = (total(&a), total(&b));
+                sum += a;
+                sq += b;
+            }
+            let shifted_mean = sum / count as f64;
+            (pivot as f64 + shifted_mean, (sq / count as f64 - shifted_mean * shifted_mean).max(0.0))
+        });
+        let invstd: Vec<f64> = stats.iter().map(|&(_, var)| 1.0 / (var + eps).sqrt()).collect();
+        let fill = |out: &mut [MaybeUninit<f32>]| {
+            let ptr = SyncPtr(out.as_mut_ptr().cast());
+            per_channel(c, s, |ci, range| {
+                let scale = (gamma[ci] as f64 * invstd[ci]) as f32;
+                let shift = (beta[ci] as f64 - stats[ci].0 * gamma[ci] as f64 * invstd[ci]) as f32;
+                for ni in 0..n {
+                    let r = range(ni);
+                    // SAFETY: each channel writes only its own ranges; the rest is slice
+                    // arithmetic.
+                    unsafe {
+                        let out = uninit_range(ptr, r.clone());
+                        match (residual, relu) {
+                            (None, false) => affine(out, &x[r], scale, shift),
+                            (None, true) => affine_finish::<false, true>(out, &x[r], &[], scale, shift),
+                            (Some(res), false) => {
+                                affine_finish::<true, false>(out, &x[r.clone()], &res[r], scale, shift)
+                            }
+                            (Some(res), true) => affine_finish::<true, true>(out, &x[r.clone()], &res[r], scale, shift),
+                        }
+                    };
+                }
+            });
+        };
+        // SAFETY: the channels' ranges cover the output, and every element of each is written.
+        let out = unsafe { written_by(x.len(), fill) };
+        let (running_mean, running_var) = match running {
+            None => (None, None),
+            Some((rm, rv)) => {
+                let rm_v = channel_vec(op, Some(rm), c, 0.0)?;
+                let rv_v = channel_vec(op, Some(rv), c, 1.0)?;
+                let unbias = count as f64 / (count - 1) as f64;
+                let m = momentum;
+                let new_mean = (0..c).map(|i| ((1.0 - m) * rm_v[i] as f64 + m * stats[i].0) as f32).collect();
+                let new_var = (0..c).map(|i| ((1.0 - m) * rv_v[i] as f64 + m * stats[i].1 * unbias) as f32).collect();
+                (Some(Tensor::from_vec_unchecked(new_mean, &[c])), Some(Tensor::from_vec_unchecked(new_var, &[c])))
+            }
+        };
+        Ok(BatchNormTrain {
+            output: Tensor::from_vec_unchecked(out, input.shape()),
+            mean: Tensor::from_vec_unchecked(stats.iter().map(|s| s.0 as f32).collect(), &[c]),
+            invstd: Tensor::from_vec_unchecked(invstd.iter().map(|&v| v as f32).collect(), &[c]),
+            running_mean,
+            running_var,
+        })
+    }
+    /// Training-mode batch norm's backward; with `relu_output`, of ReLU after it (the gradient
+    /// masked where that output is not positive, on the fly in each pass).
+    #[allow(clippy::too_many_arguments)]
+    fn train_backward(
+        &self,
+        op: &'static str,
+        grad_output: &Tensor,
+        input: &Tensor,
+        weight: Option<&Tensor>,
+        mean: &Tensor,
+        invstd: &Tensor,
+        layout: (usize, usize, usize),
+        relu_output: Option<&[f32]>,
+    ) -> Result<BatchNormGrads> {
+        let (n, c, s) = layout;
+        let m = (n * s) as f64;
+        let gamma = channel_vec(op, weight, c, 1.0)?;
+        let mean = channel_vec(op, Some(mean), c, 0.0)?;
+        let invstd = channel_vec(op, Some(invstd), c, 1.0)?;
+        let x = input.f32_data(op)?;
+        let dy = grad_output.f32_data(op)?;
+        let mut sums = Vec::new();
+        let fill = |dx: &mut [MaybeUninit<f32>]| {
+            let ptr = SyncPtr(dx.as_mut_ptr().cast());
+            sums = per_channel(c, s, |ci, range| {
+                let (mu, is) = (mean[ci] as f64, invstd[ci] as f64);
+                let (mut sum_dy, mut sum_dy_xhat) = (0f64, 0f64);
+                // The masked gradient of one (sample, channel) plane at a time, in cache.
+                let mut masked = Vec::new();
+                for ni in 0..n {
+                    let r = range(ni);
+                    let g = through_relu(&dy[r.clone()], relu_output.map(|y| &y[r]), &mut masked);
+                    // SAFETY: plain slice arithmetic; the features are the dispatcher's.
+                    let (a, b) = unsafe { grad_sum_lanes(g, &x[range(ni)], mu) };
+                    let (a, b) = (total(&a), total(&b));
+                    sum_dy += a;
+                    sum_dy_xhat += b * is;
+                }
+                let k = (gamma[ci] as f64 * is) as f32;
+                let a = (sum_dy / m) as f32;
+                let b = (sum_dy_xhat / m) as f32;
+                for ni in 0..n {
+                    let r = range(ni);
+                    let coefficients = [mean[ci], invstd[ci], k, a, b];
+                    let g = through_relu(&dy[r.clone()], relu_output.map(|y| &y[r.clone()]), &mut masked);
+                    // SAFETY: each channel writes only its own ranges; the rest is slice
+                    // arithmetic.
+                    unsafe { train_grad(uninit_range(ptr, r.clone()), g, &x[r], coefficients) };
+                }
+                (sum_dy_xhat as f32, sum_dy as f32)
             });
         };
         // SAFETY: the channels' ranges cover the gradient, and every element of each is written.
