@@ -647,20 +647,23 @@ impl Op {
                 vec![(input.clone(), tensor::adaptive_avg_pool2d_backward(g, &input.shape())?)]
             }
             Op::BatchNormTrain { input, weight, bias, mean, invstd, residual, relu_output } => {
-                let (w, x) = (weight.as_ref().map(Var::value), input.value());
-                // What reaches the sum `bn(x) + residual`: `g` through the ReLU, if any.
-                let (grads, to_sum) = match (relu_output, residual) {
-                    (Some(y), None) => {
-                        (tensor::batch_norm_train_relu_backward(g, &x, w.as_ref(), mean, invstd, y)?, None)
+                let (w, b, x) = (weight.as_ref().map(Var::value), bias.as_ref().map(Var::value), input.value());
+                let (grads, to_sum) = match relu_output {
+                    Some(y) => tensor::batch_norm_train_finish_backward(
+                        g,
+                        &x,
+                        w.as_ref(),
+                        b.as_ref(),
+                        mean,
+                        invstd,
+                        y,
+                        residual.is_some(),
+                        true,
+                    )?,
+                    None => {
+                        let grads = tensor::batch_norm_train_backward(g, &x, w.as_ref(), mean, invstd)?;
+                        (grads, residual.as_ref().map(|_| g.clone()))
                     }
-                    (Some(y), Some(_)) => {
-                        let masked = g.relu_backward(y)?;
-                        (tensor::batch_norm_train_backward(&masked, &x, w.as_ref(), mean, invstd)?, Some(masked))
-                    }
-                    (None, r) => (
-                        tensor::batch_norm_train_backward(g, &x, w.as_ref(), mean, invstd)?,
-                        r.as_ref().map(|_| g.clone()),
-                    ),
                 };
                 let mut out = affine_grads(input, weight, bias, grads);
                 if let (Some(r), Some(gr)) = (residual, to_sum) {

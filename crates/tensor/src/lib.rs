@@ -54,7 +54,7 @@ pub use dtype::DType;
 pub use error::{Result, TensorError};
 pub use kernels::batch_norm::{
     batch_norm_eval, batch_norm_eval_backward, batch_norm_eval_scale_shift, batch_norm_train,
-    batch_norm_train_backward, batch_norm_train_finish, batch_norm_train_relu_backward, fold_batch_norm,
+    batch_norm_train_backward, batch_norm_train_finish, batch_norm_train_finish_backward, fold_batch_norm,
     BatchNormGrads, BatchNormTrain,
 };
 pub use kernels::conv::{

@@ -154,18 +154,26 @@ fn finish_equals_the_separate_ops_bitwise() {
                 want = want.relu().unwrap();
             }
             assert_eq!(fused.output.to_vec_f32().unwrap(), want.to_vec_f32().unwrap(), "forward, {what}");
-            if relu {
-                let g =
-                    batch_norm_train_relu_backward(&dy, &x, Some(&gamma), &fused.mean, &fused.invstd, &fused.output)
-                        .unwrap();
-                let masked = dy.relu_backward(&want).unwrap();
-                let w = batch_norm_train_backward(&masked, &x, Some(&gamma), &plain.mean, &plain.invstd).unwrap();
-                for (name, a, b) in
-                    [("x", &g.input, &w.input), ("gamma", &g.weight, &w.weight), ("beta", &g.bias, &w.bias)]
-                {
-                    assert_eq!(a.to_vec_f32().unwrap(), b.to_vec_f32().unwrap(), "grad {name}, {what}");
-                }
+            let (g, to_residual) = batch_norm_train_finish_backward(
+                &dy,
+                &x,
+                Some(&gamma),
+                Some(&beta),
+                &fused.mean,
+                &fused.invstd,
+                &fused.output,
+                with_residual,
+                relu,
+            )
+            .unwrap();
+            let masked = if relu { dy.relu_backward(&want).unwrap() } else { dy.clone() };
+            let w = batch_norm_train_backward(&masked, &x, Some(&gamma), &plain.mean, &plain.invstd).unwrap();
+            for (name, a, b) in [("x", &g.input, &w.input), ("gamma", &g.weight, &w.weight), ("beta", &g.bias, &w.bias)]
+            {
+                assert_eq!(a.to_vec_f32().unwrap(), b.to_vec_f32().unwrap(), "grad {name}, {what}");
             }
+            let to_residual = to_residual.map(|t| t.to_vec_f32().unwrap());
+            assert_eq!(to_residual, with_residual.then(|| masked.to_vec_f32().unwrap()), "grad residual, {what}");
         }
     }
     set_simd_level(None);

@@ -140,6 +140,17 @@ fn relu_mask_impl<const FMA: bool>(out: &mut [f32], dy: &[f32], y: &[f32]) {
     }
 }
 
+/// [`relu_mask_impl`] with the forward output recomputed from the input, `y = x * scale +
+/// shift` (the very operations of [`affine_finish_impl`] without a residual, so the same
+/// values): one stream fewer to read than the output itself.
+#[inline(always)]
+fn relu_mask_from_input_impl<const FMA: bool>(out: &mut [f32], dy: &[f32], x: &[f32], scale: f32, shift: f32) {
+    let x = &x[..dy.len()];
+    for ((o, &g), &v) in out.iter_mut().zip(dy).zip(x) {
+        *o = if v * scale + shift > 0.0 { g } else { 0.0 };
+    }
+}
+
 /// `dx = k (dy - a - (x - mean) invstd b)` with `[mean, invstd, k, a, b]`: batch norm's input
 /// gradient in training mode (`a` the mean of `dy`, `b` that of `dy x̂`, `k = gamma invstd`).
 #[inline(always)]
@@ -179,6 +190,11 @@ crate::multiversion! {
     unsafe fn relu_mask(out: &mut [f32], dy: &[f32], y: &[f32]) = relu_mask_impl;
 }
 crate::multiversion! {
+    /// [`relu_mask_from_input_impl`] for the CPU's vector extension.
+    unsafe fn relu_mask_from_input(out: &mut [f32], dy: &[f32], x: &[f32], scale: f32, shift: f32) =
+        relu_mask_from_input_impl;
+}
+crate::multiversion! {
     /// [`train_grad_impl`] for the CPU's vector extension.
     unsafe fn train_grad(dx: &mut [MaybeUninit<f32>], dy: &[f32], x: &[f32], coefficients: [f32; 5]) = train_grad_impl;
 }
@@ -201,17 +217,50 @@ unsafe fn uninit_range<'a>(ptr: SyncPtr, r: std::ops::Range<usize>) -> &'a mut [
     unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r.start).cast(), r.len()) }
 }
 
-/// `dy`, or with a ReLU's forward output `y`, `dy` masked where `y` is not positive (into `buf`).
-fn through_relu<'a>(dy: &'a [f32], relu_output: Option<&[f32]>, buf: &'a mut Vec<f32>) -> &'a [f32] {
-    match relu_output {
-        None => dy,
-        Some(y) => {
-            buf.resize(dy.len(), 0.0);
-            // SAFETY: plain slice arithmetic; the features are the dispatcher's.
-            unsafe { relu_mask(buf, dy, y) };
-            buf
+/// How batch norm's backward finds where the ReLU after it passed the gradient.
+#[derive(Clone, Copy)]
+enum ReluMask<'a> {
+    /// No ReLU followed.
+    None,
+    /// Where the forward output (with the residual in it) is positive.
+    Output(&'a [f32]),
+    /// Where `x * scale + shift` is, per channel: the output recomputed, when no residual was
+    /// added (`(scale, shift)` per channel, as the forward pass used them).
+    Input(&'a [(f32, f32)]),
+}
+
+/// Channel `ci`'s gradient over range `r`: `dy`, or `dy` masked by the ReLU (into `buf`).
+fn through_relu<'a>(
+    dy: &'a [f32],
+    x: &[f32],
+    mask: ReluMask<'_>,
+    ci: usize,
+    r: std::ops::Range<usize>,
+    buf: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    let dy = &dy[r.clone()];
+    if let ReluMask::None = mask {
+        return dy;
+    }
+    buf.resize(dy.len(), 0.0);
+    match mask {
+        ReluMask::None => {}
+        // SAFETY (both): plain slice arithmetic; the features are the dispatcher's.
+        ReluMask::Output(y) => unsafe { relu_mask(buf, dy, &y[r]) },
+        ReluMask::Input(coefficients) => {
+            let (scale, shift) = coefficients[ci];
+            unsafe { relu_mask_from_input(buf, dy, &x[r], scale, shift) }
         }
     }
+    buf
+}
+
+/// A training-mode batch norm's per-channel `(scale, shift)`, `y = x * scale + shift`, from
+/// the saved (f32) statistics, in f64: the forward pass and the ReLU mask of the backward
+/// pass compute the same values from them.
+fn affine_coefficients(gamma: f32, beta: f32, mean: f32, invstd: f32) -> (f32, f32) {
+    let k = gamma as f64 * invstd as f64;
+    (k as f32, (beta as f64 - mean as f64 * k) as f32)
 }
 
 /// What a training-mode batch norm returns.
@@ -298,34 +347,50 @@ pub fn batch_norm_train_finish(
     Host.train_forward(OP, input, weight, bias, running, momentum, eps, (n, c, s), r.as_deref(), relu)
 }
 
-/// The backward of [`batch_norm_train_finish`] with a ReLU and no residual, from the saved
-/// batch `mean` and `invstd` and the forward `output`: ReLU's backward (`grad_output` where
-/// `output > 0`) then [`batch_norm_train_backward`]; on the host in the same two passes over
-/// the data as batch norm's own backward, without the masked gradient as a tensor.
-pub fn batch_norm_train_relu_backward(
+/// The backward of [`batch_norm_train_finish`], from the saved batch `mean` and `invstd` and
+/// the forward `output`: the gradients of batch norm's input, weight and bias, and (when a
+/// `residual` was added) of the residual. On the host the ReLU's mask is applied on the fly
+/// inside batch norm's two passes over the data — recomputed from the input when there was no
+/// residual — and the residual's gradient is written in the first of them; bitwise the
+/// separate ops' gradients.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_train_finish_backward(
     grad_output: &Tensor,
     input: &Tensor,
     weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
     mean: &Tensor,
     invstd: &Tensor,
     output: &Tensor,
-) -> Result<BatchNormGrads> {
-    const OP: &str = "batch_norm_train_relu_backward";
-    if grad_output.shape() != input.shape() {
-        return Err(mismatch(OP, grad_output.shape(), input.shape()));
-    }
-    if output.shape() != input.shape() {
-        return Err(mismatch(OP, output.shape(), input.shape()));
+    residual: bool,
+    relu: bool,
+) -> Result<(BatchNormGrads, Option<Tensor>)> {
+    const OP: &str = "batch_norm_train_finish_backward";
+    for t in [grad_output, output] {
+        if t.shape() != input.shape() {
+            return Err(mismatch(OP, t.shape(), input.shape()));
+        }
     }
     let on_host = |t: Option<&Tensor>| t.is_none_or(|t| t.device() == crate::Device::Cpu);
     let all_host =
-        [Some(grad_output), Some(input), weight, Some(mean), Some(invstd), Some(output)].into_iter().all(on_host);
-    if !all_host {
-        return batch_norm_train_backward(&grad_output.relu_backward(output)?, input, weight, mean, invstd);
+        [Some(grad_output), Some(input), weight, bias, Some(mean), Some(invstd), Some(output)].into_iter().all(on_host);
+    if !all_host || !relu {
+        let g = if relu { grad_output.relu_backward(output)? } else { grad_output.clone() };
+        let grads = batch_norm_train_backward(&g, input, weight, mean, invstd)?;
+        return Ok((grads, residual.then_some(g)));
     }
     let (n, c, s) = layout(OP, input.shape())?;
-    let y = output.f32_data(OP)?;
-    Host.train_backward(OP, grad_output, input, weight, mean, invstd, (n, c, s), Some(&y))
+    let (y, coefficients);
+    let mask = if residual {
+        y = output.f32_data(OP)?;
+        ReluMask::Output(&y)
+    } else {
+        let (gamma, beta) = (channel_vec(OP, weight, c, 1.0)?, channel_vec(OP, bias, c, 0.0)?);
+        let (m, is) = (channel_vec(OP, Some(mean), c, 0.0)?, channel_vec(OP, Some(invstd), c, 1.0)?);
+        coefficients = (0..c).map(|i| affine_coefficients(gamma[i], beta[i], m[i], is[i])).collect::<Vec<_>>();
+        ReluMask::Input(&coefficients)
+    };
+    Host.train_backward(OP, grad_output, input, weight, mean, invstd, (n, c, s), mask, residual)
 }
 
 /// `torch.nn.functional.batch_norm(training=False)`: normalises with the running statistics.
@@ -550,7 +615,8 @@ impl NormOps for Host {
         invstd: &Tensor,
         layout: (usize, usize, usize),
     ) -> Result<BatchNormGrads> {
-        self.train_backward("batch_norm_train_backward", grad_output, input, weight, mean, invstd, layout, None)
+        let op = "batch_norm_train_backward";
+        Ok(self.train_backward(op, grad_output, input, weight, mean, invstd, layout, ReluMask::None, false)?.0)
     }
     fn batch_norm_eval_backward(
         &self,
@@ -638,8 +704,7 @@ impl Host {
         let fill = |out: &mut [MaybeUninit<f32>]| {
             let ptr = SyncPtr(out.as_mut_ptr().cast());
             per_channel(c, s, |ci, range| {
-                let scale = (gamma[ci] as f64 * invstd[ci]) as f32;
-                let shift = (beta[ci] as f64 - stats[ci].0 * gamma[ci] as f64 * invstd[ci]) as f32;
+                let (scale, shift) = affine_coefficients(gamma[ci], beta[ci], stats[ci].0 as f32, invstd[ci] as f32);
                 for ni in 0..n {
                     let r = range(ni);
                     // SAFETY: each channel writes only its own ranges; the rest is slice
@@ -680,8 +745,9 @@ impl Host {
             running_var,
         })
     }
-    /// Training-mode batch norm's backward; with `relu_output`, of ReLU after it (the gradient
-    /// masked where that output is not positive, on the fly in each pass).
+    /// Training-mode batch norm's backward, with the gradient first masked by `mask` (on the
+    /// fly, in each pass); with `masked_out`, that masked gradient is also returned (what
+    /// reaches a residual added before the ReLU).
     #[allow(clippy::too_many_arguments)]
     fn train_backward(
         &self,
@@ -692,8 +758,9 @@ impl Host {
         mean: &Tensor,
         invstd: &Tensor,
         layout: (usize, usize, usize),
-        relu_output: Option<&[f32]>,
-    ) -> Result<BatchNormGrads> {
+        mask: ReluMask<'_>,
+        masked_out: bool,
+    ) -> Result<(BatchNormGrads, Option<Tensor>)> {
         let (n, c, s) = layout;
         let m = (n * s) as f64;
         let gamma = channel_vec(op, weight, c, 1.0)?;
@@ -702,6 +769,8 @@ impl Host {
         let x = input.f32_data(op)?;
         let dy = grad_output.f32_data(op)?;
         let mut sums = Vec::new();
+        let mut masked_all: Vec<f32> = if masked_out { Vec::with_capacity(x.len()) } else { Vec::new() };
+        let masked_ptr = SyncPtr(masked_all.as_mut_ptr());
         let fill = |dx: &mut [MaybeUninit<f32>]| {
             let ptr = SyncPtr(dx.as_mut_ptr().cast());
             sums = per_channel(c, s, |ci, range| {
@@ -711,7 +780,12 @@ impl Host {
                 let mut masked = Vec::new();
                 for ni in 0..n {
                     let r = range(ni);
-                    let g = through_relu(&dy[r.clone()], relu_output.map(|y| &y[r]), &mut masked);
+                    let g = through_relu(&dy, &x, mask, ci, r.clone(), &mut masked);
+                    if masked_out {
+                        // SAFETY: each channel writes only its own ranges of `masked_all`,
+                        // which holds `x.len()` floats.
+                        unsafe { std::ptr::copy_nonoverlapping(g.as_ptr(), masked_ptr.get().add(r.start), r.len()) };
+                    }
                     // SAFETY: plain slice arithmetic; the features are the dispatcher's.
                     let (a, b) = unsafe { grad_sum_lanes(g, &x[range(ni)], mu) };
                     let (a, b) = (total(&a), total(&b));
@@ -724,7 +798,7 @@ impl Host {
                 for ni in 0..n {
                     let r = range(ni);
                     let coefficients = [mean[ci], invstd[ci], k, a, b];
-                    let g = through_relu(&dy[r.clone()], relu_output.map(|y| &y[r.clone()]), &mut masked);
+                    let g = through_relu(&dy, &x, mask, ci, r.clone(), &mut masked);
                     // SAFETY: each channel writes only its own ranges; the rest is slice
                     // arithmetic.
                     unsafe { train_grad(uninit_range(ptr, r.clone()), g, &x[r], coefficients) };
@@ -734,10 +808,16 @@ impl Host {
         };
         // SAFETY: the channels' ranges cover the gradient, and every element of each is written.
         let dx = unsafe { written_by(x.len(), fill) };
-        Ok(BatchNormGrads {
+        let masked_all = masked_out.then(|| {
+            // SAFETY: the first pass of every channel copied its ranges: all `x.len()` floats.
+            unsafe { masked_all.set_len(x.len()) };
+            Tensor::from_vec_unchecked(masked_all, input.shape())
+        });
+        let grads = BatchNormGrads {
             input: Tensor::from_vec_unchecked(dx, input.shape()),
             weight: Tensor::from_vec_unchecked(sums.iter().map(|s| s.0).collect(), &[c]),
             bias: Tensor::from_vec_unchecked(sums.iter().map(|s| s.1).collect(), &[c]),
-        })
+        };
+        Ok((grads, masked_all))
     }
 }
