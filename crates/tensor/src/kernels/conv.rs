@@ -204,6 +204,13 @@ impl ConvGeom {
         let hi = hi.clamp(0, self.ow as isize) as usize;
         (lo.min(hi as isize) as usize, hi, base)
     }
+
+    /// [`ConvGeom::valid_cols`] of every kernel column, computed once per im2col or col2im
+    /// call rather than per channel and kernel row (its divisions were 2.6% of a training
+    /// step on 64-pixel images, whose small maps make every other step short).
+    fn valid_cols_all(&self) -> Vec<(usize, usize, isize)> {
+        (0..self.kw).map(|kj| self.valid_cols(kj)).collect()
+    }
 }
 
 /// Fills `col` (row-major, `channels * kh * kw` rows of `p1 - p0` columns, rows `ld` apart)
@@ -219,12 +226,12 @@ fn im2col(
 ) {
     let len = p1 - p0;
     let mut row = 0;
+    let valid = g.valid_cols_all();
     for c in channels {
         let plane = &image[c * g.in_hw()..(c + 1) * g.in_hw()];
         for ki in 0..g.kh {
-            for kj in 0..g.kw {
+            for &(lo, hi, base) in &valid {
                 let dst = &mut col[row * ld..row * ld + len];
-                let (lo, hi, base) = g.valid_cols(kj);
                 // Output rows one after another: one division per tap row, not one per run (on
                 // the 4x4 and 2x2 maps of small pictures a run is a few values long).
                 let (mut oh, mut ow0) = (p0 / g.ow, p0 % g.ow);
@@ -319,12 +326,12 @@ fn col2im(
     let len = p1 - p0;
     let mut row = 0;
     let in_hw = g.in_hw();
+    let valid = g.valid_cols_all();
     for c in channels {
         let plane = &mut image[c * in_hw..(c + 1) * in_hw];
         for ki in 0..g.kh {
-            for kj in 0..g.kw {
+            for &(lo, hi, base) in &valid {
                 let src = &col[row * ld..row * ld + len];
-                let (lo, hi, base) = g.valid_cols(kj);
                 let (mut oh, mut ow0) = (p0 / g.ow, p0 % g.ow);
                 let mut j = 0;
                 while j < len {
