@@ -9,6 +9,8 @@
 use crate::backend::{backend_for, Host, OptimOps};
 use crate::error::{mismatch, Result};
 use crate::Tensor;
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// torch.optim.SGD's hyper-parameters for one step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -122,6 +124,49 @@ pub fn adam_step(
     backend_for(OP, &[Some(param), Some(grad), m1.as_ref(), m2.as_ref()])?.adam_step(param, grad, (m1, m2), &s)
 }
 
+/// Elements per parallel run of an optimizer step.
+const RUN: usize = 1 << 15;
+
+/// One Adam step over a run of elements: the new parameters into `out` from `p`, the moments
+/// updated in place, in the operation order of torch's single-tensor Adam (AdamW's decay
+/// first; `mul_` then `add_`, `addcdiv_`). Plain multiplies and adds (no fused multiply-add),
+/// so every vector extension gives the same values.
+#[inline(always)]
+fn adam_run_impl<const FMA: bool>(
+    out: &mut [MaybeUninit<f32>],
+    p: &[f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    s: AdamScalars,
+) {
+    let n = out.len();
+    let (p, g, m, v) = (&p[..n], &g[..n], &mut m[..n], &mut v[..n]);
+    for i in 0..n {
+        let mut param = p[i];
+        if s.shrink != 1.0 {
+            param *= s.shrink;
+        }
+        let grad = if s.l2 != 0.0 { g[i] + s.l2 * param } else { g[i] };
+        m[i] = m[i] * s.b1 + s.one_b1 * grad;
+        v[i] = v[i] * s.b2 + s.one_b2 * (grad * grad);
+        let denom = v[i].sqrt() / s.bc2 + s.eps;
+        out[i].write(param + -s.step_size * (m[i] / denom));
+    }
+}
+
+crate::multiversion! {
+    /// [`adam_run_impl`] for the CPU's vector extension.
+    unsafe fn adam_run(
+        out: &mut [MaybeUninit<f32>],
+        p: &[f32],
+        g: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        s: AdamScalars,
+    ) = adam_run_impl;
+}
+
 impl OptimOps for Host {
     fn sgd_step(
         &self,
@@ -161,10 +206,15 @@ impl OptimOps for Host {
         s: &AdamScalars,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         const OP: &str = "adam_step";
-        let AdamScalars { b1: b1f, b2: b2f, one_b1, one_b2, eps, l2, shrink, step_size, bc2: bc2f } = *s;
+        let s = *s;
         let n = param.numel();
-        let mut p = param.f32_data(OP)?.into_owned();
+        // The parameter is read, not copied: the new one is written beside it (it is shared
+        // with the model until the step returns).
+        let p_old = param.f32_data(OP)?;
         let g = grad.f32_data(OP)?;
+        if p_old.len() != n || g.len() != n {
+            return Err(mismatch(OP, grad.shape(), param.shape()));
+        }
         let mut m = match m1 {
             Some(t) => t.into_f32_vec(OP)?,
             None => vec![0.0; n],
@@ -173,17 +223,17 @@ impl OptimOps for Host {
             Some(t) => t.into_f32_vec(OP)?,
             None => vec![0.0; n],
         };
-        if shrink != 1.0 {
-            p.iter_mut().for_each(|p| *p *= shrink);
-        }
-        for i in 0..n {
-            let grad = if l2 != 0.0 { g[i] + l2 * p[i] } else { g[i] };
-            // The operation order of torch's single-tensor Adam: mul_ then add_, addcdiv_.
-            m[i] = m[i] * b1f + one_b1 * grad;
-            v[i] = v[i] * b2f + one_b2 * (grad * grad);
-            let denom = v[i].sqrt() / bc2f + eps;
-            p[i] += -step_size * (m[i] / denom);
-        }
+        let fill = |out: &mut [MaybeUninit<f32>]| {
+            out.par_chunks_mut(RUN).zip(m.par_chunks_mut(RUN)).zip(v.par_chunks_mut(RUN)).enumerate().for_each(
+                |(i, ((out, m), v))| {
+                    let at = i * RUN..i * RUN + out.len();
+                    // SAFETY: plain slice arithmetic; the features are the dispatcher's.
+                    unsafe { adam_run(out, &p_old[at.clone()], &g[at], m, v, s) }
+                },
+            );
+        };
+        // SAFETY: the runs cover the output and `adam_run` writes every element of each.
+        let p = unsafe { super::written_by(n, fill) };
         let shape = param.shape();
         Ok((
             Tensor::from_vec_unchecked(p, shape),
