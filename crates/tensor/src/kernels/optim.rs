@@ -127,6 +127,49 @@ pub fn adam_step(
 /// Elements per parallel run of an optimizer step.
 const RUN: usize = 1 << 15;
 
+/// One SGD step over a run of elements, in torch.optim.SGD's order of operations: the new
+/// parameters into `out` from `p`; with momentum (`buf` as long as `out`, else empty) the
+/// buffer updated in place, or on the `first` step set to the direction itself.
+#[inline(always)]
+fn sgd_run_impl<const FMA: bool>(
+    out: &mut [MaybeUninit<f32>],
+    p: &[f32],
+    g: &[f32],
+    buf: &mut [f32],
+    s: SgdScalars,
+    first: bool,
+) {
+    let n = out.len();
+    let (p, g) = (&p[..n], &g[..n]);
+    for i in 0..n {
+        let d = if s.wd != 0.0 { g[i] + s.wd * p[i] } else { g[i] };
+        let dir = if s.m != 0.0 {
+            let b = if first { d } else { buf[i] * s.m + s.damp * d };
+            buf[i] = b;
+            if s.nesterov {
+                d + s.m * b
+            } else {
+                b
+            }
+        } else {
+            d
+        };
+        out[i].write(p[i] - s.lr * dir);
+    }
+}
+
+crate::multiversion! {
+    /// [`sgd_run_impl`] for the CPU's vector extension.
+    unsafe fn sgd_run(
+        out: &mut [MaybeUninit<f32>],
+        p: &[f32],
+        g: &[f32],
+        buf: &mut [f32],
+        s: SgdScalars,
+        first: bool,
+    ) = sgd_run_impl;
+}
+
 /// One Adam step over a run of elements: the new parameters into `out` from `p`, the moments
 /// updated in place, in the operation order of torch's single-tensor Adam (AdamW's decay
 /// first; `mul_` then `add_`, `addcdiv_`). Plain multiplies and adds (no fused multiply-add),
@@ -176,26 +219,36 @@ impl OptimOps for Host {
         s: &SgdScalars,
     ) -> Result<(Tensor, Option<Tensor>)> {
         const OP: &str = "sgd_step";
-        let SgdScalars { lr, wd, m, damp, nesterov } = *s;
-        let mut p = param.f32_data(OP)?.into_owned();
+        let s = *s;
+        let n = param.numel();
+        // The parameter is read, not copied (as in `adam_step`); the momentum buffer is
+        // updated in place when nothing else holds it.
+        let p_old = param.f32_data(OP)?;
         let g = grad.f32_data(OP)?;
-        let d: Vec<f32> =
-            if wd != 0.0 { p.iter().zip(g.iter()).map(|(&p, &g)| g + wd * p).collect() } else { g.to_vec() };
-        let (d, new_buf) = if m != 0.0 {
-            let b: Vec<f32> = match buf {
-                None => d.clone(),
-                Some(b) => {
-                    let mut b = b.into_f32_vec(OP)?;
-                    b.iter_mut().zip(&d).for_each(|(b, &d)| *b = *b * m + damp * d);
-                    b
-                }
-            };
-            let dir = if nesterov { d.iter().zip(&b).map(|(&d, &b)| d + m * b).collect() } else { b.clone() };
-            (dir, Some(Tensor::from_vec_unchecked(b, param.shape())))
-        } else {
-            (d, None)
+        if p_old.len() != n || g.len() != n {
+            return Err(mismatch(OP, grad.shape(), param.shape()));
+        }
+        let first = buf.is_none();
+        let mut b = match (s.m != 0.0, buf) {
+            (false, _) => Vec::new(),
+            (true, None) => vec![0.0; n],
+            (true, Some(b)) => b.into_f32_vec(OP)?,
         };
-        p.iter_mut().zip(&d).for_each(|(p, &d)| *p -= lr * d);
+        let fill = |out: &mut [MaybeUninit<f32>]| {
+            let run = |i: usize, out: &mut [MaybeUninit<f32>], b: &mut [f32]| {
+                let at = i * RUN..i * RUN + out.len();
+                // SAFETY: plain slice arithmetic; the features are the dispatcher's.
+                unsafe { sgd_run(out, &p_old[at.clone()], &g[at], b, s, first) }
+            };
+            if b.is_empty() {
+                out.par_chunks_mut(RUN).enumerate().for_each(|(i, out)| run(i, out, &mut []));
+            } else {
+                out.par_chunks_mut(RUN).zip(b.par_chunks_mut(RUN)).enumerate().for_each(|(i, (out, b))| run(i, out, b));
+            }
+        };
+        // SAFETY: the runs cover the output and `sgd_run` writes every element of each.
+        let p = unsafe { super::written_by(n, fill) };
+        let new_buf = (s.m != 0.0).then(|| Tensor::from_vec_unchecked(b, param.shape()));
         Ok((Tensor::from_vec_unchecked(p, param.shape()), new_buf))
     }
     fn adam_step(
