@@ -239,20 +239,28 @@ fn through_relu<'a>(
     buf: &'a mut Vec<f32>,
 ) -> &'a [f32] {
     let dy = &dy[r.clone()];
-    if let ReluMask::None = mask {
-        return dy;
-    }
-    buf.resize(dy.len(), 0.0);
     match mask {
-        ReluMask::None => {}
-        // SAFETY (both): plain slice arithmetic; the features are the dispatcher's.
-        ReluMask::Output(y) => unsafe { relu_mask(buf, dy, &y[r]) },
+        ReluMask::None => dy,
+        ReluMask::Output(y) => {
+            buf.resize(dy.len(), 0.0);
+            // SAFETY: plain slice arithmetic; the features are the dispatcher's.
+            unsafe { relu_mask(buf, dy, &y[r]) };
+            buf
+        }
         ReluMask::Input(coefficients) => {
             let (scale, shift) = coefficients[ci];
-            unsafe { relu_mask_from_input(buf, dy, &x[r], scale, shift) }
+            buf.resize(dy.len(), 0.0);
+            // SAFETY: as above.
+            unsafe { relu_mask_from_input(buf, dy, &x[r], scale, shift) };
+            buf
         }
     }
-    buf
+}
+
+/// Whether every tensor given is on the host: where the fused kernels run (elsewhere the
+/// fused functions compose the device's separate ops).
+fn all_on_host(tensors: &[Option<&Tensor>]) -> bool {
+    tensors.iter().flatten().all(|t| t.device() == crate::Device::Cpu)
 }
 
 /// A training-mode batch norm's per-channel `(scale, shift)`, `y = x * scale + shift`, from
@@ -308,7 +316,7 @@ pub fn batch_norm_train(
 /// [`batch_norm_train`] followed by `+ residual` (same shape as the input) and ReLU, each
 /// optional, as a ResNet block applies them: `relu(bn(x) + residual)`. On the host the three
 /// are one pass over the output (the separate ops read and wrote it two more times); the
-/// result is bitwise that of the separate ops. Backward: [`batch_norm_train_relu_backward`].
+/// result is bitwise that of the separate ops. Backward: [`batch_norm_train_finish_backward`].
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_train_finish(
     input: &Tensor,
@@ -326,10 +334,7 @@ pub fn batch_norm_train_finish(
             return Err(mismatch("batch_norm_train_finish residual", r.shape(), input.shape()));
         }
     }
-    let on_host = |t: Option<&Tensor>| t.is_none_or(|t| t.device() == crate::Device::Cpu);
-    let all_host =
-        [Some(input), weight, bias, running.map(|r| r.0), running.map(|r| r.1), residual].into_iter().all(on_host);
-    if !all_host {
+    if !all_on_host(&[Some(input), weight, bias, running.map(|r| r.0), running.map(|r| r.1), residual]) {
         let mut out = batch_norm_train(input, weight, bias, running, momentum, eps)?;
         if let Some(r) = residual {
             out.output = out.output.add(r)?;
@@ -371,10 +376,8 @@ pub fn batch_norm_train_finish_backward(
             return Err(mismatch(OP, t.shape(), input.shape()));
         }
     }
-    let on_host = |t: Option<&Tensor>| t.is_none_or(|t| t.device() == crate::Device::Cpu);
-    let all_host =
-        [Some(grad_output), Some(input), weight, bias, Some(mean), Some(invstd), Some(output)].into_iter().all(on_host);
-    if !all_host || !relu {
+    let host = all_on_host(&[Some(grad_output), Some(input), weight, bias, Some(mean), Some(invstd), Some(output)]);
+    if !host || !relu {
         let g = if relu { grad_output.relu_backward(output)? } else { grad_output.clone() };
         let grads = batch_norm_train_backward(&g, input, weight, mean, invstd)?;
         return Ok((grads, residual.then_some(g)));

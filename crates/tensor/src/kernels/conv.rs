@@ -14,6 +14,7 @@
 
 use super::matmul::{parallelism, product, MatRef, SyncPtr};
 use super::scratch::Scratch;
+use super::written_by;
 use crate::backend::{backend_for, backend_of, ConvOps, Host};
 use crate::error::{bad_shape, invalid, mismatch, Result};
 use crate::Tensor;
@@ -851,68 +852,66 @@ impl ConvOps for Host {
         // add into the gradient, zero each image's part in the thread that then adds into it,
         // just before (a separate zeroing pass was 1.5% of a ResNet-50 training step, with
         // the page faults of fresh memory on top).
-        let len = g.n * image_len;
-        let mut dx_vec: Vec<f32> = Vec::with_capacity(len);
-        let dx = &mut dx_vec.spare_capacity_mut()[..len];
-
-        let nb = g.images_per_block();
-        if nb > 1 {
-            backward_input_blocks(g, &dy, &w, dx, nb);
-        } else if g.pointwise() {
-            // dx[n, g] = W_g^T dy[n, g], one GEMM per (image, tile, group), disjoint outputs.
-            let (tile, tiles) = (g.tile(), g.tiles());
-            let items = g.n * tiles;
-            let par = parallelism(items);
-            let dx_ptr = SyncPtr(dx.as_mut_ptr().cast());
-            let run = |item: usize| {
-                let (ni, ti) = (item / tiles, item % tiles);
-                let (p0, p1) = (ti * tile, ((ti + 1) * tile).min(ohw));
-                for gi in 0..g.p.groups {
-                    let lhs = MatRef::of(&w, gi * g.cout_g * k, k, g.cout_g, 1, k);
-                    let rhs = MatRef::of(&dy, (ni * g.cout + gi * g.cout_g) * ohw + p0, g.cout_g, p1 - p0, ohw, 1);
-                    let dst = dx_ptr.get().wrapping_add(ni * image_len + gi * g.cin_g * in_hw + p0);
-                    // SAFETY: (image, tile) items write disjoint column ranges.
-                    unsafe { product(dst, in_hw as isize, lhs, rhs, false, par, g.small()) };
-                }
-            };
-            if matches!(par, Parallelism::None) {
-                (0..items).into_par_iter().for_each(run);
-            } else {
-                (0..items).for_each(run);
-            }
-        } else {
-            // Per image: dcol = W^T dy, then col2im. Tiles of one image overlap in dx, so images are
-            // the unit of parallel work.
-            let (tile, tiles) = (g.tile(), g.tiles());
-            let par = parallelism(g.n);
-            let rows_all = g.cin * g.kh * g.kw;
-            let run = |(ni, dx_img): (usize, &mut [MaybeUninit<f32>]), col: &mut Scratch| {
-                let dx_img = zeroed(dx_img);
-                for ti in 0..tiles {
+        let fill = |dx: &mut [MaybeUninit<f32>]| {
+            let nb = g.images_per_block();
+            if nb > 1 {
+                backward_input_blocks(g, &dy, &w, dx, nb);
+            } else if g.pointwise() {
+                // dx[n, g] = W_g^T dy[n, g], one GEMM per (image, tile, group), disjoint outputs.
+                let (tile, tiles) = (g.tile(), g.tiles());
+                let items = g.n * tiles;
+                let par = parallelism(items);
+                let dx_ptr = SyncPtr(dx.as_mut_ptr().cast());
+                let run = |item: usize| {
+                    let (ni, ti) = (item / tiles, item % tiles);
                     let (p0, p1) = (ti * tile, ((ti + 1) * tile).min(ohw));
-                    let len = p1 - p0;
-                    col.at_least(rows_all * len);
                     for gi in 0..g.p.groups {
                         let lhs = MatRef::of(&w, gi * g.cout_g * k, k, g.cout_g, 1, k);
-                        let rhs = MatRef::of(&dy, (ni * g.cout + gi * g.cout_g) * ohw + p0, g.cout_g, len, ohw, 1);
-                        let dst = col[gi * k * len..].as_mut_ptr();
-                        // SAFETY: dst is this group's k x len block of the thread's own buffer.
-                        unsafe { product(dst, len as isize, lhs, rhs, false, par, g.small()) };
+                        let rhs = MatRef::of(&dy, (ni * g.cout + gi * g.cout_g) * ohw + p0, g.cout_g, p1 - p0, ohw, 1);
+                        let dst = dx_ptr.get().wrapping_add(ni * image_len + gi * g.cin_g * in_hw + p0);
+                        // SAFETY: (image, tile) items write disjoint column ranges.
+                        unsafe { product(dst, in_hw as isize, lhs, rhs, false, par, g.small()) };
                     }
-                    col2im(g, col, len, 0..g.cin, p0, p1, dx_img);
+                };
+                if matches!(par, Parallelism::None) {
+                    (0..items).into_par_iter().for_each(run);
+                } else {
+                    (0..items).for_each(run);
                 }
-            };
-            if matches!(par, Parallelism::None) {
-                dx.par_chunks_mut(image_len).enumerate().for_each_init(Scratch::take, |col, item| run(item, col));
             } else {
-                let mut col = Scratch::take();
-                dx.chunks_mut(image_len).enumerate().for_each(|item| run(item, &mut col));
+                // Per image: dcol = W^T dy, then col2im. Tiles of one image overlap in dx, so images are
+                // the unit of parallel work.
+                let (tile, tiles) = (g.tile(), g.tiles());
+                let par = parallelism(g.n);
+                let rows_all = g.cin * g.kh * g.kw;
+                let run = |(ni, dx_img): (usize, &mut [MaybeUninit<f32>]), col: &mut Scratch| {
+                    let dx_img = zeroed(dx_img);
+                    for ti in 0..tiles {
+                        let (p0, p1) = (ti * tile, ((ti + 1) * tile).min(ohw));
+                        let len = p1 - p0;
+                        col.at_least(rows_all * len);
+                        for gi in 0..g.p.groups {
+                            let lhs = MatRef::of(&w, gi * g.cout_g * k, k, g.cout_g, 1, k);
+                            let rhs = MatRef::of(&dy, (ni * g.cout + gi * g.cout_g) * ohw + p0, g.cout_g, len, ohw, 1);
+                            let dst = col[gi * k * len..].as_mut_ptr();
+                            // SAFETY: dst is this group's k x len block of the thread's own buffer.
+                            unsafe { product(dst, len as isize, lhs, rhs, false, par, g.small()) };
+                        }
+                        col2im(g, col, len, 0..g.cin, p0, p1, dx_img);
+                    }
+                };
+                if matches!(par, Parallelism::None) {
+                    dx.par_chunks_mut(image_len).enumerate().for_each_init(Scratch::take, |col, item| run(item, col));
+                } else {
+                    let mut col = Scratch::take();
+                    dx.chunks_mut(image_len).enumerate().for_each(|item| run(item, &mut col));
+                }
             }
-        }
-        // SAFETY: every path above wrote all `len` elements (the products of the 1x1 paths
-        // cover every image, channel and position; the col2im paths zeroed theirs first).
-        unsafe { dx_vec.set_len(len) };
-        Ok(Tensor::from_vec_unchecked(dx_vec, input_shape))
+        };
+        // SAFETY: every path of `fill` writes all elements (the products of the 1x1 paths cover
+        // every image, channel and position; the col2im paths zero theirs first).
+        let dx = unsafe { written_by(g.n * image_len, fill) };
+        Ok(Tensor::from_vec_unchecked(dx, input_shape))
     }
     fn conv2d_backward_weight(&self, g: &ConvGeom, input: &Tensor, grad_output: &Tensor) -> Result<Tensor> {
         const OP: &str = "conv2d_backward_weight";

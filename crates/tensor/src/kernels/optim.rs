@@ -225,9 +225,6 @@ impl OptimOps for Host {
         // updated in place when nothing else holds it.
         let p_old = param.f32_data(OP)?;
         let g = grad.f32_data(OP)?;
-        if p_old.len() != n || g.len() != n {
-            return Err(mismatch(OP, grad.shape(), param.shape()));
-        }
         let first = buf.is_none();
         let mut b = match (s.m != 0.0, buf) {
             (false, _) => Vec::new(),
@@ -265,9 +262,6 @@ impl OptimOps for Host {
         // with the model until the step returns).
         let p_old = param.f32_data(OP)?;
         let g = grad.f32_data(OP)?;
-        if p_old.len() != n || g.len() != n {
-            return Err(mismatch(OP, grad.shape(), param.shape()));
-        }
         let mut m = match m1 {
             Some(t) => t.into_f32_vec(OP)?,
             None => vec![0.0; n],
