@@ -463,3 +463,43 @@ fn winograd_weight_gradient_matches_the_definition() {
     }
     set_simd_level(None);
 }
+
+/// Convolutions with few input channels (the stem: 3 channels, 7x7, stride 2), which take a
+/// direct AVX-512 kernel where the CPU has it, at every vector extension this machine has, with
+/// every epilogue (`* scale + shift`, residual, ReLU), against the f64 oracle: one image at a
+/// time (blocks of rows and channels shared out) and whole images per thread; output channels,
+/// rows and columns that do not fill a register block.
+#[test]
+fn few_input_channel_convs_match_the_oracle() {
+    use tensor::simd::{available_simd_levels, set_simd_level};
+    let shapes: [([usize; 4], [usize; 4], usize, usize); 5] = [
+        ([1, 3, 23, 37], [10, 3, 7, 7], 2, 3),
+        ([7, 3, 16, 16], [8, 3, 7, 7], 2, 3),
+        ([1, 1, 9, 40], [5, 1, 3, 3], 1, 1),
+        ([2, 4, 13, 11], [4, 4, 5, 5], 2, 2),
+        ([1, 2, 6, 5], [3, 2, 3, 3], 1, 0),
+    ];
+    for level in available_simd_levels() {
+        set_simd_level(Some(level));
+        for (i, &(xs, ws, stride, pad)) in shapes.iter().enumerate() {
+            let seed = 90 + 10 * i as u64;
+            let (x, w) = (randn(&xs, seed), randn(&ws, seed + 1));
+            let (scale, shift) = (randn(&[ws[0]], seed + 2), randn(&[ws[0]], seed + 3));
+            let p = Conv2dParams::new().stride(stride).padding(pad);
+            let (conv, ys) = reference::conv2d(&f64s(&x), xs, &f64s(&w), ws, None, p);
+            let res = randn(&ys, seed + 4);
+            let (sc, sh, r) = (f64s(&scale), f64s(&shift), f64s(&res));
+            let plane = ys[2] * ys[3];
+            let got = with_threads(2, || conv2d(&x, &w, None, p)).unwrap();
+            assert_close(&format!("{xs:?} * {ws:?} at {level}"), &got.to_vec_f32().unwrap(), &conv, 1e-5);
+            let want: Vec<f64> = conv
+                .iter()
+                .enumerate()
+                .map(|(j, &y)| (y * sc[(j / plane) % ws[0]] + sh[(j / plane) % ws[0]] + r[j]).max(0.0))
+                .collect();
+            let got = with_threads(2, || tensor::conv2d_affine(&x, &w, &scale, &shift, p, Some(&res), true)).unwrap();
+            assert_close(&format!("{xs:?} * {ws:?} affine at {level}"), &got.to_vec_f32().unwrap(), &want, 1e-5);
+        }
+    }
+    set_simd_level(None);
+}

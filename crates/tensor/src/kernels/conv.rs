@@ -454,6 +454,9 @@ fn forward_slices(
     if super::direct::suits(g) {
         return super::direct::forward(g, x, w, epi, out);
     }
+    if super::few_inputs::suits(g) {
+        return super::few_inputs::forward(g, x, w, epi, out);
+    }
     if super::winograd::suits(g, winograd_cache.is_some()) {
         let transform = || super::winograd::transform_weights(w, g.cout, g.cin);
         return match winograd_cache {

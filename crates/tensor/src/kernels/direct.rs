@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// Output channels per register block.
-const MB: usize = 4;
+pub(super) const MB: usize = 4;
 
 /// Whether the direct kernel takes this convolution: grouped, undilated, with few channels per
 /// group (where a GEMM per group would be too small to run at speed).
@@ -25,71 +25,73 @@ pub(crate) fn suits(g: &ConvGeom) -> bool {
 }
 
 /// The layout of one (image, group)'s phase planes.
-struct Phases {
+pub(super) struct Phases {
     /// Stride.
-    sh: usize,
-    sw: usize,
+    pub(super) sh: usize,
+    pub(super) sw: usize,
     /// Rows and row length of one phase plane (the row padded to whole register blocks).
     rows: usize,
-    row_len: usize,
+    pub(super) row_len: usize,
 }
 
 impl Phases {
-    fn new(g: &ConvGeom, nb: usize) -> Phases {
+    pub(super) fn new(g: &ConvGeom, nb: usize) -> Phases {
         let [sh, sw] = g.p.stride;
         Phases { sh, sw, rows: g.oh + (g.kh - 1) / sh, row_len: g.ow.div_ceil(nb) * nb + (g.kw - 1) / sw }
     }
 
-    fn plane_len(&self) -> usize {
+    pub(super) fn plane_len(&self) -> usize {
         self.rows * self.row_len
     }
 
     /// Offset of row `i` of phase `(a, b)` of input channel `ci` (of `cin_g`).
     #[inline(always)]
-    fn row(&self, cin_g: usize, a: usize, b: usize, ci: usize, i: usize) -> usize {
+    pub(super) fn row(&self, cin_g: usize, a: usize, b: usize, ci: usize, i: usize) -> usize {
         (((a * self.sw + b) * cin_g + ci) * self.rows + i) * self.row_len
     }
 
     /// Copies group `gi` of `image` into `buf`, zeros where the window reads padding.
-    fn fill(&self, g: &ConvGeom, image: &[f32], gi: usize, buf: &mut [f32]) {
+    pub(super) fn fill(&self, g: &ConvGeom, image: &[f32], gi: usize, buf: &mut [f32]) {
+        let len = self.plane_len();
+        for (p, dst) in buf[..self.sh * self.sw * g.cin_g * len].chunks_mut(len).enumerate() {
+            self.fill_plane(g, image, gi, p, dst);
+        }
+    }
+
+    /// Copies plane `p` (phase `(a, b)`, input channel `ci` of group `gi`, in the order of
+    /// [`Phases::row`]) of `image` into `dst` (one plane long).
+    pub(super) fn fill_plane(&self, g: &ConvGeom, image: &[f32], gi: usize, p: usize, dst: &mut [f32]) {
         let [ph, pw] = g.p.padding;
-        for a in 0..self.sh {
-            for b in 0..self.sw {
-                for ci in 0..g.cin_g {
-                    let plane = &image[(gi * g.cin_g + ci) * g.in_hw()..][..g.in_hw()];
-                    for i in 0..self.rows {
-                        let at = self.row(g.cin_g, a, b, ci, i);
-                        let dst = &mut buf[at..at + self.row_len];
-                        let ih = (i * self.sh + a) as isize - ph as isize;
-                        if ih < 0 || ih >= g.h as isize {
-                            dst.fill(0.0);
-                            continue;
-                        }
-                        let src = &plane[ih as usize * g.w..][..g.w];
-                        // Columns j read input column j * sw + b - pw: inside for j in [lo, hi).
-                        let lo = pw.saturating_sub(b).div_ceil(self.sw).min(self.row_len);
-                        let hi =
-                            if g.w + pw > b { (g.w + pw - b).div_ceil(self.sw).clamp(lo, self.row_len) } else { lo };
-                        dst[..lo].fill(0.0);
-                        dst[hi..].fill(0.0);
-                        if lo == hi {
-                            continue;
-                        }
-                        let first = lo * self.sw + b - pw;
-                        if self.sw == 1 {
-                            dst[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
-                        } else {
-                            dst[lo..hi].iter_mut().zip(src[first..].iter().step_by(self.sw)).for_each(|(d, &v)| *d = v);
-                        }
-                    }
-                }
+        let (ab, ci) = (p / g.cin_g, p % g.cin_g);
+        let (a, b) = (ab / self.sw, ab % self.sw);
+        let plane = &image[(gi * g.cin_g + ci) * g.in_hw()..][..g.in_hw()];
+        for (i, dst) in dst.chunks_mut(self.row_len).enumerate().take(self.rows) {
+            let ih = (i * self.sh + a) as isize - ph as isize;
+            if ih < 0 || ih >= g.h as isize {
+                dst.fill(0.0);
+                continue;
+            }
+            let src = &plane[ih as usize * g.w..][..g.w];
+            // Columns j read input column j * sw + b - pw: inside for j in [lo, hi).
+            let lo = pw.saturating_sub(b).div_ceil(self.sw).min(self.row_len);
+            let hi = if g.w + pw > b { (g.w + pw - b).div_ceil(self.sw).clamp(lo, self.row_len) } else { lo };
+            dst[..lo].fill(0.0);
+            dst[hi..].fill(0.0);
+            if lo == hi {
+                continue;
+            }
+            let first = lo * self.sw + b - pw;
+            if self.sw == 1 {
+                dst[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
+            } else {
+                dst[lo..hi].iter_mut().zip(src[first..].iter().step_by(self.sw)).for_each(|(d, &v)| *d = v);
             }
         }
     }
 }
 
 /// Group `gi`'s weights as `[block][ci][tap][MB]`, output channels past `cout_g` zero.
-fn pack_weights(g: &ConvGeom, w: &[f32], gi: usize, buf: &mut [f32]) {
+pub(super) fn pack_weights(g: &ConvGeom, w: &[f32], gi: usize, buf: &mut [f32]) {
     let taps = g.kh * g.kw;
     let blocks = g.cout_g.div_ceil(MB);
     for blk in 0..blocks {

@@ -4,6 +4,7 @@
 pub mod batch_norm;
 pub mod conv;
 mod direct;
+mod few_inputs;
 pub(crate) mod matmul;
 pub mod optim;
 pub mod pool;
