@@ -38,6 +38,7 @@ pub(crate) fn suits(g: &ConvGeom) -> bool {
 pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], epi: Epilogue<'_>, out: &mut [MaybeUninit<f32>]) {
     debug_assert!(suits(g));
     let mut ph = Phases::new(g, 16);
+    // Rows that start on 16-float boundaries: fewer of the loads straddle two cache lines.
     ph.row_len = ph.row_len.next_multiple_of(16);
     let plane_len = ph.plane_len();
     let planes_len = ph.sh * ph.sw * g.cin * plane_len;
