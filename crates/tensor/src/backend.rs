@@ -14,12 +14,11 @@
 
 use crate::error::{Result, TensorError};
 use crate::kernels::batch_norm::{BatchNormGrads, BatchNormTrain};
-use crate::kernels::conv::{ConvEpilogue, ConvGeom};
+use crate::kernels::conv::{ConvEpilogue, ConvGeom, WeightCache};
 use crate::kernels::optim::{AdamScalars, SgdScalars};
 use crate::kernels::pool::PoolGeom;
 use crate::tensor::{BinaryOp, UnaryOp};
 use crate::{Device, Pool2dParams, Tensor};
-use std::sync::OnceLock;
 
 /// Views and copies: reshaping, permuting, slicing, joining and indexing.
 pub(crate) trait ViewOps {
@@ -85,14 +84,15 @@ pub(crate) trait MatmulOps {
 /// Convolution, forward and backward.
 pub(crate) trait ConvOps {
     /// The convolution of `g` (shapes checked), then its epilogue (`* scale + bias`,
-    /// `+ residual`, ReLU). A prepared convolution passes the cache of its Winograd weights.
+    /// `+ residual`, ReLU). A prepared convolution passes what it keeps derived from its
+    /// weights.
     fn conv2d(
         &self,
         g: &ConvGeom,
         input: &Tensor,
         weight: &Tensor,
         epilogue: ConvEpilogue<'_>,
-        winograd_cache: Option<&OnceLock<Vec<f32>>>,
+        cache: Option<&WeightCache>,
     ) -> Result<Tensor>;
     /// The input's gradient.
     fn conv2d_backward_input(&self, g: &ConvGeom, grad_output: &Tensor, weight: &Tensor) -> Result<Tensor>;

@@ -503,3 +503,40 @@ fn few_input_channel_convs_match_the_oracle() {
     }
     set_simd_level(None);
 }
+
+/// Prepared 1x1 and im2col convolutions through the packed AVX-512 product (`kernels/packed.rs`
+/// on AVX-512; the `gemm` path below it) against the f64 oracle, with and without the epilogue:
+/// output channels that do not fill a 32-channel panel, positions that do not fill a 14-wide
+/// block, the threads splitting by channels and by positions, depths split into several
+/// passes, and whole images per thread at batch 5.
+#[test]
+fn prepared_packed_convs_match_the_oracle() {
+    use tensor::simd::{available_simd_levels, set_simd_level};
+    let shapes: [([usize; 4], [usize; 4], usize, usize); 5] = [
+        ([1, 128, 9, 9], [130, 128, 1, 1], 1, 0),   // channels split, 81 = 5 x 14 + 11
+        ([1, 128, 20, 20], [128, 128, 1, 1], 1, 0), // positions split
+        ([1, 64, 15, 15], [160, 64, 3, 3], 2, 1),   // im2col
+        ([1, 600, 19, 19], [128, 600, 3, 3], 2, 1), // 5400 deep: several passes
+        ([5, 136, 7, 7], [128, 136, 1, 1], 2, 0),   // strided 1x1, whole images
+    ];
+    for level in available_simd_levels() {
+        set_simd_level(Some(level));
+        for (i, &(xs, ws, stride, pad)) in shapes.iter().enumerate() {
+            let seed = 200 + 10 * i as u64;
+            let (x, w, b) = (randn(&xs, seed), randn(&ws, seed + 1), randn(&[ws[0]], seed + 2));
+            let p = Conv2dParams::new().stride(stride).padding(pad);
+            let (conv, ys) = reference::conv2d(&f64s(&x), xs, &f64s(&w), ws, Some(&f64s(&b)), p);
+            let res = randn(&ys, seed + 3);
+            let with_res: Vec<f64> = conv.iter().zip(f64s(&res)).map(|(y, r)| (y + r).max(0.0)).collect();
+            let prepared = tensor::PreparedConv::new(w, Some(b), p).unwrap();
+            for threads in [1, 2, 4] {
+                let what = format!("{xs:?} * {ws:?} at {level}, {threads} threads");
+                let got = with_threads(threads, || prepared.forward(&x, None, false)).unwrap();
+                assert_close(&what, &got.to_vec_f32().unwrap(), &conv, 1e-4);
+                let got = with_threads(threads, || prepared.forward(&x, Some(&res), true)).unwrap();
+                assert_close(&format!("{what}, residual + ReLU"), &got.to_vec_f32().unwrap(), &with_res, 1e-4);
+            }
+        }
+    }
+    set_simd_level(None);
+}

@@ -11,11 +11,10 @@ use super::view::strided_copy;
 use super::{Gpu, GpuArray};
 use crate::backend::ConvOps;
 use crate::error::Result;
-use crate::kernels::conv::{ConvEpilogue, ConvGeom};
+use crate::kernels::conv::{ConvEpilogue, ConvGeom, WeightCache};
 use crate::{DType, Tensor};
 use cubecl::prelude::*;
 use cubecl::server::Handle;
-use std::sync::OnceLock;
 
 /// A convolution's sizes as im2col and col2im read them, for the images `n0..` of one chunk.
 #[derive(CubeLaunch, CubeType)]
@@ -339,7 +338,7 @@ impl ConvOps for Gpu {
         input: &Tensor,
         weight: &Tensor,
         epilogue: ConvEpilogue<'_>,
-        _winograd_cache: Option<&OnceLock<Vec<f32>>>,
+        _cache: Option<&WeightCache>,
     ) -> Result<Tensor> {
         const OP: &str = "conv2d";
         fn on_gpu(t: Option<&Tensor>) -> Result<Option<&GpuArray>> {

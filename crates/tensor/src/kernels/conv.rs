@@ -299,7 +299,7 @@ fn add_every_other(dst: &mut [f32], src: &[f32]) {
 
 /// [`im2col`] of all channels into `col` (`ld == p1 - p0`), the channels shared out across
 /// threads when `parallel` (the caller has too few work items to keep them busy otherwise).
-fn im2col_all(g: &ConvGeom, image: &[f32], p0: usize, p1: usize, col: &mut [f32], parallel: bool) {
+pub(super) fn im2col_all(g: &ConvGeom, image: &[f32], p0: usize, p1: usize, col: &mut [f32], parallel: bool) {
     let len = p1 - p0;
     let per_channel = g.kh * g.kw * len;
     let threads = rayon::current_num_threads();
@@ -449,7 +449,7 @@ fn forward_slices(
     w: &[f32],
     epi: Epilogue<'_>,
     out: &mut [MaybeUninit<f32>],
-    winograd_cache: Option<&OnceLock<Vec<f32>>>,
+    cache: Option<&WeightCache>,
 ) {
     if super::direct::suits(g) {
         return super::direct::forward(g, x, w, epi, out);
@@ -457,12 +457,16 @@ fn forward_slices(
     if super::few_inputs::suits(g) {
         return super::few_inputs::forward(g, x, w, epi, out);
     }
-    if super::winograd::suits(g, winograd_cache.is_some()) {
+    if super::winograd::suits(g, cache.is_some()) {
         let transform = || super::winograd::transform_weights(w, g.cout, g.cin);
-        return match winograd_cache {
-            Some(cache) => super::winograd::forward(g, x, cache.get_or_init(transform), epi, out),
+        return match cache {
+            Some(cache) => super::winograd::forward(g, x, cache.winograd.get_or_init(transform), epi, out),
             None => super::winograd::forward(g, x, &transform(), epi, out),
         };
+    }
+    if let Some(cache) = cache.filter(|_| super::packed::suits(g)) {
+        let packed = cache.packed.get_or_init(|| super::packed::PackedWeights::pack(w, g.cout, g.k()));
+        return super::packed::forward(g, x, packed, epi, out);
     }
     let nb = g.images_per_block();
     if nb > 1 {
@@ -626,7 +630,7 @@ fn fused(
     p: Conv2dParams,
     residual: Option<&Tensor>,
     relu: bool,
-    winograd_cache: Option<&OnceLock<Vec<f32>>>,
+    cache: Option<&WeightCache>,
 ) -> Result<Tensor> {
     const OP: &str = "conv2d";
     let g = ConvGeom::new(OP, input.shape(), weight.shape(), p)?;
@@ -642,7 +646,7 @@ fn fused(
         input,
         weight,
         ConvEpilogue { scale, bias, residual, relu },
-        winograd_cache,
+        cache,
     )
 }
 
@@ -657,13 +661,23 @@ pub(crate) struct ConvEpilogue<'a> {
 }
 
 /// A convolution whose weights are fixed (inference): whatever it derives from them — the
-/// Winograd transform of a 3x3 kernel — is computed on first use and kept, not redone per call.
+/// Winograd transform of a 3x3 kernel, the weights packed for the AVX-512 product — is computed
+/// on first use and kept, not redone per call.
 #[derive(Debug)]
 pub struct PreparedConv {
     weight: Tensor,
     bias: Option<Tensor>,
     params: Conv2dParams,
+    cache: WeightCache,
+}
+
+/// What a prepared convolution derives from its fixed weights, each computed on first use.
+#[derive(Debug, Default)]
+pub(crate) struct WeightCache {
+    /// The Winograd transform of a 3x3 kernel, `[36][cout][cin]`.
     winograd: OnceLock<Vec<f32>>,
+    /// The weights as a `cout x cin·kh·kw` matrix in [`packed`](super::packed)'s panels.
+    packed: OnceLock<super::packed::PackedWeights>,
 }
 
 impl PreparedConv {
@@ -675,7 +689,7 @@ impl PreparedConv {
         }
         check_bias(OP, bias.as_ref(), weight.shape()[0])?;
         let weight = weight.contiguous();
-        Ok(PreparedConv { weight, bias, params, winograd: OnceLock::new() })
+        Ok(PreparedConv { weight, bias, params, cache: WeightCache::default() })
     }
 
     /// The weight.
@@ -685,7 +699,7 @@ impl PreparedConv {
 
     /// [`conv2d_fused`] with these weights.
     pub fn forward(&self, input: &Tensor, residual: Option<&Tensor>, relu: bool) -> Result<Tensor> {
-        fused(input, &self.weight, None, self.bias.as_ref(), self.params, residual, relu, Some(&self.winograd))
+        fused(input, &self.weight, None, self.bias.as_ref(), self.params, residual, relu, Some(&self.cache))
     }
 }
 
@@ -801,7 +815,7 @@ impl ConvOps for Host {
         input: &Tensor,
         weight: &Tensor,
         epilogue: ConvEpilogue<'_>,
-        winograd_cache: Option<&OnceLock<Vec<f32>>>,
+        cache: Option<&WeightCache>,
     ) -> Result<Tensor> {
         const OP: &str = "conv2d";
         let ConvEpilogue { scale, bias, residual, relu } = epilogue;
@@ -815,7 +829,7 @@ impl ConvOps for Host {
         // outputs first was 6% of ResNet-50's inference).
         let mut out = Vec::with_capacity(len);
         let epi = Epilogue { scale: sc.as_deref(), bias: b.as_deref(), residual: r.as_deref(), relu };
-        forward_slices(g, &x, &w, epi, &mut out.spare_capacity_mut()[..len], winograd_cache);
+        forward_slices(g, &x, &w, epi, &mut out.spare_capacity_mut()[..len], cache);
         // SAFETY: forward_slices wrote all `len` elements (each path writes every output).
         unsafe { out.set_len(len) };
         Ok(Tensor::from_vec_unchecked(out, &g.out_shape()))

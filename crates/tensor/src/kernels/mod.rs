@@ -7,6 +7,7 @@ mod direct;
 mod few_inputs;
 pub(crate) mod matmul;
 pub mod optim;
+mod packed;
 pub mod pool;
 mod scratch;
 pub(crate) mod small_gemm;
