@@ -458,11 +458,18 @@ fn forward_slices(
         return super::few_inputs::forward(g, x, w, epi, out);
     }
     if super::winograd::suits(g, cache.is_some()) {
+        use super::winograd::Weights;
         let transform = || super::winograd::transform_weights(w, g.cout, g.cin);
-        return match cache {
-            Some(cache) => super::winograd::forward(g, x, cache.winograd.get_or_init(transform), epi, out),
-            None => super::winograd::forward(g, x, &transform(), epi, out),
+        let u = match cache {
+            // The products of few tiles (16 at 14x14, batch 1) are where the `gemm` crate's
+            // 16-row tail kernel ran most of the time.
+            Some(cache) if super::packed::available() => Weights::Packed(
+                cache.winograd_packed.get_or_init(|| super::winograd::pack_transformed(&transform(), g.cout, g.cin)),
+            ),
+            Some(cache) => Weights::Plain(cache.winograd.get_or_init(transform)),
+            None => return super::winograd::forward(g, x, Weights::Plain(&transform()), epi, out),
         };
+        return super::winograd::forward(g, x, u, epi, out);
     }
     if let Some(cache) = cache.filter(|_| super::packed::suits(g)) {
         let packed = cache.packed.get_or_init(|| super::packed::PackedWeights::pack(w, g.cout, g.k()));
@@ -676,6 +683,8 @@ pub struct PreparedConv {
 pub(crate) struct WeightCache {
     /// The Winograd transform of a 3x3 kernel, `[36][cout][cin]`.
     winograd: OnceLock<Vec<f32>>,
+    /// The same, each position's matrix packed (AVX-512; one or the other is made).
+    winograd_packed: OnceLock<Vec<super::packed::PackedWeights>>,
     /// The weights as a `cout x cin·kh·kw` matrix in [`packed`](super::packed)'s panels.
     packed: OnceLock<super::packed::PackedWeights>,
 }
@@ -859,7 +868,13 @@ impl ConvOps for Host {
                 let len = g.n * image_len;
                 // Not zero-filled: the Winograd forward pass writes every output once.
                 let mut dx = Vec::with_capacity(len);
-                super::winograd::forward(&t, &dy, &u, Epilogue::default(), &mut dx.spare_capacity_mut()[..len]);
+                super::winograd::forward(
+                    &t,
+                    &dy,
+                    super::winograd::Weights::Plain(&u),
+                    Epilogue::default(),
+                    &mut dx.spare_capacity_mut()[..len],
+                );
                 // SAFETY: it wrote all `len` elements.
                 unsafe { dx.set_len(len) };
                 return Ok(Tensor::from_vec_unchecked(dx, input_shape));

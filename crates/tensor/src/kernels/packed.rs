@@ -22,6 +22,9 @@
 //! (the weights by panels on the late, narrow layers, the positions otherwise), and larger
 //! batches take whole images per thread.
 //!
+//! [`product`] is the same on one thread, for the Winograd forward pass of a prepared conv:
+//! its 36 products per call, whose transformed weights are packed likewise.
+//!
 //! Only for x86-64 with AVX-512 at the current [`simd_level`](crate::simd::simd_level);
 //! [`available`] says so, and callers keep the `gemm` path otherwise.
 
@@ -132,6 +135,32 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &PackedWeights, epi: Epilogue<
     }
 }
 
+/// `out = w · src` on this thread: `w` (`rows x depth`, packed) times `depth` rows of `cols`
+/// floats of `src`, `ld_src` apart, into `rows` rows of `out`, `ld_out` apart (the Winograd
+/// forward pass's 36 products per call, each one thread's).
+///
+/// # Safety
+/// [`available`] is true; `out` is valid for writes of `rows` rows of `cols` floats `ld_out`
+/// apart, written by no one else during the call.
+pub(crate) unsafe fn product(w: &PackedWeights, src: &[f32], ld_src: usize, cols: usize, out: *mut f32, ld_out: usize) {
+    debug_assert!(available());
+    if cols == 0 || w.rows == 0 {
+        return;
+    }
+    if w.depth == 0 {
+        for r in 0..w.rows {
+            // SAFETY: row r of the caller's output.
+            unsafe { std::slice::from_raw_parts_mut(out.add(r * ld_out), cols).fill(0.0) };
+        }
+        return;
+    }
+    let epi = Epilogue::default();
+    let op = Operands { w, src, ld_src, cols, out: SyncPtr(out), ld_out, residual: None, epi: &epi };
+    let mut scratch = (Scratch::take(), Scratch::take());
+    // SAFETY: the caller's contract; the whole product is this call's.
+    unsafe { op.run(&mut scratch, 0..w.panels(), 0..cols.div_ceil(NR)) };
+}
+
 /// One call's shared inputs.
 struct Job<'a> {
     g: &'a ConvGeom,
@@ -153,7 +182,43 @@ impl Job<'_> {
         col
     }
 
-    /// Weight panels `pr` against position blocks `br` of image `ni` (columns `src`), in
+    /// Weight panels `pr` against position blocks `br` of image `ni`, whose columns are `src`.
+    ///
+    /// # Safety
+    /// No other thread may write the same (panel, block) outputs of image `ni`.
+    unsafe fn run(&self, src: &[f32], scratch: &mut (Scratch, Scratch), ni: usize, pr: Range<usize>, br: Range<usize>) {
+        let (g, ohw) = (self.g, self.g.out_hw());
+        let at = ni * g.cout * ohw;
+        let op = Operands {
+            w: self.w,
+            src,
+            ld_src: ohw,
+            cols: ohw,
+            out: SyncPtr(self.out.get().add(at)),
+            ld_out: ohw,
+            residual: self.epi.residual.map(|r| &r[at..]),
+            epi: self.epi,
+        };
+        op.run(scratch, pr, br);
+    }
+}
+
+/// `out = epi(w · src)`: `w` (`rows x depth`, packed) times `depth` rows of `cols` positions
+/// from `src`, rows `ld_src` apart, into `rows` rows of `out`, `ld_out` apart; the epilogue's
+/// scale and bias are indexed by row, `residual` is laid out as `out`.
+struct Operands<'a> {
+    w: &'a PackedWeights,
+    src: &'a [f32],
+    ld_src: usize,
+    cols: usize,
+    out: SyncPtr,
+    ld_out: usize,
+    residual: Option<&'a [f32]>,
+    epi: &'a Epilogue<'a>,
+}
+
+impl Operands<'_> {
+    /// Weight panels `pr` against position blocks `br` (of [`NR`] columns), in
     /// passes over as many blocks as fit [`PASS_BYTES`] and, within each, over [`KC`] steps of
     /// depth at a time: each step range copies its blocks' rows into `panels` (block `b`:
     /// `kc` steps of positions `b·NR .. b·NR + NR`, zero past the last) so that each register
@@ -162,10 +227,10 @@ impl Job<'_> {
     /// block); the last step range finishes them into the output.
     ///
     /// # Safety
-    /// No other thread may write the same (panel, block) outputs of image `ni`.
-    unsafe fn run(&self, src: &[f32], scratch: &mut (Scratch, Scratch), ni: usize, pr: Range<usize>, br: Range<usize>) {
-        let (g, depth) = (self.g, self.w.depth);
-        let ohw = g.out_hw();
+    /// No other thread may write the same (panel, block) outputs; `out` (and `residual`) hold
+    /// `rows` rows of `cols` positions `ld_out` apart.
+    unsafe fn run(&self, scratch: &mut (Scratch, Scratch), pr: Range<usize>, br: Range<usize>) {
+        let (depth, rows_all, cols_all) = (self.w.depth, self.w.rows, self.cols);
         let (panels, sums) = scratch;
         let kc_max = KC.min(depth).max(1);
         let per_pass = (PASS_BYTES / (kc_max * NR * 4)).clamp(1, br.len().max(1));
@@ -182,19 +247,19 @@ impl Job<'_> {
                 let kc = KC.min(depth - k0);
                 let last = k0 + kc == depth;
                 for (b, dst) in (b0..b1).zip(panels.chunks_exact_mut(kc * NR)) {
-                    let (p0, width) = (b * NR, NR.min(ohw - b * NR));
-                    let from = &src[k0 * ohw + p0..];
-                    assert!(from.len() >= (kc - 1) * ohw + width);
-                    // SAFETY: AVX-512 was checked; `from` holds `kc` rows of `ohw` (asserted),
-                    // `dst` `kc` steps of NR.
+                    let (p0, width) = (b * NR, NR.min(cols_all - b * NR));
+                    let from = &self.src[k0 * self.ld_src + p0..];
+                    assert!(from.len() >= (kc - 1) * self.ld_src + width);
+                    // SAFETY: AVX-512 was checked; `from` holds `kc` rows of `width` floats
+                    // `ld_src` apart (asserted), `dst` `kc` steps of NR.
                     #[cfg(target_arch = "x86_64")]
-                    avx512::pack_block(from.as_ptr(), ohw, width, kc, dst);
+                    avx512::pack_block(from.as_ptr(), self.ld_src, width, kc, dst);
                     #[cfg(not(target_arch = "x86_64"))]
                     let _ = (dst, width);
                 }
                 for p in pr.clone() {
                     let a = self.w.data[(p * depth + k0) * MR..].as_ptr();
-                    let rows = MR.min(g.cout - p * MR);
+                    let rows = MR.min(rows_all - p * MR);
                     // The weights' next slice (this range's next panel, or the next range's
                     // first), fetched a share per block while this one's blocks run: at batch
                     // 1 every weight comes from memory once, and the hardware prefetcher alone
@@ -214,15 +279,15 @@ impl Job<'_> {
                             from: self.w.data[at * MR + share.start * 16..].as_ptr(),
                             lines: share.len().min(kc),
                         });
-                        let cols = NR.min(ohw - b * NR);
-                        let at = (ni * g.cout + p * MR) * ohw + b * NR;
+                        let cols = NR.min(cols_all - b * NR);
+                        let at = p * MR * self.ld_out + b * NR;
                         let tile = Tile {
                             rows,
                             cols,
                             c0: p * MR,
                             out: self.out.get().add(at),
-                            residual: self.epi.residual.map(|r| r[at..].as_ptr()),
-                            ld: ohw,
+                            residual: self.residual.map(|r| r[at..].as_ptr()),
+                            ld: self.ld_out,
                         };
                         let kept = ((p - pr.start) * (b1 - b0) + b - b0) % tiles_kept;
                         let sum = &mut sums[kept * NR * MR..][..NR * MR];

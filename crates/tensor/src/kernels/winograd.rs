@@ -17,6 +17,7 @@
 
 use super::conv::{ConvGeom, Epilogue};
 use super::matmul::{parallelism, product, MatRef, SyncPtr};
+use super::packed::{self, PackedWeights};
 use super::scratch::Scratch;
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -535,8 +536,21 @@ fn channel_ranges(channels: usize, parts: usize) -> impl IndexedParallelIterator
     (0..channels.div_ceil(step)).into_par_iter().map(move |i| i * step..((i + 1) * step).min(channels))
 }
 
-/// The convolution of `x` with weights already transformed by [`transform_weights`].
-pub(crate) fn forward(g: &ConvGeom, x: &[f32], u: &[f32], epi: Epilogue<'_>, out: &mut [MaybeUninit<f32>]) {
+/// Weights already transformed by [`transform_weights`], as they are (`[36][cout][cin]`) or
+/// each position's matrix packed for the AVX-512 product ([`pack_transformed`]).
+#[derive(Clone, Copy)]
+pub(crate) enum Weights<'a> {
+    Plain(&'a [f32]),
+    Packed(&'a [PackedWeights]),
+}
+
+/// The 36 matrices of a transform, each packed for [`packed::product`].
+pub(crate) fn pack_transformed(u: &[f32], cout: usize, cin: usize) -> Vec<PackedWeights> {
+    (0..T).map(|xi| PackedWeights::pack(&u[xi * cout * cin..(xi + 1) * cout * cin], cout, cin)).collect()
+}
+
+/// The convolution of `x` with weights already transformed.
+pub(crate) fn forward(g: &ConvGeom, x: &[f32], u: Weights<'_>, epi: Epilogue<'_>, out: &mut [MaybeUninit<f32>]) {
     let tl = Tiling::new(g);
     let items = tl.total.div_ceil(tl.chunk);
     let par = parallelism(items);
@@ -558,11 +572,18 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], u: &[f32], epi: Epilogue<'_>, out
         channel_ranges(g.cin, parts).for_each(|cs| unsafe { transform_input(g, &tl, x, t0, len, cs, v_ptr, v_len) });
         let v: &[f32] = v;
         let m_ptr = SyncPtr(m.as_mut_ptr());
-        let position = |xi: usize| {
-            let lhs = MatRef::of(u, xi * g.cout * g.cin, g.cout, g.cin, g.cin, 1);
-            let rhs = MatRef::of(v, xi * sv, g.cin, len, len, 1);
-            // SAFETY: `m` holds `cout x len` floats from `xi * sm`; only this call writes them.
-            unsafe { product(m_ptr.get().add(xi * sm), len as isize, lhs, rhs, false, Parallelism::None, false) };
+        let position = |xi: usize| match u {
+            Weights::Plain(u) => {
+                let lhs = MatRef::of(u, xi * g.cout * g.cin, g.cout, g.cin, g.cin, 1);
+                let rhs = MatRef::of(v, xi * sv, g.cin, len, len, 1);
+                // SAFETY: `m` holds `cout x len` floats from `xi * sm`; only this call writes
+                // them.
+                unsafe { product(m_ptr.get().add(xi * sm), len as isize, lhs, rhs, false, Parallelism::None, false) };
+            }
+            // SAFETY: as above; packed weights are only made where `packed::available()`.
+            Weights::Packed(u) => unsafe {
+                packed::product(&u[xi], &v[xi * sv..], len, len, m_ptr.get().add(xi * sm), len)
+            },
         };
         if fan_out {
             (0..T).into_par_iter().for_each(position);
