@@ -507,17 +507,18 @@ fn few_input_channel_convs_match_the_oracle() {
 /// Prepared 1x1 and im2col convolutions through the packed AVX-512 product (`kernels/packed.rs`
 /// on AVX-512; the `gemm` path below it) against the f64 oracle, with and without the epilogue:
 /// output channels that do not fill a 32-channel panel, positions that do not fill a 14-wide
-/// block, the threads splitting by channels and by positions, depths split into several
-/// passes, and whole images per thread at batch 5.
+/// block, the threads splitting by channels and by positions (im2col rows built per slice of
+/// depth), depths split into several passes, and whole images per thread at batch 5.
 #[test]
 fn prepared_packed_convs_match_the_oracle() {
     use tensor::simd::{available_simd_levels, set_simd_level};
-    let shapes: [([usize; 4], [usize; 4], usize, usize); 5] = [
+    let shapes: [([usize; 4], [usize; 4], usize, usize); 6] = [
         ([1, 128, 9, 9], [130, 128, 1, 1], 1, 0),   // channels split, 81 = 5 x 14 + 11
         ([1, 128, 20, 20], [128, 128, 1, 1], 1, 0), // positions split
         ([1, 64, 15, 15], [160, 64, 3, 3], 2, 1),   // im2col
         ([1, 600, 19, 19], [128, 600, 3, 3], 2, 1), // 5400 deep: several passes
         ([5, 136, 7, 7], [128, 136, 1, 1], 2, 0),   // strided 1x1, whole images
+        ([1, 64, 40, 40], [128, 64, 3, 3], 2, 1),   // positions split, im2col per depth slice
     ];
     for level in available_simd_levels() {
         set_simd_level(Some(level));

@@ -216,7 +216,7 @@ impl ConvGeom {
 
 /// Fills `col` (row-major, `channels * kh * kw` rows of `p1 - p0` columns, rows `ld` apart)
 /// with the input taps of output positions `p0..p1` for the given channels of one image.
-fn im2col(
+pub(super) fn im2col(
     g: &ConvGeom,
     image: &[f32],
     channels: std::ops::Range<usize>,
