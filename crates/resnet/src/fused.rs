@@ -76,8 +76,9 @@ impl FusedResNet {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // The whole pass runs on one of rayon's workers, so that each layer's parallel loops
         // start inside the pool (the other workers steal from this one) instead of the caller
-        // handing every loop to the pool and sleeping until it is done.
-        rayon::scope(|_| self.forward_in_pool(x))
+        // handing every loop to the pool and sleeping until it is done; and the other workers
+        // stay awake between the loops.
+        tensor::with_workers_awake(|| self.forward_in_pool(x))
     }
 
     fn forward_in_pool(&self, x: &Tensor) -> Result<Tensor> {

@@ -48,6 +48,7 @@ mod shape;
 pub mod simd;
 mod tensor;
 mod tensor_file;
+mod workers;
 
 pub use device::Device;
 pub use dtype::DType;
@@ -74,3 +75,4 @@ pub use tensor_file::{
     is_safetensors, read_safetensors, read_safetensors_bytes, safetensors_bytes, write_safetensors, StoredDType,
     TensorFile,
 };
+pub use workers::with_workers_awake;
