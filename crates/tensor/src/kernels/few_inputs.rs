@@ -4,21 +4,40 @@
 //! image; here the taps read the image's phase planes ([`Phases`], as the grouped direct kernel)
 //! in place.
 //!
-//! A register block holds 4 output channels x [`ROWS`] output rows x 16 columns (24 vectors):
-//! per tap (input channel, kernel row, kernel column) it loads one vector from each of the
-//! rows' planes and broadcasts the 4 channels' weights. The epilogue (scale, bias, residual,
+//! A register block holds [`MB`] (8) output channels x [`ROWS`] (3) output rows x 16 columns
+//! (24 vectors): per tap (input channel, kernel row, kernel column) it loads one vector from
+//! each of the rows' planes and broadcasts the 8 channels' weights. (4 channels x 6 rows did
+//! the same arithmetic with twice the vector loads, most of which straddle two cache lines —
+//! a tap's column offset is 0-3 floats; the stem's forward at batch 8 went from 6.3-7.2 to
+//! 5.6-6.1 ms.) The epilogue (scale, bias, residual,
 //! ReLU) is applied in registers before the one store. Only for x86-64 with AVX-512 at the
 //! current [`simd_level`](crate::simd::simd_level); elsewhere the convolution keeps im2col.
 
 use super::conv::{ConvGeom, Epilogue};
-use super::direct::{pack_weights, Phases, MB};
+use super::direct::Phases;
 use super::matmul::SyncPtr;
 use super::scratch::Scratch;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// Output rows per register block.
-const ROWS: usize = 6;
+const ROWS: usize = 3;
+/// Output channels per register block.
+const MB: usize = 8;
+
+/// The weights per block of [`MB`] output channels, per tap (input channel, kernel row,
+/// column), the block's [`MB`] weights (zero past the last channel).
+fn pack_weights(g: &ConvGeom, w: &[f32], buf: &mut [f32]) {
+    let taps = g.cin * g.kh * g.kw;
+    for blk in 0..g.cout.div_ceil(MB) {
+        for t in 0..taps {
+            for r in 0..MB {
+                let co = blk * MB + r;
+                buf[(blk * taps + t) * MB + r] = if co < g.cout { w[co * taps + t] } else { 0.0 };
+            }
+        }
+    }
+}
 
 /// Whether this kernel takes the convolution: ungrouped, undilated, few input channels, a
 /// kernel of at least 3x3 (below that im2col copies little), on a CPU with AVX-512.
@@ -45,7 +64,7 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], epi: Epilogue<'_>, out
     let taps = g.kh * g.kw;
     let blocks = g.cout.div_ceil(MB);
     let mut wpk = vec![0f32; blocks * g.cin * taps * MB];
-    pack_weights(g, w, 0, &mut wpk);
+    pack_weights(g, w, &mut wpk);
     // Where tap k = (ci, ki, kj) reads, relative to its output row's first column.
     let offsets: Vec<usize> = (0..g.cin * taps)
         .map(|k| {
@@ -123,9 +142,6 @@ impl Job<'_> {
                 // SAFETY: reads in bounds by `last`; AVX-512 by `suits`; the writes are the caller's.
                 unsafe {
                     match r1 - r0 {
-                        6 => avx512::block::<6>(self, planes, ni, r0, blk),
-                        5 => avx512::block::<5>(self, planes, ni, r0, blk),
-                        4 => avx512::block::<4>(self, planes, ni, r0, blk),
                         3 => avx512::block::<3>(self, planes, ni, r0, blk),
                         2 => avx512::block::<2>(self, planes, ni, r0, blk),
                         _ => avx512::block::<1>(self, planes, ni, r0, blk),
