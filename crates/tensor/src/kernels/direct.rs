@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// Output channels per register block.
-pub(super) const MB: usize = 4;
+const MB: usize = 4;
 
 /// Whether the direct kernel takes this convolution: grouped, undilated, with few channels per
 /// group (where a GEMM per group would be too small to run at speed).
@@ -90,16 +90,17 @@ impl Phases {
     }
 }
 
-/// Group `gi`'s weights as `[block][ci][tap][MB]`, output channels past `cout_g` zero.
-pub(super) fn pack_weights(g: &ConvGeom, w: &[f32], gi: usize, buf: &mut [f32]) {
+/// Group `gi`'s weights as `[block][ci][tap][B]` (blocks of `B` output channels), output
+/// channels past `cout_g` zero.
+pub(super) fn pack_weights<const B: usize>(g: &ConvGeom, w: &[f32], gi: usize, buf: &mut [f32]) {
     let taps = g.kh * g.kw;
-    let blocks = g.cout_g.div_ceil(MB);
+    let blocks = g.cout_g.div_ceil(B);
     for blk in 0..blocks {
         for ci in 0..g.cin_g {
             for t in 0..taps {
-                for r in 0..MB {
-                    let co = blk * MB + r;
-                    buf[((blk * g.cin_g + ci) * taps + t) * MB + r] =
+                for r in 0..B {
+                    let co = blk * B + r;
+                    buf[((blk * g.cin_g + ci) * taps + t) * B + r] =
                         if co < g.cout_g { w[((gi * g.cout_g + co) * g.cin_g + ci) * taps + t] } else { 0.0 };
                 }
             }
@@ -212,7 +213,7 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], epi: Epilogue<'_>, out
             planes.at_least(planes_len);
             wpk.at_least(wpk_len);
             ph.fill(g, &x[ni * in_len..(ni + 1) * in_len], gi, planes);
-            pack_weights(g, w, gi, wpk);
+            pack_weights::<MB>(g, w, gi, wpk);
             // SAFETY: item (ni, gi) writes only image ni's channels of group gi.
             unsafe {
                 if nb == 16 {

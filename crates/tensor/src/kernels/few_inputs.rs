@@ -14,7 +14,7 @@
 //! current [`simd_level`](crate::simd::simd_level); elsewhere the convolution keeps im2col.
 
 use super::conv::{ConvGeom, Epilogue};
-use super::direct::Phases;
+use super::direct::{pack_weights, Phases};
 use super::matmul::SyncPtr;
 use super::scratch::Scratch;
 use rayon::prelude::*;
@@ -24,20 +24,6 @@ use std::mem::MaybeUninit;
 const ROWS: usize = 3;
 /// Output channels per register block.
 const MB: usize = 8;
-
-/// The weights per block of [`MB`] output channels, per tap (input channel, kernel row,
-/// column), the block's [`MB`] weights (zero past the last channel).
-fn pack_weights(g: &ConvGeom, w: &[f32], buf: &mut [f32]) {
-    let taps = g.cin * g.kh * g.kw;
-    for blk in 0..g.cout.div_ceil(MB) {
-        for t in 0..taps {
-            for r in 0..MB {
-                let co = blk * MB + r;
-                buf[(blk * taps + t) * MB + r] = if co < g.cout { w[co * taps + t] } else { 0.0 };
-            }
-        }
-    }
-}
 
 /// Whether this kernel takes the convolution: ungrouped, undilated, few input channels, a
 /// kernel of at least 3x3 (below that im2col copies little), on a CPU with AVX-512.
@@ -64,7 +50,7 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], epi: Epilogue<'_>, out
     let taps = g.kh * g.kw;
     let blocks = g.cout.div_ceil(MB);
     let mut wpk = vec![0f32; blocks * g.cin * taps * MB];
-    pack_weights(g, w, &mut wpk);
+    pack_weights::<MB>(g, w, 0, &mut wpk);
     // Where tap k = (ci, ki, kj) reads, relative to its output row's first column.
     let offsets: Vec<usize> = (0..g.cin * taps)
         .map(|k| {
