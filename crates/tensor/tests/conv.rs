@@ -541,3 +541,76 @@ fn prepared_packed_convs_match_the_oracle() {
     }
     set_simd_level(None);
 }
+
+/// Both gradients of any ungrouped conv from the definition, in f64: every (output, tap) pair
+/// whose input position lies inside the map adds `w * dy` to `dx` and `x * dy` to `dw`.
+fn conv_grads_f64(x: &[f64], xs: [usize; 4], w: &[f64], ws: [usize; 4], dy: &[f64], p: Conv2dParams) -> [Vec<f64>; 2] {
+    let ([n, cin, h, wd], [cout, _, kh, kw]) = (xs, ws);
+    let [_, _, oh, ow] = tensor::conv2d_output_shape(&xs, &ws, p).unwrap();
+    let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
+    for (ni, co, oy, ox) in
+        (0..n).flat_map(|a| (0..cout).flat_map(move |b| (0..oh).flat_map(move |c| (0..ow).map(move |d| (a, b, c, d)))))
+    {
+        let g = dy[((ni * cout + co) * oh + oy) * ow + ox];
+        for (ci, ky, kx) in (0..cin).flat_map(|a| (0..kh).flat_map(move |b| (0..kw).map(move |c| (a, b, c)))) {
+            let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize - p.padding[0] as isize;
+            let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize - p.padding[1] as isize;
+            if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= wd {
+                continue;
+            }
+            let (xi, wi) =
+                (((ni * cin + ci) * h + iy as usize) * wd + ix as usize, ((co * cin + ci) * kh + ky) * kw + kx);
+            dx[xi] += w[wi] * g;
+            dw[wi] += x[xi] * g;
+        }
+    }
+    [dx, dw]
+}
+
+/// Convolutions over maps smaller than their kernel (ResNet's last stage on 64-pixel pictures:
+/// 3x3 on 2x2), which run as one dense layer (`kernels/dense.rs`) at batch 16 and over: forward
+/// with the epilogue, input and weight gradients, against the definition in f64; a strided one,
+/// a 1x1 map (the centre tap alone), a rectangular kernel, channel counts that split into
+/// uneven blocks and partial 16-channel tiles, one thread and two, at every vector extension
+/// this machine has (AVX-512 gathers the taps).
+#[test]
+fn convs_over_maps_smaller_than_the_kernel_match_the_oracle() {
+    use tensor::simd::{available_simd_levels, set_simd_level};
+    let cases: [([usize; 4], [usize; 4], Conv2dParams); 5] = [
+        ([16, 24, 2, 2], [20, 24, 3, 3], Conv2dParams::new().padding(1)),
+        ([17, 10, 1, 1], [12, 10, 3, 3], Conv2dParams::new().padding(1)),
+        ([16, 6, 2, 2], [7, 6, 3, 3], Conv2dParams::new().padding(1).stride(2)),
+        ([16, 5, 1, 2], [6, 5, 1, 3], Conv2dParams { padding: [0, 1], ..Conv2dParams::new() }),
+        ([20, 300, 2, 2], [520, 300, 3, 3], Conv2dParams::new().padding(1)),
+    ];
+    for (i, (xs, ws, p)) in cases.into_iter().enumerate() {
+        let seed = 300 + 10 * i as u64;
+        let (x, w, b) = (randn(&xs, seed), randn(&ws, seed + 1), randn(&[ws[0]], seed + 2));
+        let (scale, shift) = (randn(&[ws[0]], seed + 3), randn(&[ws[0]], seed + 4));
+        let (conv, ys) = reference::conv2d(&f64s(&x), xs, &f64s(&w), ws, None, p);
+        let (res, dy) = (randn(&ys, seed + 5), randn(&ys, seed + 6));
+        let plane = ys[2] * ys[3];
+        let (bf, sc, sh, r) = (f64s(&b), f64s(&scale), f64s(&shift), f64s(&res));
+        let with_bias: Vec<f64> = conv.iter().enumerate().map(|(j, y)| y + bf[(j / plane) % ws[0]]).collect();
+        let affine: Vec<f64> = conv
+            .iter()
+            .enumerate()
+            .map(|(j, &y)| (y * sc[(j / plane) % ws[0]] + sh[(j / plane) % ws[0]] + r[j]).max(0.0))
+            .collect();
+        let [dx_want, dw_want] = conv_grads_f64(&f64s(&x), xs, &f64s(&w), ws, &f64s(&dy), p);
+        for (level, threads) in available_simd_levels().into_iter().flat_map(|l| [(l, 1), (l, 2)]) {
+            set_simd_level(Some(level));
+            let what = format!("{xs:?} * {ws:?} {p:?}, {threads} threads, {level}");
+            let got = with_threads(threads, || conv2d(&x, &w, Some(&b), p)).unwrap();
+            assert_close(&format!("{what} forward"), &got.to_vec_f32().unwrap(), &with_bias, 1e-5);
+            let got =
+                with_threads(threads, || tensor::conv2d_affine(&x, &w, &scale, &shift, p, Some(&res), true)).unwrap();
+            assert_close(&format!("{what} affine"), &got.to_vec_f32().unwrap(), &affine, 1e-5);
+            let dx = with_threads(threads, || conv2d_backward_input(&dy, &w, &xs, p)).unwrap();
+            assert_close(&format!("{what} input gradient"), &dx.to_vec_f32().unwrap(), &dx_want, 1e-5);
+            let dw = with_threads(threads, || conv2d_backward_weight(&x, &dy, &ws, p)).unwrap();
+            assert_close(&format!("{what} weight gradient"), &dw.to_vec_f32().unwrap(), &dw_want, 1e-5);
+        }
+    }
+    set_simd_level(None);
+}

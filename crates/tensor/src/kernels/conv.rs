@@ -454,6 +454,9 @@ fn forward_slices(
     if super::direct::suits(g) {
         return super::direct::forward(g, x, w, epi, out);
     }
+    if super::dense::suits(g) {
+        return super::dense::forward(g, x, w, epi, out);
+    }
     if super::few_inputs::suits(g) {
         return super::few_inputs::forward(g, x, w, epi, out);
     }
@@ -850,6 +853,11 @@ impl ConvOps for Host {
         let w = weight.f32_data(OP)?;
         let (ohw, k, in_hw) = (g.out_hw(), g.k(), g.in_hw());
         let image_len = g.cin * in_hw;
+        if super::dense::suits(g) {
+            // SAFETY: the dense path writes every element of the gradient.
+            let dx = unsafe { written_by(g.n * image_len, |dx| super::dense::backward_input(g, &dy, &w, dx)) };
+            return Ok(Tensor::from_vec_unchecked(dx, input_shape));
+        }
 
         // A stride-1 3x3 conv's input gradient is itself such a conv: of the output gradient with
         // the kernel flipped and its channels swapped, padded by 2 - padding. That one can take
@@ -950,6 +958,9 @@ impl ConvOps for Host {
         let weight_shape = &g.weight_shape()[..];
         let x = input.f32_data(OP)?;
         let dy = grad_output.f32_data(OP)?;
+        if super::dense::suits(g) {
+            return Ok(Tensor::from_vec_unchecked(super::dense::backward_weight(g, &x, &dy), weight_shape));
+        }
         if super::winograd::suits_weight_gradient(g) {
             return Ok(Tensor::from_vec_unchecked(super::winograd::backward_weight(g, &x, &dy), weight_shape));
         }

@@ -3,6 +3,7 @@
 
 pub mod batch_norm;
 pub mod conv;
+mod dense;
 mod direct;
 mod few_inputs;
 pub(crate) mod matmul;
