@@ -396,21 +396,71 @@ fn gather_planes(src: &[f32], channels: usize, hw: usize, i0: usize, nb: usize, 
 }
 
 /// Scale, bias, residual and ReLU on one output row that starts at `start` in the output
-/// (channel `c`).
+/// (channel `c`): `o * scale + (bias + residual)`, then ReLU, in one pass (three passes,
+/// compiled without a vector extension, were a fifth of a batch-1 1x1 conv's time on a
+/// 56x56 map).
 pub(crate) fn apply_epilogue(epi: &Epilogue<'_>, row: &mut [f32], start: usize, c: usize) {
-    let (b, len) = (epi.bias.map_or(0.0, |b| b[c]), row.len());
-    if let Some(s) = epi.scale {
-        let s = s[c];
-        row.iter_mut().for_each(|o| *o *= s);
+    let (s, b, len) = (epi.scale.map_or(1.0, |s| s[c]), epi.bias.map_or(0.0, |b| b[c]), row.len());
+    let residual = epi.residual.map_or(&[][..], |r| &r[start..start + len]);
+    // SAFETY: plain slice computations; no contract beyond the types.
+    unsafe {
+        match (epi.scale.is_some(), epi.residual.is_some(), b != 0.0, epi.relu) {
+            (false, false, false, false) => {}
+            (false, false, false, true) => finish_row::<false, false, false, true>(row, residual, s, b),
+            (false, false, true, false) => finish_row::<false, false, true, false>(row, residual, s, b),
+            (false, false, true, true) => finish_row::<false, false, true, true>(row, residual, s, b),
+            (false, true, _, false) => finish_row::<false, true, true, false>(row, residual, s, b),
+            (false, true, _, true) => finish_row::<false, true, true, true>(row, residual, s, b),
+            (true, false, false, false) => finish_row::<true, false, false, false>(row, residual, s, b),
+            (true, false, false, true) => finish_row::<true, false, false, true>(row, residual, s, b),
+            (true, false, true, false) => finish_row::<true, false, true, false>(row, residual, s, b),
+            (true, false, true, true) => finish_row::<true, false, true, true>(row, residual, s, b),
+            (true, true, _, false) => finish_row::<true, true, true, false>(row, residual, s, b),
+            (true, true, _, true) => finish_row::<true, true, true, true>(row, residual, s, b),
+        }
     }
-    match epi.residual {
-        Some(r) => row.iter_mut().zip(&r[start..start + len]).for_each(|(o, &r)| *o += b + r),
-        None if b != 0.0 => row.iter_mut().for_each(|o| *o += b),
-        None => {}
+}
+
+/// [`apply_epilogue`]'s loop: `o * s` (with `SCALE`), `+ (b + r)` (with `RESIDUAL`; else `+ b`
+/// with `BIAS`, which a zero bias skips so that a `-0.0` stays as it was), ReLU (with `RELU`).
+#[inline(always)]
+fn finish_row_impl<const SCALE: bool, const RESIDUAL: bool, const BIAS: bool, const RELU: bool, const FMA: bool>(
+    row: &mut [f32],
+    residual: &[f32],
+    s: f32,
+    b: f32,
+) {
+    let finish = |o: f32, r: f32| {
+        let o = if SCALE { o * s } else { o };
+        let o = if RESIDUAL {
+            o + (b + r)
+        } else if BIAS {
+            o + b
+        } else {
+            o
+        };
+        if RELU {
+            super::relu(o)
+        } else {
+            o
+        }
+    };
+    if RESIDUAL {
+        let residual = &residual[..row.len()];
+        row.iter_mut().zip(residual).for_each(|(o, &r)| *o = finish(*o, r));
+    } else {
+        row.iter_mut().for_each(|o| *o = finish(*o, 0.0));
     }
-    if epi.relu {
-        row.iter_mut().for_each(|o| *o = super::relu(*o));
-    }
+}
+
+crate::multiversion! {
+    /// [`finish_row_impl`], compiled for the CPU's vector extension ([`crate::simd`]).
+    unsafe fn finish_row<const SCALE: bool, const RESIDUAL: bool, const BIAS: bool, const RELU: bool>(
+        row: &mut [f32],
+        residual: &[f32],
+        s: f32,
+        b: f32,
+    ) = finish_row_impl;
 }
 
 /// Zeroes `dst` and returns it as initialised floats.
@@ -482,6 +532,7 @@ fn forward_slices(
     if nb > 1 {
         return forward_blocks(g, x, w, epi, out, nb);
     }
+    let has_epilogue = epi.scale.is_some() || epi.bias.is_some() || epi.residual.is_some() || epi.relu;
     let (ohw, k, tile, tiles) = (g.out_hw(), g.k(), g.tile(), g.tiles());
     let items = g.n * tiles;
     let par = parallelism(items);
@@ -510,7 +561,6 @@ fn forward_slices(
             // its own rows of them.
             unsafe { product(dst, ohw as isize, lhs, rhs, false, gemm_par, g.small()) };
         };
-        let has_epilogue = epi.scale.is_some() || epi.bias.is_some() || epi.residual.is_some() || epi.relu;
         let channel_epilogue = |c: usize| {
             let start = out_base + c * ohw + p0;
             // SAFETY: the same disjoint block as the GEMM above, one row per call.
