@@ -508,24 +508,33 @@ fn few_input_channel_convs_match_the_oracle() {
 /// on AVX-512; the `gemm` path below it) against the f64 oracle, with and without the epilogue:
 /// output channels that do not fill a 32-channel panel, positions that do not fill a 14-wide
 /// block, the threads splitting by channels and by positions (im2col rows built per slice of
-/// depth), depths split into several passes, and whole images per thread at batch 5.
+/// depth), depths split into several passes, and whole images per thread at batch 5; the
+/// taps read straight from the image when the threads split the positions — blocks across two
+/// output rows, a kernel row's taps picked from one load (stride 2, dilation 2, 5x5), one tap
+/// at a time (7x7 at stride 2) and value by value (stride 3).
 #[test]
 fn prepared_packed_convs_match_the_oracle() {
     use tensor::simd::{available_simd_levels, set_simd_level};
-    let shapes: [([usize; 4], [usize; 4], usize, usize); 6] = [
-        ([1, 128, 9, 9], [130, 128, 1, 1], 1, 0),   // channels split, 81 = 5 x 14 + 11
-        ([1, 128, 20, 20], [128, 128, 1, 1], 1, 0), // positions split
-        ([1, 64, 15, 15], [160, 64, 3, 3], 2, 1),   // im2col
-        ([1, 600, 19, 19], [128, 600, 3, 3], 2, 1), // 5400 deep: several passes
-        ([5, 136, 7, 7], [128, 136, 1, 1], 2, 0),   // strided 1x1, whole images
-        ([1, 64, 40, 40], [128, 64, 3, 3], 2, 1),   // positions split, im2col per depth slice
+    // (input, weight, stride, padding, dilation)
+    type Shape = ([usize; 4], [usize; 4], usize, usize, usize);
+    let shapes: [Shape; 10] = [
+        ([1, 128, 9, 9], [130, 128, 1, 1], 1, 0, 1), // channels split, 81 = 5 x 14 + 11
+        ([1, 128, 20, 20], [128, 128, 1, 1], 1, 0, 1), // positions split
+        ([1, 64, 15, 15], [160, 64, 3, 3], 2, 1, 1), // im2col
+        ([1, 600, 19, 19], [128, 600, 3, 3], 2, 1, 1), // 5400 deep: several passes
+        ([5, 136, 7, 7], [128, 136, 1, 1], 2, 0, 1), // strided 1x1, whole images
+        ([1, 64, 40, 40], [128, 64, 3, 3], 2, 1, 1), // positions split, taps from the image
+        ([1, 64, 33, 31], [128, 64, 3, 3], 1, 2, 2), // dilated
+        ([1, 16, 31, 31], [128, 16, 5, 5], 2, 2, 1), // 5x5
+        ([1, 5, 60, 60], [128, 5, 7, 7], 2, 3, 1),   // 7x7 stride 2: one tap per load
+        ([1, 128, 40, 40], [128, 128, 3, 3], 3, 1, 1), // stride 3: value by value
     ];
     for level in available_simd_levels() {
         set_simd_level(Some(level));
-        for (i, &(xs, ws, stride, pad)) in shapes.iter().enumerate() {
+        for (i, &(xs, ws, stride, pad, dilation)) in shapes.iter().enumerate() {
             let seed = 200 + 10 * i as u64;
             let (x, w, b) = (randn(&xs, seed), randn(&ws, seed + 1), randn(&[ws[0]], seed + 2));
-            let p = Conv2dParams::new().stride(stride).padding(pad);
+            let p = Conv2dParams::new().stride(stride).padding(pad).dilation(dilation);
             let (conv, ys) = reference::conv2d(&f64s(&x), xs, &f64s(&w), ws, Some(&f64s(&b)), p);
             let res = randn(&ys, seed + 3);
             let with_res: Vec<f64> = conv.iter().zip(f64s(&res)).map(|(y, r)| (y + r).max(0.0)).collect();

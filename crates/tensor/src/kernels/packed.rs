@@ -15,10 +15,10 @@
 //! Weights: panels of [`MR`] (32) output channels, each `depth` steps of 32 floats, packed when
 //! the prepared convolution first runs (a second copy of its weights, kept beside the tensor).
 //! Activations: per call, the image's rows (1x1) or its im2col rows cut into micro-panels of
-//! [`NR`] positions, [`KC`] steps deep at a time (when the threads split the positions, each
-//! builds its own im2col rows a slice at a time, in cache; the 3x3 stride-2 conv of ResNet-50's
-//! second stage went from 1333 to 1105 us), so that each block reads both operands in
-//! order while the weights' `32 x KC` slice stays in L1; deeper products keep partial sums per
+//! [`NR`] positions, [`KC`] steps deep at a time, the im2col rows read straight from the image
+//! into the micro-panels (no im2col matrix: the 3x3 convs of ResNet-50 at batch 1 went from
+//! 1333 to 1105 us with one built per slice in cache, to 710-800 us without one), so that each
+//! block reads both operands in order while the weights' `32 x KC` slice stays in L1; deeper products keep partial sums per
 //! block. At batch 1 every weight comes from memory once per forward pass, so the next slice
 //! is prefetched while the current one runs; the threads split whichever operand is larger
 //! (the weights by panels on the late, narrow layers, the positions otherwise), and larger
@@ -105,7 +105,7 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &PackedWeights, epi: Epilogue<
     let threads = rayon::current_num_threads();
     if g.n >= 2 * threads {
         (0..g.n).into_par_iter().for_each_init(
-            || (Scratch::take(), Scratch::take(), Scratch::take()),
+            || (Scratch::take(), Scratch::take()),
             |scratch, ni| {
                 let src = job.source(&x[ni * in_len..(ni + 1) * in_len]);
                 // SAFETY: item ni writes only image ni's output.
@@ -114,7 +114,6 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &PackedWeights, epi: Epilogue<
         );
         return;
     }
-    let mut col = Scratch::take();
     for ni in 0..g.n {
         let image = &x[ni * in_len..(ni + 1) * in_len];
         // Split whichever operand is larger, so that each thread streams its share of it once
@@ -122,17 +121,12 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &PackedWeights, epi: Epilogue<
         // columns (late, narrow layers), the positions otherwise.
         let parts = threads.min(w.panels() * blocks).max(1);
         let by_panels = w.panels() >= parts && (g.cout >= ohw || blocks < parts);
-        // Both threads read all positions when they split the panels: the im2col matrix is
-        // then built once, shared; otherwise each builds its own positions' rows as it goes.
-        let src = if by_panels && !g.pointwise() {
-            col.at_least(g.k() * ohw);
-            super::conv::im2col_all(g, image, 0, ohw, &mut col, threads > 1);
-            Source::Rows { data: &col, ld: ohw }
-        } else {
-            job.source(image)
-        };
+        // When the threads split the panels, each packs every position's taps for itself:
+        // read straight from the image, that costs less than building one im2col matrix for
+        // both (the 3x3 convs of ResNet-50's later stages at batch 1: 914-1017 -> 732-800 us).
+        let src = job.source(image);
         (0..parts).into_par_iter().for_each_init(
-            || (Scratch::take(), Scratch::take(), Scratch::take()),
+            || (Scratch::take(), Scratch::take()),
             |scratch, t| {
                 let (pr, br) = if by_panels {
                     (t * w.panels() / parts..(t + 1) * w.panels() / parts, 0..blocks)
@@ -168,7 +162,7 @@ pub(crate) unsafe fn product(w: &PackedWeights, src: &[f32], ld_src: usize, cols
     let epi = Epilogue::default();
     let src = Source::Rows { data: src, ld: ld_src };
     let op = Operands { w, src, cols, out: SyncPtr(out), ld_out, residual: None, epi: &epi };
-    let mut scratch = (Scratch::take(), Scratch::take(), Scratch::take());
+    let mut scratch = (Scratch::take(), Scratch::take());
     // SAFETY: the caller's contract; the whole product is this call's.
     unsafe { op.run(&mut scratch, 0..w.panels(), 0..cols.div_ceil(NR)) };
 }
@@ -183,7 +177,7 @@ struct Job<'a> {
 
 impl Job<'_> {
     /// One image's columns: the image itself for a 1x1 stride-1 conv, its im2col rows
-    /// otherwise (built per slice where they are packed).
+    /// otherwise (read from the image where they are packed).
     fn source<'c>(&self, image: &'c [f32]) -> Source<'c>
     where
         Self: 'c,
@@ -218,16 +212,15 @@ impl Job<'_> {
 /// A product's right operand, `depth` rows of `cols` positions.
 #[derive(Clone, Copy)]
 enum Source<'a> {
-    /// Rows `ld` apart: a 1x1 conv's image, a shared im2col matrix, Winograd's tiles.
+    /// Rows `ld` apart: a 1x1 conv's image, Winograd's tiles.
     Rows { data: &'a [f32], ld: usize },
-    /// One image of `g`, whose im2col rows are built a slice of depth and a pass of
-    /// positions at a time, just before they are packed (in cache, not a whole matrix
-    /// written to memory and read back).
+    /// One image of `g`, whose im2col rows are packed straight from it
+    /// ([`avx512::pack_taps`]), no im2col matrix built.
     Image { g: &'a ConvGeom, image: &'a [f32] },
 }
 
-/// Per-thread buffers of a product: packed micro-panels, partial sums, im2col rows.
-type Scratches = (Scratch, Scratch, Scratch);
+/// Per-thread buffers of a product: packed micro-panels, partial sums.
+type Scratches = (Scratch, Scratch);
 
 /// `out = epi(w · src)`: `w` (`rows x depth`, packed) times `src`'s `depth x cols`, into
 /// `rows` rows of `out`, `ld_out` apart; the epilogue's scale and bias are indexed by row,
@@ -256,8 +249,9 @@ impl Operands<'_> {
     /// `rows` rows of `cols` positions `ld_out` apart.
     unsafe fn run(&self, scratch: &mut Scratches, pr: Range<usize>, br: Range<usize>) {
         let (depth, rows_all, cols_all) = (self.w.depth, self.w.rows, self.cols);
-        let (panels, sums, col) = scratch;
-        // Slices of whole input channels when im2col builds them (a channel's taps together).
+        let (panels, sums) = scratch;
+        // Slices of whole kernel rows for the image's taps ([`avx512::pack_taps`] picks a row's
+        // taps from one load).
         let step = match self.src {
             Source::Rows { .. } => KC,
             Source::Image { g, .. } => {
@@ -279,24 +273,25 @@ impl Operands<'_> {
             while k0 < depth {
                 let kc = step.min(depth - k0);
                 let last = k0 + kc == depth;
-                let (rows, ld, first_col) = match self.src {
-                    Source::Rows { data, ld } => (&data[k0 * ld..], ld, b0 * NR),
-                    Source::Image { g, image } => {
-                        let (p0, p1) = (b0 * NR, (b1 * NR).min(cols_all));
-                        let taps = g.kh * g.kw;
-                        col.at_least(kc * (p1 - p0));
-                        super::conv::im2col(g, image, k0 / taps..(k0 + kc) / taps, p0, p1, col, p1 - p0);
-                        (&col[..], p1 - p0, 0)
-                    }
-                };
                 for (b, dst) in (b0..b1).zip(panels.chunks_exact_mut(kc * NR)) {
-                    let (p0, width) = (first_col + (b - b0) * NR, NR.min(cols_all - b * NR));
-                    let from = &rows[p0..];
-                    assert!(from.len() >= (kc - 1) * ld + width);
-                    // SAFETY: AVX-512 was checked; `from` holds `kc` rows of `width` floats
-                    // `ld` apart (asserted), `dst` `kc` steps of NR.
-                    #[cfg(target_arch = "x86_64")]
-                    avx512::pack_block(from.as_ptr(), ld, width, kc, dst);
+                    let (p0, width) = (b * NR, NR.min(cols_all - b * NR));
+                    match self.src {
+                        Source::Rows { data, ld } => {
+                            let from = &data[k0 * ld + p0..];
+                            assert!(from.len() >= (kc - 1) * ld + width);
+                            // SAFETY: AVX-512 was checked; `from` holds `kc` rows of `width`
+                            // floats `ld` apart (asserted), `dst` `kc` steps of NR.
+                            #[cfg(target_arch = "x86_64")]
+                            avx512::pack_block(from.as_ptr(), ld, width, kc, dst);
+                            #[cfg(not(target_arch = "x86_64"))]
+                            let _ = from;
+                        }
+                        // SAFETY: AVX-512 was checked; `dst` holds `kc` steps of NR.
+                        #[cfg(target_arch = "x86_64")]
+                        Source::Image { g, image } => avx512::pack_taps(g, image, k0..k0 + kc, p0, width, dst),
+                        #[cfg(not(target_arch = "x86_64"))]
+                        Source::Image { .. } => {}
+                    }
                     #[cfg(not(target_arch = "x86_64"))]
                     let _ = (dst, width);
                 }
@@ -379,7 +374,7 @@ struct Tile {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Epilogue, Prefetch, Step, Tile, MR, NR};
+    use super::{ConvGeom, Epilogue, Prefetch, Step, Tile, MR, NR};
     use std::arch::x86_64::*;
 
     /// Copies positions `0..width` of `depth` rows `ld` apart (from `src`) into `dst` as
@@ -398,6 +393,120 @@ mod avx512 {
             let v = _mm512_maskz_loadu_ps(mask, src.add(r * ld));
             _mm512_mask_storeu_ps(out.add(r * NR), full, v);
         }
+    }
+
+    /// The im2col rows `ks` of positions `p0..p0 + width` of one image of `g`, packed as
+    /// [`pack_block`] packs them (`ks.len()` steps of [`NR`], zero past `width`), read straight
+    /// from the image rather than built as an im2col matrix and copied again (that copying was
+    /// a quarter of a batch-1 stride-2 3x3 conv). The block's positions fall in runs along
+    /// output rows (one run unless the map is narrower than [`NR`]); for each run and each
+    /// kernel row of an input channel, the input row's 32 floats under the run are loaded once
+    /// (masked: padding reads as zero) and each kernel column's taps picked out of them with
+    /// one permutation, at any stride, where they span at most 32 floats; one tap at a time
+    /// otherwise.
+    ///
+    /// # Safety
+    /// AVX-512 F is available; `image` is one whole image of `g`; `dst` holds `ks.len() x NR`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    pub(super) unsafe fn pack_taps(
+        g: &ConvGeom,
+        image: &[f32],
+        ks: std::ops::Range<usize>,
+        p0: usize,
+        width: usize,
+        dst: &mut [f32],
+    ) {
+        let (taps, in_hw) = (g.kh * g.kw, g.in_hw());
+        assert!(width <= NR && dst.len() >= ks.len() * NR && image.len() == g.cin * in_hw && ks.end <= g.cin * taps);
+        let (sh, sw) = (g.p.stride[0], g.p.stride[1]);
+        let (dh, dw) = (g.p.dilation[0], g.p.dilation[1]);
+        let (ph, pw, w) = (g.p.padding[0], g.p.padding[1] as isize, g.w as isize);
+        let zero = _mm512_setzero_ps();
+        // Lanes past the block's positions are zero.
+        let past_width = (((1u32 << NR) - 1) & !((1u32 << width) - 1)) as __mmask16;
+        // The block's runs of positions along one output row, worked out once (not per step):
+        // (output row, first column, first lane, length).
+        let mut runs = [(0usize, 0usize, 0usize, 0usize); NR];
+        let (mut count, mut lane) = (0, 0);
+        while lane < width {
+            let (oh, ow0) = ((p0 + lane) / g.ow, (p0 + lane) % g.ow);
+            let run = (g.ow - ow0).min(width - lane);
+            runs[count] = (oh, ow0, lane, run);
+            (count, lane) = (count + 1, lane + run);
+        }
+        let runs = &runs[..count];
+        // Whole kernel rows at a time: the steps start on one and each tap's offset in the
+        // loaded row (`j·sw + kj·dw` for position j of a run) stays under 32.
+        let longest = runs.iter().map(|r| r.3).max().unwrap_or(0);
+        let by_rows = ks.start.is_multiple_of(g.kw)
+            && ks.len().is_multiple_of(g.kw)
+            && (longest.max(1) - 1) * sw + (g.kw - 1) * dw < 32;
+        let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let picks = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(sw as i32));
+        let group = if by_rows { g.kw } else { 1 };
+        // One tap's run spans more than 32 floats only at strides of 3 and more.
+        let in_reach = (longest.max(1) - 1) * sw < 32;
+        let (mut c, mut ki, mut kj0) = (ks.start / taps, (ks.start % taps) / g.kw, ks.start % g.kw);
+        for step in (0..ks.len()).step_by(group) {
+            let plane = &image[c * in_hw..(c + 1) * in_hw];
+            let out = dst.as_mut_ptr().add(step * NR);
+            for s in 0..group {
+                _mm512_mask_storeu_ps(out.add(s * NR), past_width, zero);
+            }
+            for &(oh, ow0, lane, run) in runs {
+                let run_mask = (((1u32 << run) - 1) << lane) as __mmask16;
+                let Some(ih) = (oh * sh + ki * dh).checked_sub(ph).filter(|&ih| ih < g.h) else {
+                    for s in 0..group {
+                        _mm512_mask_storeu_ps(out.add(s * NR), run_mask, zero);
+                    }
+                    continue;
+                };
+                let row = &plane[ih * g.w..(ih + 1) * g.w];
+                if !in_reach {
+                    let iw0 = (ow0 * sw + kj0 * dw) as isize - pw;
+                    let run_out = std::slice::from_raw_parts_mut(out.add(lane), run);
+                    for (j, v) in run_out.iter_mut().enumerate() {
+                        let iw = iw0 + (j * sw) as isize;
+                        *v = if (0..w).contains(&iw) { row[iw as usize] } else { 0.0 };
+                    }
+                    continue;
+                }
+                // Input column of the run's first position at this step's first tap; 32
+                // floats from it, those outside the row as zeros (a masked-off lane is not read).
+                let iw0 = (ow0 * sw + kj0 * dw) as isize - pw;
+                let (lo, hi) = ((-iw0).clamp(0, 32), (w - iw0).clamp(0, 32));
+                let inside = (((1u64 << hi) - 1) & !((1u64 << lo) - 1)) as u32;
+                let from = row.as_ptr().wrapping_offset(iw0);
+                let a = _mm512_maskz_loadu_ps(inside as __mmask16, from);
+                let b = _mm512_maskz_loadu_ps((inside >> 16) as __mmask16, from.wrapping_add(16));
+                for s in 0..group {
+                    let pick = _mm512_add_epi32(picks, _mm512_set1_epi32((s * dw) as i32));
+                    let v = _mm512_permutex2var_ps(a, pick, b);
+                    // The run's values into lanes `lane..lane + run`.
+                    _mm512_mask_storeu_ps(out.add(s * NR), run_mask, shift_up(v, lane));
+                }
+            }
+            kj0 += group;
+            if kj0 == g.kw {
+                (kj0, ki) = (0, ki + 1);
+                if ki == g.kh {
+                    (ki, c) = (0, c + 1);
+                }
+            }
+        }
+    }
+
+    /// `v` moved up by `by` lanes (lane `j` to `j + by`), zeros below.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn shift_up(v: __m512, by: usize) -> __m512 {
+        if by == 0 {
+            return v;
+        }
+        let index = _mm512_sub_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(by as i32),
+        );
+        _mm512_maskz_permutexvar_ps((0xffffu32 << by) as __mmask16, index, v)
     }
 
     /// One step range of a register block: `depth` steps accumulated onto `sum` (from zero
