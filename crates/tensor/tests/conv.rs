@@ -517,7 +517,7 @@ fn prepared_packed_convs_match_the_oracle() {
     use tensor::simd::{available_simd_levels, set_simd_level};
     // (input, weight, stride, padding, dilation)
     type Shape = ([usize; 4], [usize; 4], usize, usize, usize);
-    let shapes: [Shape; 10] = [
+    let shapes: [Shape; 11] = [
         ([1, 128, 9, 9], [130, 128, 1, 1], 1, 0, 1), // channels split, 81 = 5 x 14 + 11
         ([1, 128, 20, 20], [128, 128, 1, 1], 1, 0, 1), // positions split
         ([1, 64, 15, 15], [160, 64, 3, 3], 2, 1, 1), // im2col
@@ -528,6 +528,7 @@ fn prepared_packed_convs_match_the_oracle() {
         ([1, 16, 31, 31], [128, 16, 5, 5], 2, 2, 1), // 5x5
         ([1, 5, 60, 60], [128, 5, 7, 7], 2, 3, 1),   // 7x7 stride 2: one tap per load
         ([1, 128, 40, 40], [128, 128, 3, 3], 3, 1, 1), // stride 3: value by value
+        ([1, 136, 9, 9], [130, 136, 1, 1], 2, 0, 1), // strided 1x1, channels split: subsampled once
     ];
     for level in available_simd_levels() {
         set_simd_level(Some(level));
