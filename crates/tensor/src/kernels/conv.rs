@@ -21,6 +21,7 @@ use crate::Tensor;
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::sync::OnceLock;
 
 /// Most floats one im2col tile holds (2 MiB).
@@ -551,22 +552,24 @@ fn forward_slices(
         }
         let out_base = ni * g.cout * ohw;
         let col: &[f32] = col;
-        let group_product = |gi: usize, gemm_par: Parallelism| {
+        // Group gi's product over the item's columns `q` (counted from p0).
+        let group_product = |gi: usize, q: Range<usize>, gemm_par: Parallelism| {
             let lhs = MatRef::of(w, gi * g.cout_g * k, g.cout_g, k, k, 1);
             let rhs = if g.pointwise() {
-                MatRef::of(image, gi * g.cin_g * g.in_hw() + p0, k, len, g.in_hw(), 1)
+                MatRef::of(image, gi * g.cin_g * g.in_hw() + p0 + q.start, k, q.len(), g.in_hw(), 1)
             } else {
-                MatRef::of(col, gi * k * len, k, len, len, 1)
+                MatRef::of(col, gi * k * len + q.start, k, q.len(), len, 1)
             };
-            let dst = out_ptr.get().wrapping_add(out_base + gi * g.cout_g * ohw + p0);
+            let dst = out_ptr.get().wrapping_add(out_base + gi * g.cout_g * ohw + p0 + q.start);
             // SAFETY: item (ni, ti) owns columns p0..p1 of image ni's output rows; group gi
-            // its own rows of them.
+            // its own rows of them; callers share out disjoint `q`.
             unsafe { product(dst, ohw as isize, lhs, rhs, false, gemm_par, g.small()) };
         };
-        let channel_epilogue = |c: usize| {
-            let start = out_base + c * ohw + p0;
+        // Channel c's epilogue over the item's columns `q`.
+        let channel_epilogue = |c: usize, q: Range<usize>| {
+            let start = out_base + c * ohw + p0 + q.start;
             // SAFETY: the same disjoint block as the GEMM above, one row per call.
-            let row = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(start), len) };
+            let row = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(start), q.len()) };
             apply_epilogue(&epi, row, start, c);
         };
         let few_items = !matches!(par, Parallelism::None);
@@ -574,48 +577,33 @@ fn forward_slices(
             // Too few items to share out, but the groups are independent products (ResNeXt's
             // 32 small ones would otherwise run one after another on one thread).
             (0..g.p.groups).into_par_iter().for_each(|gi| {
-                group_product(gi, Parallelism::None);
+                group_product(gi, 0..len, Parallelism::None);
                 if has_epilogue {
-                    (gi * g.cout_g..(gi + 1) * g.cout_g).for_each(channel_epilogue);
+                    (gi * g.cout_g..(gi + 1) * g.cout_g).for_each(|c| channel_epilogue(c, 0..len));
                 }
             });
             return;
         }
-        let threads = rayon::current_num_threads();
         if few_items && has_epilogue && g.p.groups == 1 && len >= 2 * MIN_BAND {
             // Each thread's band of columns, its product and then its epilogue: the sums are
             // still in that core's cache. (As a product split across the threads followed by a
             // parallel pass over whole rows, each row was half written by the other core: the
             // batch-1 1x1 convs of ResNet-50's first stage 3-10% slower, timed alone.)
-            let bands = threads.min(len / MIN_BAND);
+            let bands = rayon::current_num_threads().min(len / MIN_BAND);
             (0..bands).into_par_iter().for_each(|bi| {
-                let (q0, q1) = (bi * len / bands, (bi + 1) * len / bands);
-                let lhs = MatRef::of(w, 0, g.cout, k, k, 1);
-                let rhs = if g.pointwise() {
-                    MatRef::of(image, p0 + q0, k, q1 - q0, g.in_hw(), 1)
-                } else {
-                    MatRef::of(col, q0, k, q1 - q0, len, 1)
-                };
-                let dst = out_ptr.get().wrapping_add(out_base + p0 + q0);
-                // SAFETY: item (ni, ti) owns columns p0..p1 of image ni's output rows; band bi
-                // its columns q0..q1 of them.
-                unsafe { product(dst, ohw as isize, lhs, rhs, false, Parallelism::None, false) };
-                for c in 0..g.cout {
-                    let start = out_base + c * ohw + p0 + q0;
-                    // SAFETY: the band's own columns of row c, written just above.
-                    let row = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(start), q1 - q0) };
-                    apply_epilogue(&epi, row, start, c);
-                }
+                let q = bi * len / bands..(bi + 1) * len / bands;
+                group_product(0, q.clone(), Parallelism::None);
+                (0..g.cout).for_each(|c| channel_epilogue(c, q.clone()));
             });
             return;
         }
         for gi in 0..g.p.groups {
-            group_product(gi, par);
+            group_product(gi, 0..len, par);
         }
         if has_epilogue && few_items {
-            (0..g.cout).into_par_iter().with_min_len(8).for_each(channel_epilogue);
+            (0..g.cout).into_par_iter().with_min_len(8).for_each(|c| channel_epilogue(c, 0..len));
         } else if has_epilogue {
-            (0..g.cout).for_each(channel_epilogue);
+            (0..g.cout).for_each(|c| channel_epilogue(c, 0..len));
         }
     };
     if matches!(par, Parallelism::None) {

@@ -270,11 +270,9 @@ pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32], dx: &mut [Mayb
     // `D` whole (its product runs over all of its rows), built in parallel by channel blocks.
     let mut d = Vec::with_capacity(outputs * width);
     let d_ptr = SyncPtr(d.as_mut_ptr());
-    let per_block = channels_per_block(g);
-    (0..g.cout.div_ceil(per_block)).into_par_iter().for_each(|b| {
-        let (co0, count) = (b * per_block, per_block.min(g.cout - b * per_block));
+    for_channel_blocks(g, |co0, count, _| {
         let rows = count * g.out_hw();
-        // SAFETY: block b's rows of `D`, inside its capacity, written by this item only.
+        // SAFETY: this block's rows of `D`, inside its capacity, written by this block only.
         let block = unsafe { std::slice::from_raw_parts_mut(d_ptr.get().add(co0 * g.out_hw() * width), rows * width) };
         expand_rows(g, w, &taps, co0, block);
     });

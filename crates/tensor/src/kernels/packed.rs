@@ -18,8 +18,8 @@
 //! [`NR`] positions, [`KC`] steps deep at a time, the im2col rows read straight from the image
 //! into the micro-panels (no im2col matrix: the 3x3 convs of ResNet-50 at batch 1 went from
 //! 1333 to 1105 us with one built per slice in cache, to 710-800 us without one), so that each
-//! block reads both operands in order while the weights' `32 x KC` slice stays in L1; deeper products keep partial sums per
-//! block. At batch 1 every weight comes from memory once per forward pass, so the next slice
+//! block reads both operands in order while the weights' `32 x KC` slice stays in L1; deeper
+//! products keep partial sums per block. At batch 1 every weight comes from memory once per forward pass, so the next slice
 //! is prefetched while the current one runs; the threads split whichever operand is larger
 //! (the weights by panels on the late, narrow layers, the positions otherwise), and larger
 //! batches take whole images per thread.
@@ -477,8 +477,9 @@ mod avx512 {
                     continue;
                 };
                 let row = &plane[ih * g.w..(ih + 1) * g.w];
+                // Input column of the run's first position at this step's first tap.
+                let iw0 = (ow0 * sw + kj0 * dw) as isize - pw;
                 if !in_reach {
-                    let iw0 = (ow0 * sw + kj0 * dw) as isize - pw;
                     let run_out = std::slice::from_raw_parts_mut(out.add(lane), run);
                     for (j, v) in run_out.iter_mut().enumerate() {
                         let iw = iw0 + (j * sw) as isize;
@@ -486,9 +487,8 @@ mod avx512 {
                     }
                     continue;
                 }
-                // Input column of the run's first position at this step's first tap; 32
-                // floats from it, those outside the row as zeros (a masked-off lane is not read).
-                let iw0 = (ow0 * sw + kj0 * dw) as isize - pw;
+                // 32 floats from it, those outside the row as zeros (a masked-off lane is not
+                // read).
                 let (lo, hi) = ((-iw0).clamp(0, 32), (w - iw0).clamp(0, 32));
                 let inside = (((1u64 << hi) - 1) & !((1u64 << lo) - 1)) as u32;
                 let from = row.as_ptr().wrapping_offset(iw0);
