@@ -121,3 +121,39 @@ fn max_pool_propagates_nan_with_the_first_nan_index_as_pytorch_does() {
     assert_eq!((v[0], v[2], v[3]), (5.0, 7.0, -0.5));
     assert!(v[1].is_nan());
 }
+
+/// The values-only pooling on rows wide enough for its vector loops (the window maxima of a
+/// row computed 16 and more at a time), NaNs included, at every vector extension this machine
+/// has: ResNet's stem pooling (3x3, stride 2, padding 1), stride 1, a 2x2 window, a 3x2
+/// window with stride (1, 3), ceil mode.
+#[test]
+fn max_pool_values_on_wide_rows_match_reference() {
+    use tensor::simd::{available_simd_levels, set_simd_level};
+    let p = |kernel, stride, padding, ceil_mode| Pool2dParams { kernel, stride, padding, ceil_mode };
+    let cases = [
+        ([1, 3, 37, 70], p([3, 3], [2, 2], [1, 1], false)),
+        ([2, 2, 20, 67], p([3, 3], [1, 1], [1, 1], false)),
+        ([1, 2, 16, 64], p([2, 2], [2, 2], [0, 0], false)),
+        ([1, 2, 11, 101], p([3, 2], [1, 3], [1, 1], true)),
+    ];
+    for (i, (xs, p)) in cases.into_iter().enumerate() {
+        let mut data = randn(&xs, 90 + i as u64).to_vec_f32().unwrap();
+        for at in [5, 77, data.len() / 2, data.len() - 1] {
+            data[at] = f32::NAN;
+        }
+        let x = Tensor::from_vec(data, &xs).unwrap();
+        let (want, _, os) = reference::max_pool2d(&f64s(&x), xs, p);
+        for level in available_simd_levels() {
+            set_simd_level(Some(level));
+            let y = max_pool2d_values(&x, p).unwrap();
+            assert_eq!(y.shape(), &os[..]);
+            for (j, (&got, &want)) in y.to_vec_f32().unwrap().iter().zip(&want).enumerate() {
+                assert!(
+                    got as f64 == want || (got.is_nan() && want.is_nan()),
+                    "{xs:?} {p:?} at {level}, output {j}: {got} vs {want}"
+                );
+            }
+        }
+    }
+    set_simd_level(None);
+}

@@ -129,6 +129,67 @@ fn nan_max(a: f32, b: f32) -> f32 {
     }
 }
 
+/// One plane of max pooling's values. Per output row: the element-wise max of the window's input
+/// rows, then, for the windows that lie inside the row, the max of each run of `kernel` adjacent
+/// columns for every start column in one contiguous pass (`spans`; a strided pick of them is the
+/// output), so that both passes are plain vector loops; the clipped windows at either end are
+/// folded directly.
+#[inline(always)]
+fn max_pool_plane_impl<const FMA: bool>(
+    plane: &[f32],
+    o: &mut [f32],
+    rows_max: &mut [f32],
+    spans: &mut [f32],
+    g: &PoolGeom,
+    p: &Pool2dParams,
+) {
+    let (s, k, pad) = (p.stride[1], p.kernel[1], p.padding[1]);
+    let first = pad.div_ceil(s).min(g.ow);
+    let last = if g.w + pad >= k { ((g.w + pad - k) / s + 1).clamp(first, g.ow) } else { first };
+    for oh in 0..g.oh {
+        let (h0, h1) = window(oh, p.stride[0], p.padding[0], p.kernel[0], g.h);
+        rows_max.copy_from_slice(&plane[h0 * g.w..(h0 + 1) * g.w]);
+        for ih in h0 + 1..h1 {
+            let row = &plane[ih * g.w..(ih + 1) * g.w];
+            rows_max.iter_mut().zip(row).for_each(|(m, &v)| *m = nan_max(*m, v));
+        }
+        let o = &mut o[oh * g.ow..(oh + 1) * g.ow];
+        if first < last {
+            // Window `ow` starts at column `ow * s - pad`; `spans[j]` is the max of the window
+            // starting at column `start + j`.
+            let start = first * s - pad;
+            let count = (last - 1 - first) * s + 1;
+            let spans = &mut spans[..count];
+            spans.copy_from_slice(&rows_max[start..start + count]);
+            for tap in 1..k {
+                let src = &rows_max[start + tap..start + tap + count];
+                spans.iter_mut().zip(src).for_each(|(m, &v)| *m = nan_max(*m, v));
+            }
+            o[first..last].iter_mut().zip(spans.iter().step_by(s)).for_each(|(d, &v)| *d = v);
+        }
+        for ow in (0..first).chain(last..g.ow) {
+            let (w0, w1) = window(ow, s, pad, k, g.w);
+            o[ow] = rows_max[w0 + 1..w1].iter().fold(rows_max[w0], |m, &v| nan_max(m, v));
+        }
+    }
+}
+
+crate::multiversion! {
+    /// [`max_pool_plane_impl`], compiled for the CPU's vector extension ([`crate::simd`]).
+    ///
+    /// # Safety
+    /// None beyond the slices' bounds (`rows_max` and `spans` hold the input's width, `o` the
+    /// output plane).
+    unsafe fn max_pool_plane(
+        plane: &[f32],
+        o: &mut [f32],
+        rows_max: &mut [f32],
+        spans: &mut [f32],
+        g: &PoolGeom,
+        p: &Pool2dParams,
+    ) = max_pool_plane_impl;
+}
+
 /// Gradient of [`max_pool2d`]: each output gradient goes to the input element it came from.
 /// Indices outside the plane are an error on the host; on a GPU (where reading them back would
 /// stall every training step) they are skipped — only hand-made indices can be out of range.
@@ -291,36 +352,11 @@ impl PoolOps for Host {
         let x = input.f32_data(OP)?;
         let (ohw, ihw) = (g.oh * g.ow, g.h * g.w);
         let mut out = vec![0f32; g.planes * ohw];
-        out.par_chunks_mut(ohw.max(1)).enumerate().for_each_init(Vec::new, |rows_max, (pl, o)| {
-            let plane = &x[pl * ihw..(pl + 1) * ihw];
-            rows_max.resize(g.w, 0.0);
-            for oh in 0..g.oh {
-                let (h0, h1) = window(oh, p.stride[0], p.padding[0], p.kernel[0], g.h);
-                rows_max.copy_from_slice(&plane[h0 * g.w..(h0 + 1) * g.w]);
-                for ih in h0 + 1..h1 {
-                    let row = &plane[ih * g.w..(ih + 1) * g.w];
-                    rows_max.iter_mut().zip(row).for_each(|(m, &v)| *m = nan_max(*m, v));
-                }
-                let o = &mut o[oh * g.ow..(oh + 1) * g.ow];
-                // Outputs whose windows lie inside the row: one tap at a time across all of them
-                // (strided loads the compiler vectorises); the clipped ones at either end directly.
-                let (s, k, pad) = (p.stride[1], p.kernel[1], p.padding[1]);
-                let first = pad.div_ceil(s).min(g.ow);
-                let last = if g.w + pad >= k { ((g.w + pad - k) / s + 1).clamp(first, g.ow) } else { first };
-                for tap in (0..k).filter(|_| first < last) {
-                    let src = &rows_max[first * s + tap - pad..];
-                    let dst = &mut o[first..last];
-                    if tap == 0 {
-                        dst.iter_mut().zip(src.iter().step_by(s)).for_each(|(d, &v)| *d = v);
-                    } else {
-                        dst.iter_mut().zip(src.iter().step_by(s)).for_each(|(d, &v)| *d = nan_max(*d, v));
-                    }
-                }
-                for ow in (0..first).chain(last..g.ow) {
-                    let (w0, w1) = window(ow, s, pad, k, g.w);
-                    o[ow] = rows_max[w0 + 1..w1].iter().fold(rows_max[w0], |m, &v| nan_max(m, v));
-                }
-            }
+        out.par_chunks_mut(ohw.max(1)).enumerate().for_each_init(Vec::new, |rows, (pl, o)| {
+            rows.resize(2 * g.w, 0.0);
+            let (rows_max, spans) = rows.split_at_mut(g.w);
+            // SAFETY: no contract beyond the slices' own bounds.
+            unsafe { max_pool_plane(&x[pl * ihw..(pl + 1) * ihw], o, rows_max, spans, g, p) };
         });
         Ok(Tensor::from_vec_unchecked(out, &shape))
     }
