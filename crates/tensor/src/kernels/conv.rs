@@ -505,7 +505,7 @@ fn forward_slices(
     cache: Option<&WeightCache>,
 ) {
     if super::direct::suits(g) {
-        return super::direct::forward(g, x, w, epi, out);
+        return super::direct::forward(g, x, w, epi, out, cache.map(|c| &c.grouped));
     }
     if super::dense::suits(g) {
         return super::dense::forward(g, x, w, epi, out);
@@ -758,6 +758,8 @@ pub(crate) struct WeightCache {
     winograd_packed: OnceLock<Vec<super::packed::PackedWeights>>,
     /// The weights as a `cout x cin·kh·kw` matrix in [`packed`](super::packed)'s panels.
     packed: OnceLock<super::packed::PackedWeights>,
+    /// A grouped conv's weights packed for [`direct`](super::direct)'s AVX-512 kernel.
+    grouped: OnceLock<Vec<f32>>,
 }
 
 impl PreparedConv {

@@ -6,7 +6,9 @@
 //! per stride phase (`plane[a][b][i][j] = x[i * sh + a - ph][j * sw + b - pw]`), so that every
 //! kernel tap of every output row reads one contiguous run. A register block of 4 output
 //! channels x 8 or 16 output columns accumulates over input channels and taps, and is stored
-//! with the epilogue (bias, residual, ReLU) applied on the way out.
+//! with the epilogue (bias, residual, ReLU) applied on the way out. On AVX-512 a second kernel
+//! ([`wide`]) runs along flattened phase planes instead, with weights packed once per prepared
+//! conv.
 
 use super::conv::{apply_epilogue, ConvGeom, Epilogue};
 use super::matmul::SyncPtr;
@@ -14,6 +16,7 @@ use super::scratch::Scratch;
 use super::small_gemm::fmadd;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+use std::sync::OnceLock;
 
 /// Output channels per register block.
 const MB: usize = 4;
@@ -61,32 +64,81 @@ impl Phases {
     /// Copies plane `p` (phase `(a, b)`, input channel `ci` of group `gi`, in the order of
     /// [`Phases::row`]) of `image` into `dst` (one plane long).
     pub(super) fn fill_plane(&self, g: &ConvGeom, image: &[f32], gi: usize, p: usize, dst: &mut [f32]) {
-        let [ph, pw] = g.p.padding;
-        let (ab, ci) = (p / g.cin_g, p % g.cin_g);
-        let (a, b) = (ab / self.sw, ab % self.sw);
-        let plane = &image[(gi * g.cin_g + ci) * g.in_hw()..][..g.in_hw()];
-        for (i, dst) in dst.chunks_mut(self.row_len).enumerate().take(self.rows) {
-            let ih = (i * self.sh + a) as isize - ph as isize;
-            if ih < 0 || ih >= g.h as isize {
-                dst.fill(0.0);
-                continue;
-            }
-            let src = &plane[ih as usize * g.w..][..g.w];
-            // Columns j read input column j * sw + b - pw: inside for j in [lo, hi).
-            let lo = pw.saturating_sub(b).div_ceil(self.sw).min(self.row_len);
-            let hi = if g.w + pw > b { (g.w + pw - b).div_ceil(self.sw).clamp(lo, self.row_len) } else { lo };
-            dst[..lo].fill(0.0);
-            dst[hi..].fill(0.0);
-            if lo == hi {
-                continue;
-            }
-            let first = lo * self.sw + b - pw;
-            if self.sw == 1 {
-                dst[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
-            } else {
-                dst[lo..hi].iter_mut().zip(src[first..].iter().step_by(self.sw)).for_each(|(d, &v)| *d = v);
-            }
+        // SAFETY: no contract beyond the slices' bounds.
+        unsafe { fill_plane(self, g, image, gi, p, dst) }
+    }
+}
+
+crate::multiversion! {
+    /// [`fill_plane_impl`], compiled for the CPU's vector extension ([`crate::simd`]): a
+    /// stride-2 plane's every other column is a vector shuffle there, element by element
+    /// without it (half of a stride-2 ResNeXt conv's time).
+    ///
+    /// # Safety
+    /// None beyond the slices' bounds.
+    unsafe fn fill_plane(ph: &Phases, g: &ConvGeom, image: &[f32], gi: usize, p: usize, dst: &mut [f32]) = fill_plane_impl;
+}
+
+#[inline(always)]
+fn fill_plane_impl<const FMA: bool>(
+    phases: &Phases,
+    g: &ConvGeom,
+    image: &[f32],
+    gi: usize,
+    p: usize,
+    dst: &mut [f32],
+) {
+    let [ph, pw] = g.p.padding;
+    let (ab, ci) = (p / g.cin_g, p % g.cin_g);
+    let (a, b) = (ab / phases.sw, ab % phases.sw);
+    let plane = &image[(gi * g.cin_g + ci) * g.in_hw()..][..g.in_hw()];
+    for (i, dst) in dst.chunks_mut(phases.row_len).enumerate().take(phases.rows) {
+        let ih = (i * phases.sh + a) as isize - ph as isize;
+        if ih < 0 || ih >= g.h as isize {
+            dst.fill(0.0);
+            continue;
         }
+        let src = &plane[ih as usize * g.w..][..g.w];
+        // Columns j read input column j * sw + b - pw: inside for j in [lo, hi).
+        let lo = pw.saturating_sub(b).div_ceil(phases.sw).min(phases.row_len);
+        let hi = if g.w + pw > b { (g.w + pw - b).div_ceil(phases.sw).clamp(lo, phases.row_len) } else { lo };
+        dst[..lo].fill(0.0);
+        dst[hi..].fill(0.0);
+        if lo == hi {
+            continue;
+        }
+        let first = lo * phases.sw + b - pw;
+        let n = hi - lo;
+        if phases.sw == 1 {
+            dst[lo..hi].copy_from_slice(&src[first..first + n]);
+        } else if phases.sw == 2 {
+            every_other(&mut dst[lo..hi], &src[first..first + 2 * n - 1]);
+        } else {
+            dst[lo..hi].iter_mut().zip(src[first..].iter().step_by(phases.sw)).for_each(|(d, &v)| *d = v);
+        }
+    }
+}
+
+/// `dst[k] = src[2k]` for every `k` of `dst` (`src` holds `2·dst.len() - 1`): runs of 16, 8
+/// and 4 as fixed-size arrays (so that they compile to shuffles), then one at a time.
+#[inline(always)]
+fn every_other(dst: &mut [f32], src: &[f32]) {
+    fn runs<const N: usize, const M: usize>(dst: &mut [f32], src: &[f32]) -> usize {
+        let mut done = 0;
+        for (d, s) in dst.chunks_exact_mut(N).zip(src.chunks_exact(M)) {
+            let (d, s): (&mut [f32; N], &[f32; M]) = (d.try_into().unwrap(), s.try_into().unwrap());
+            for k in 0..N {
+                d[k] = s[2 * k];
+            }
+            done += N;
+        }
+        done
+    }
+    let mut done = runs::<16, 32>(dst, src);
+    done += runs::<8, 16>(&mut dst[done..], &src[2 * done..]);
+    done += runs::<4, 8>(&mut dst[done..], &src[2 * done..]);
+    for k in done..dst.len() {
+        dst[k] = src[2 * k];
     }
 }
 
@@ -198,7 +250,20 @@ crate::multiversion! {
 }
 
 /// The forward pass into `out` (`[n, cout, oh, ow]`), parallel over (image, group) pairs.
-pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], epi: Epilogue<'_>, out: &mut [MaybeUninit<f32>]) {
+/// `packed` keeps the AVX-512 kernel's packed weights between calls (a prepared conv's).
+pub(crate) fn forward(
+    g: &ConvGeom,
+    x: &[f32],
+    w: &[f32],
+    epi: Epilogue<'_>,
+    out: &mut [MaybeUninit<f32>],
+    packed: Option<&OnceLock<Vec<f32>>>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if wide::suits(g) {
+        return wide::forward(g, x, w, epi, out, packed);
+    }
+    let _ = packed;
     // 8-column blocks for narrow maps (7 wide: 16 would waste more than half).
     let nb = if g.ow >= 14 { 16 } else { 8 };
     let ph = Phases::new(g, nb);
@@ -224,4 +289,298 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], epi: Epilogue<'_>, out
             }
         },
     );
+}
+
+/// The AVX-512 form of the direct kernel. Written like the one above, its register block (4
+/// output channels x one 16-lane vector of a row) held 4 accumulators: too few to hide the
+/// multiply-adds' latency, and ran slower than the AVX2 copy. Here a block covers whole
+/// vectors of a *flattened* phase plane instead of one output row: output position `(i, j)`
+/// is lane `q = i·R + j`, `R` the planes' row length (`ow` plus the kernel's reach), so that
+/// every tap of every lane is one contiguous load however narrow the map, and a block is 4 or
+/// 8 channels x up to 6 or 3 vectors (24 accumulators). The `R - ow` lanes per row that fall
+/// between output rows are computed and dropped: each vector's valid lanes are compressed
+/// together and stored (with the epilogue) as one run of the output row-major plane.
+#[cfg(target_arch = "x86_64")]
+mod wide {
+    use super::{ConvGeom, Epilogue, Phases, Scratch, SyncPtr};
+    use rayon::prelude::*;
+    use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+    use std::sync::OnceLock;
+
+    const LANES: usize = 16;
+
+    /// Whether the AVX-512 kernel takes `g` (a convolution [`super::suits`] took): at least 4
+    /// output channels per group (one block; fewer would leave most accumulators idle).
+    pub(super) fn suits(g: &ConvGeom) -> bool {
+        crate::simd::simd_level() >= crate::simd::SimdLevel::Avx512 && g.cout_g >= 4
+    }
+
+    /// One call's layout: the register block, the planes, where each tap reads, and where each
+    /// vector of the flat plane stores.
+    struct Layout {
+        ph: Phases,
+        /// Output channels and vectors per register block.
+        mb: usize,
+        vb: usize,
+        /// Blocks of `vb` vectors that cover the flat plane's `ceil(((oh - 1)·R + ow) / 16)`.
+        chunks: usize,
+        /// Offset of tap `t` of input channel 0 within the planes (its phase plane, row and
+        /// column shift).
+        taps: Vec<usize>,
+        /// Per vector of the flat plane: the mask of its lanes that are output positions, and
+        /// the output offset (within a channel's plane) of the first of them.
+        slots: Vec<(u16, usize)>,
+        /// Floats of planes one (image, group) needs, with the slack the last block reads past
+        /// the last plane.
+        planes_len: usize,
+    }
+
+    impl Layout {
+        fn new(g: &ConvGeom) -> Layout {
+            let ph = Phases::new(g, 1);
+            let r = ph.row_len;
+            let flat = (g.oh - 1) * r + g.ow;
+            let vecs = flat.div_ceil(LANES);
+            // Blocks of 8 channels x up to 3 vectors, or 4 x up to 6 for groups of fewer than
+            // 8: the most vectors whose last block wastes at most an eighth of the work.
+            let (mb, most) = if g.cout_g.is_multiple_of(8) { (8, 3) } else { (4, 6) };
+            let vb = (1..=most.min(vecs)).rev().find(|&v| vecs.div_ceil(v) * v * 8 <= vecs * 9).unwrap_or(1);
+            let chunks = vecs.div_ceil(vb);
+            let taps: Vec<usize> = (0..g.kh * g.kw)
+                .map(|t| {
+                    let (ki, kj) = (t / g.kw, t % g.kw);
+                    ph.row(g.cin_g, ki % ph.sh, kj % ph.sw, 0, ki / ph.sh) + kj / ph.sw
+                })
+                .collect();
+            let slots = (0..vecs)
+                .map(|v| {
+                    let mut mask = 0u16;
+                    for l in 0..LANES {
+                        let q = v * LANES + l;
+                        if q < flat && q % r < g.ow {
+                            mask |= 1 << l;
+                        }
+                    }
+                    let q = v * LANES;
+                    (mask, (q / r) * g.ow + (q % r).min(g.ow))
+                })
+                .collect();
+            let planes = ph.sh * ph.sw * g.cin_g * ph.plane_len();
+            let reads = taps.iter().max().copied().unwrap_or(0) + (g.cin_g - 1) * ph.plane_len() + chunks * vb * LANES;
+            Layout { ph, mb, vb, chunks, taps, slots, planes_len: planes.max(reads) }
+        }
+    }
+
+    /// Every group's weights as `[group][block][ci][tap][mb]` (blocks of `mb` output
+    /// channels, those past `cout_g` zero), read in order by [`Job::run`].
+    fn pack(g: &ConvGeom, w: &[f32], mb: usize) -> Vec<f32> {
+        let (taps, blocks) = (g.kh * g.kw, g.cout_g.div_ceil(mb));
+        let per_group = blocks * mb * g.cin_g * taps;
+        let mut packed = vec![0f32; g.p.groups * per_group];
+        packed.par_chunks_mut(per_group.max(1)).enumerate().for_each(|(gi, dst)| {
+            for co in 0..g.cout_g {
+                let (blk, r) = (co / mb, co % mb);
+                let src = &w[(gi * g.cout_g + co) * g.cin_g * taps..][..g.cin_g * taps];
+                for (k, &v) in src.iter().enumerate() {
+                    // k = ci·taps + tap
+                    dst[(blk * g.cin_g * taps + k) * mb + r] = v;
+                }
+            }
+        });
+        packed
+    }
+
+    /// The forward pass into `out`, parallel over (image, group) pairs; the packed weights
+    /// from `packed` when the caller keeps them.
+    pub(super) fn forward(
+        g: &ConvGeom,
+        x: &[f32],
+        w: &[f32],
+        epi: Epilogue<'_>,
+        out: &mut [MaybeUninit<f32>],
+        packed: Option<&OnceLock<Vec<f32>>>,
+    ) {
+        if g.out_hw() == 0 || g.n == 0 {
+            return;
+        }
+        let lay = Layout::new(g);
+        let owned;
+        let wpk: &[f32] = match packed {
+            Some(cell) => cell.get_or_init(|| pack(g, w, lay.mb)),
+            None => {
+                owned = pack(g, w, lay.mb);
+                &owned
+            }
+        };
+        let per_group = g.cout_g.div_ceil(lay.mb) * lay.mb * g.cin_g * g.kh * g.kw;
+        assert_eq!(wpk.len(), g.p.groups * per_group, "packed weights of another shape");
+        let filled = lay.ph.sh * lay.ph.sw * g.cin_g * lay.ph.plane_len();
+        let out_ptr = SyncPtr(out.as_mut_ptr().cast());
+        let in_len = g.cin * g.in_hw();
+        (0..g.n * g.p.groups).into_par_iter().for_each_init(Scratch::take, |planes, item| {
+            let (ni, gi) = (item / g.p.groups, item % g.p.groups);
+            let wpk = &wpk[gi * per_group..][..per_group];
+            planes.at_least(lay.planes_len);
+            let image = &x[ni * in_len..(ni + 1) * in_len];
+            if lay.ph.sw <= 2 {
+                // SAFETY: AVX-512 was checked (`suits`); `planes` holds them all.
+                unsafe { fill(g, &lay.ph, image, gi, planes) };
+            } else {
+                lay.ph.fill(g, image, gi, planes);
+            }
+            // What the last block reads past the planes only feeds lanes it drops.
+            planes[filled..lay.planes_len].fill(0.0);
+            let job = Job { g, lay: &lay, planes, epi: &epi, out: out_ptr, ni, gi };
+            macro_rules! run {
+                ($mb:literal: $($vb:literal)*) => {
+                    match lay.vb {
+                        // SAFETY: AVX-512 was checked (`suits`); item (ni, gi) writes only
+                        // image ni's channels of group gi.
+                        $($vb => unsafe { job.run::<$mb, $vb>(wpk) },)*
+                        _ => unreachable!("at most 6 vectors per block"),
+                    }
+                };
+            }
+            if lay.mb == 8 {
+                run!(8: 1 2 3);
+            } else {
+                run!(4: 1 2 3 4 5 6);
+            }
+        });
+    }
+
+    /// [`Phases::fill`] for strides 1 and 2 along the rows: each plane row 16 columns at a
+    /// time, a masked load (two and a shuffle picking every other column at stride 2) with
+    /// the padding's lanes masked to zero — the rows of the late layers are a few columns
+    /// long, where a copy and two fills per row cost more than the convolution.
+    ///
+    /// # Safety
+    /// AVX-512 F is available; `sw` is 1 or 2; `buf` holds the group's planes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    unsafe fn fill(g: &ConvGeom, ph: &Phases, image: &[f32], gi: usize, buf: &mut [f32]) {
+        debug_assert!(ph.sw == 1 || ph.sw == 2);
+        let [pad_h, pad_w] = g.p.padding.map(|p| p as isize);
+        let (len, row_len, w) = (ph.plane_len(), ph.row_len, g.w as isize);
+        assert!(buf.len() >= ph.sh * ph.sw * g.cin_g * len);
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        // Lanes `l` whose column `from + l` lies in `[0, w)`.
+        let inside = |from: isize| -> __mmask16 {
+            let at = _mm512_add_epi32(lanes, _mm512_set1_epi32(from as i32));
+            _mm512_cmpge_epi32_mask(at, _mm512_setzero_si512())
+                & _mm512_cmplt_epi32_mask(at, _mm512_set1_epi32(w as i32))
+        };
+        for p in 0..ph.sh * ph.sw * g.cin_g {
+            let (ab, ci) = (p / g.cin_g, p % g.cin_g);
+            let (a, b) = (ab / ph.sw, ab % ph.sw);
+            let plane = image[(gi * g.cin_g + ci) * g.in_hw()..][..g.in_hw()].as_ptr();
+            let dst_plane = buf.as_mut_ptr().add(p * len);
+            for i in 0..ph.rows {
+                let dst = dst_plane.add(i * row_len);
+                let ih = (i * ph.sh + a) as isize - pad_h;
+                let row_inside = ih >= 0 && ih < g.h as isize;
+                let src = plane.wrapping_offset(ih * w);
+                for j0 in (0..row_len).step_by(16) {
+                    let keep: __mmask16 = if row_len - j0 >= 16 { !0 } else { (1u16 << (row_len - j0)) - 1 };
+                    // Column j of this phase reads input column j·sw + b - pad_w.
+                    let from = (j0 * ph.sw + b) as isize - pad_w;
+                    let v = if !row_inside {
+                        _mm512_setzero_ps()
+                    } else if ph.sw == 1 {
+                        // SAFETY: only lanes inside the row are read.
+                        _mm512_maskz_loadu_ps(inside(from) & keep, src.wrapping_offset(from))
+                    } else {
+                        let lo = _mm512_maskz_loadu_ps(inside(from), src.wrapping_offset(from));
+                        let hi = _mm512_maskz_loadu_ps(inside(from + 16), src.wrapping_offset(from + 16));
+                        _mm512_permutex2var_ps(lo, even, hi)
+                    };
+                    _mm512_mask_storeu_ps(dst.add(j0), keep, v);
+                }
+            }
+        }
+    }
+
+    /// One (image, group)'s inputs.
+    struct Job<'a> {
+        g: &'a ConvGeom,
+        lay: &'a Layout,
+        planes: &'a [f32],
+        epi: &'a Epilogue<'a>,
+        out: SyncPtr,
+        ni: usize,
+        gi: usize,
+    }
+
+    impl Job<'_> {
+        /// Every register block of `MB` channels x `VB` vectors, with `wpk` the group's weights
+        /// packed in blocks of `MB` channels.
+        ///
+        /// # Safety
+        /// AVX-512 F is available; image `ni`'s channels of group `gi` are this call's to write.
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+        #[inline(never)]
+        unsafe fn run<const MB: usize, const VB: usize>(&self, wpk: &[f32]) {
+            let (g, lay) = (self.g, self.lay);
+            let (taps, plane_len) = (lay.taps.len(), lay.ph.plane_len());
+            assert!(self.planes.len() >= lay.planes_len && wpk.len() >= g.cout_g.div_ceil(MB) * MB * g.cin_g * taps);
+            let (xp, wp) = (self.planes.as_ptr(), wpk.as_ptr());
+            for blk in 0..g.cout_g.div_ceil(MB) {
+                let wb = wp.add(blk * g.cin_g * taps * MB);
+                for chunk in 0..lay.chunks {
+                    let mut acc = [[_mm512_setzero_ps(); VB]; MB];
+                    for ci in 0..g.cin_g {
+                        let xc = xp.add(ci * plane_len + chunk * VB * LANES);
+                        let wc = wb.add(ci * taps * MB);
+                        for (t, &off) in lay.taps.iter().enumerate() {
+                            // SAFETY: within `planes_len` (its `reads` bound) and the packed
+                            // weights (asserted).
+                            let xs = xc.add(off);
+                            let xv: [__m512; VB] = std::array::from_fn(|v| _mm512_loadu_ps(xs.add(v * LANES)));
+                            for (r, acc_r) in acc.iter_mut().enumerate() {
+                                let wv = _mm512_set1_ps(*wc.add(t * MB + r));
+                                for v in 0..VB {
+                                    acc_r[v] = _mm512_fmadd_ps(wv, xv[v], acc_r[v]);
+                                }
+                            }
+                        }
+                    }
+                    self.store(blk * MB, chunk * VB, &acc);
+                }
+            }
+        }
+
+        /// A finished block's valid lanes, compressed into runs of the output rows, with the
+        /// epilogue: channels `c0..` of the group, vectors `v0..` of the flat plane.
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+        #[inline]
+        unsafe fn store<const MB: usize, const VB: usize>(&self, c0: usize, v0: usize, acc: &[[__m512; VB]; MB]) {
+            let (g, epi) = (self.g, self.epi);
+            let ohw = g.out_hw();
+            for (r, acc_r) in acc.iter().enumerate().take(g.cout_g.saturating_sub(c0)) {
+                let c = self.gi * g.cout_g + c0 + r;
+                let at = (self.ni * g.cout + c) * ohw;
+                let scale = epi.scale.map(|s| _mm512_set1_ps(s[c]));
+                let bias = _mm512_set1_ps(epi.bias.map_or(0.0, |b| b[c]));
+                for (v, &y) in acc_r.iter().enumerate() {
+                    let Some(&(mask, off)) = self.lay.slots.get(v0 + v) else { break };
+                    let run: __mmask16 = ((1u32 << mask.count_ones()) - 1) as u16;
+                    let mut y = _mm512_maskz_compress_ps(mask, y);
+                    if let Some(s) = scale {
+                        y = _mm512_mul_ps(y, s);
+                    }
+                    let mut add = bias;
+                    if let Some(res) = epi.residual {
+                        add = _mm512_add_ps(add, _mm512_maskz_loadu_ps(run, res[at + off..].as_ptr()));
+                    }
+                    y = _mm512_add_ps(y, add);
+                    if epi.relu {
+                        // `max(0, y)` with 0 first: a NaN in y is returned, as `torch.relu` keeps it.
+                        y = _mm512_max_ps(_mm512_setzero_ps(), y);
+                    }
+                    _mm512_mask_storeu_ps(self.out.get().add(at + off), run, y);
+                }
+            }
+        }
+    }
 }
