@@ -64,81 +64,32 @@ impl Phases {
     /// Copies plane `p` (phase `(a, b)`, input channel `ci` of group `gi`, in the order of
     /// [`Phases::row`]) of `image` into `dst` (one plane long).
     pub(super) fn fill_plane(&self, g: &ConvGeom, image: &[f32], gi: usize, p: usize, dst: &mut [f32]) {
-        // SAFETY: no contract beyond the slices' bounds.
-        unsafe { fill_plane(self, g, image, gi, p, dst) }
-    }
-}
-
-crate::multiversion! {
-    /// [`fill_plane_impl`], compiled for the CPU's vector extension ([`crate::simd`]): a
-    /// stride-2 plane's every other column is a vector shuffle there, element by element
-    /// without it (half of a stride-2 ResNeXt conv's time).
-    ///
-    /// # Safety
-    /// None beyond the slices' bounds.
-    unsafe fn fill_plane(ph: &Phases, g: &ConvGeom, image: &[f32], gi: usize, p: usize, dst: &mut [f32]) = fill_plane_impl;
-}
-
-#[inline(always)]
-fn fill_plane_impl<const FMA: bool>(
-    phases: &Phases,
-    g: &ConvGeom,
-    image: &[f32],
-    gi: usize,
-    p: usize,
-    dst: &mut [f32],
-) {
-    let [ph, pw] = g.p.padding;
-    let (ab, ci) = (p / g.cin_g, p % g.cin_g);
-    let (a, b) = (ab / phases.sw, ab % phases.sw);
-    let plane = &image[(gi * g.cin_g + ci) * g.in_hw()..][..g.in_hw()];
-    for (i, dst) in dst.chunks_mut(phases.row_len).enumerate().take(phases.rows) {
-        let ih = (i * phases.sh + a) as isize - ph as isize;
-        if ih < 0 || ih >= g.h as isize {
-            dst.fill(0.0);
-            continue;
-        }
-        let src = &plane[ih as usize * g.w..][..g.w];
-        // Columns j read input column j * sw + b - pw: inside for j in [lo, hi).
-        let lo = pw.saturating_sub(b).div_ceil(phases.sw).min(phases.row_len);
-        let hi = if g.w + pw > b { (g.w + pw - b).div_ceil(phases.sw).clamp(lo, phases.row_len) } else { lo };
-        dst[..lo].fill(0.0);
-        dst[hi..].fill(0.0);
-        if lo == hi {
-            continue;
-        }
-        let first = lo * phases.sw + b - pw;
-        let n = hi - lo;
-        if phases.sw == 1 {
-            dst[lo..hi].copy_from_slice(&src[first..first + n]);
-        } else if phases.sw == 2 {
-            every_other(&mut dst[lo..hi], &src[first..first + 2 * n - 1]);
-        } else {
-            dst[lo..hi].iter_mut().zip(src[first..].iter().step_by(phases.sw)).for_each(|(d, &v)| *d = v);
-        }
-    }
-}
-
-/// `dst[k] = src[2k]` for every `k` of `dst` (`src` holds `2·dst.len() - 1`): runs of 16, 8
-/// and 4 as fixed-size arrays (so that they compile to shuffles), then one at a time.
-#[inline(always)]
-fn every_other(dst: &mut [f32], src: &[f32]) {
-    fn runs<const N: usize, const M: usize>(dst: &mut [f32], src: &[f32]) -> usize {
-        let mut done = 0;
-        for (d, s) in dst.chunks_exact_mut(N).zip(src.chunks_exact(M)) {
-            let (d, s): (&mut [f32; N], &[f32; M]) = (d.try_into().unwrap(), s.try_into().unwrap());
-            for k in 0..N {
-                d[k] = s[2 * k];
+        let [ph, pw] = g.p.padding;
+        let (ab, ci) = (p / g.cin_g, p % g.cin_g);
+        let (a, b) = (ab / self.sw, ab % self.sw);
+        let plane = &image[(gi * g.cin_g + ci) * g.in_hw()..][..g.in_hw()];
+        for (i, dst) in dst.chunks_mut(self.row_len).enumerate().take(self.rows) {
+            let ih = (i * self.sh + a) as isize - ph as isize;
+            if ih < 0 || ih >= g.h as isize {
+                dst.fill(0.0);
+                continue;
             }
-            done += N;
+            let src = &plane[ih as usize * g.w..][..g.w];
+            // Columns j read input column j * sw + b - pw: inside for j in [lo, hi).
+            let lo = pw.saturating_sub(b).div_ceil(self.sw).min(self.row_len);
+            let hi = if g.w + pw > b { (g.w + pw - b).div_ceil(self.sw).clamp(lo, self.row_len) } else { lo };
+            dst[..lo].fill(0.0);
+            dst[hi..].fill(0.0);
+            if lo == hi {
+                continue;
+            }
+            let first = lo * self.sw + b - pw;
+            if self.sw == 1 {
+                dst[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
+            } else {
+                dst[lo..hi].iter_mut().zip(src[first..].iter().step_by(self.sw)).for_each(|(d, &v)| *d = v);
+            }
         }
-        done
-    }
-    let mut done = runs::<16, 32>(dst, src);
-    done += runs::<8, 16>(&mut dst[done..], &src[2 * done..]);
-    done += runs::<4, 8>(&mut dst[done..], &src[2 * done..]);
-    for k in done..dst.len() {
-        dst[k] = src[2 * k];
     }
 }
 
@@ -302,7 +253,7 @@ pub(crate) fn forward(
 /// together and stored (with the epilogue) as one run of the output row-major plane.
 #[cfg(target_arch = "x86_64")]
 mod wide {
-    use super::{ConvGeom, Epilogue, Phases, Scratch, SyncPtr};
+    use super::{pack_weights, ConvGeom, Epilogue, Phases, Scratch, SyncPtr};
     use rayon::prelude::*;
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
@@ -331,8 +282,9 @@ mod wide {
         /// Per vector of the flat plane: the mask of its lanes that are output positions, and
         /// the output offset (within a channel's plane) of the first of them.
         slots: Vec<(u16, usize)>,
-        /// Floats of planes one (image, group) needs, with the slack the last block reads past
-        /// the last plane.
+        /// Floats of the planes [`Phases::fill`] writes for one (image, group).
+        filled: usize,
+        /// The same with the slack the last block reads past the last plane.
         planes_len: usize,
     }
 
@@ -366,27 +318,20 @@ mod wide {
                     (mask, (q / r) * g.ow + (q % r).min(g.ow))
                 })
                 .collect();
-            let planes = ph.sh * ph.sw * g.cin_g * ph.plane_len();
+            let filled = ph.sh * ph.sw * g.cin_g * ph.plane_len();
             let reads = taps.iter().max().copied().unwrap_or(0) + (g.cin_g - 1) * ph.plane_len() + chunks * vb * LANES;
-            Layout { ph, mb, vb, chunks, taps, slots, planes_len: planes.max(reads) }
+            Layout { ph, mb, vb, chunks, taps, slots, filled, planes_len: filled.max(reads) }
         }
     }
 
     /// Every group's weights as `[group][block][ci][tap][mb]` (blocks of `mb` output
     /// channels, those past `cout_g` zero), read in order by [`Job::run`].
     fn pack(g: &ConvGeom, w: &[f32], mb: usize) -> Vec<f32> {
-        let (taps, blocks) = (g.kh * g.kw, g.cout_g.div_ceil(mb));
-        let per_group = blocks * mb * g.cin_g * taps;
+        let per_group = g.cout_g.div_ceil(mb) * mb * g.cin_g * g.kh * g.kw;
         let mut packed = vec![0f32; g.p.groups * per_group];
-        packed.par_chunks_mut(per_group.max(1)).enumerate().for_each(|(gi, dst)| {
-            for co in 0..g.cout_g {
-                let (blk, r) = (co / mb, co % mb);
-                let src = &w[(gi * g.cout_g + co) * g.cin_g * taps..][..g.cin_g * taps];
-                for (k, &v) in src.iter().enumerate() {
-                    // k = ci·taps + tap
-                    dst[(blk * g.cin_g * taps + k) * mb + r] = v;
-                }
-            }
+        packed.par_chunks_mut(per_group.max(1)).enumerate().for_each(|(gi, dst)| match mb {
+            8 => pack_weights::<8>(g, w, gi, dst),
+            _ => pack_weights::<4>(g, w, gi, dst),
         });
         packed
     }
@@ -415,7 +360,6 @@ mod wide {
         };
         let per_group = g.cout_g.div_ceil(lay.mb) * lay.mb * g.cin_g * g.kh * g.kw;
         assert_eq!(wpk.len(), g.p.groups * per_group, "packed weights of another shape");
-        let filled = lay.ph.sh * lay.ph.sw * g.cin_g * lay.ph.plane_len();
         let out_ptr = SyncPtr(out.as_mut_ptr().cast());
         let in_len = g.cin * g.in_hw();
         (0..g.n * g.p.groups).into_par_iter().for_each_init(Scratch::take, |planes, item| {
@@ -430,7 +374,7 @@ mod wide {
                 lay.ph.fill(g, image, gi, planes);
             }
             // What the last block reads past the planes only feeds lanes it drops.
-            planes[filled..lay.planes_len].fill(0.0);
+            planes[lay.filled..lay.planes_len].fill(0.0);
             let job = Job { g, lay: &lay, planes, epi: &epi, out: out_ptr, ni, gi };
             macro_rules! run {
                 ($mb:literal: $($vb:literal)*) => {
